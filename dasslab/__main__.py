@@ -1,0 +1,3 @@
+from dasslab.train import main
+
+main()

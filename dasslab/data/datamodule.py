@@ -1,0 +1,147 @@
+"""Paired source/target loaders for every stage (a LightningDataModule).
+
+A stage names the dataset entries it trains on (``train_domains``), e.g. ``source``
+for the source-only model, ``target_train_labeled`` for the target oracle,
+``target`` for the diffusion model, ``source`` + ``translated`` for adaptation.
+Training batches are dicts keyed by those names (one loader per entry, cycled to
+the longest with Lightning's ``CombinedLoader``); validation runs on the labeled
+target val split.
+
+Evaluation keeps labels at their stored resolution (predictions are upsampled to
+it), as Cityscapes results are reported; images are resized to the working size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import albumentations as A
+import lightning.pytorch as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import CombinedLoader
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dasslab.data.base import DataError
+from dasslab.data.transforms import build_transform
+
+
+class ResizeImageOnly:
+    """Resize the image to the working size; leave the label at its own resolution."""
+
+    def __init__(self, size: Sequence[int]):
+        self.resize = A.Resize(int(size[0]), int(size[1]))
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict:
+        return {"image": self.resize(image=image)["image"], "mask": mask}
+
+
+def eval_collate(items: list[dict]) -> dict:
+    """Stack images; stack labels when they share a size, else keep them as a list."""
+    labels = [it["label"] for it in items]
+    same = all(lab.shape == labels[0].shape for lab in labels)
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.stack(labels) if same else labels,
+        "name": [it["name"] for it in items],
+    }
+
+
+def limited(ds: Dataset, limit: int | None) -> Dataset:
+    """The first ``limit`` samples of ``ds`` (all when None), keeping its class names."""
+    if not limit or limit >= len(ds):
+        return ds
+    sub = Subset(ds, range(int(limit)))
+    sub.class_names, sub.num_classes = ds.class_names, ds.num_classes
+    sub.samples = ds.samples[: int(limit)]
+    return sub
+
+
+def build_dataset(dataset_cfg: DictConfig, key: str, train: bool, limit: int | None = None) -> Dataset:
+    """Instantiate ``dataset.<key>`` with the train or eval transform (first ``limit`` samples)."""
+    entry = dataset_cfg.get(key)
+    if entry is None:
+        raise DataError(f"dataset.{key}: not set for dataset={dataset_cfg.get('name')}; "
+                        f"this stage needs it (set dataset.{key}._target_ and its root)")
+    if train:
+        transform = build_transform(True, resize=dataset_cfg.image_size, crop=dataset_cfg.crop_size,
+                                    hflip=bool(dataset_cfg.get("hflip", True)))
+    else:
+        transform = ResizeImageOnly(dataset_cfg.image_size)
+    return limited(instantiate(entry, transform=transform), limit)
+
+
+def class_names_of(dataset_cfg: DictConfig) -> list[str]:
+    """Class names from the (cheapest available) labeled dataset entry."""
+    for key in ("target_val", "source"):
+        if dataset_cfg.get(key) is not None:
+            ds = instantiate(dataset_cfg[key], transform=None)
+            return list(ds.class_names)
+    raise DataError("dataset: neither dataset.target_val nor dataset.source is set")
+
+
+class DASSDataModule(L.LightningDataModule):
+    """Training loaders for ``train_domains`` (+ any ready-made ``extra`` datasets) and target val."""
+
+    def __init__(self, dataset: DictConfig, batch_size: int, num_workers: int = 2,
+                 train_domains: Sequence[str] = ("source",), extra: Mapping[str, Dataset] | None = None,
+                 val_split: str | None = "target_val", val_batch_size: int | None = None,
+                 seed: int = 0, limit_train: int | None = None, limit_val: int | None = None) -> None:
+        super().__init__()
+        self.cfg = dataset
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.train_domains = list(train_domains)
+        self.extra = dict(extra or {})
+        self.val_split = val_split
+        self.val_batch_size = int(val_batch_size or batch_size)
+        self.seed = seed
+        self.limit_train, self.limit_val = limit_train, limit_val
+        self.train_sets: dict[str, Dataset] = {}
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.train_sets:
+            self.train_sets = {k: build_dataset(self.cfg, k, train=True, limit=self.limit_train) for k in self.train_domains}
+            self.train_sets.update(self.extra)
+        if self.val_split and self.val_set is None:
+            self.val_set = build_dataset(self.cfg, self.val_split, train=False, limit=self.limit_val)
+        self._check_classes()
+
+    def _check_classes(self) -> None:
+        expected = self.cfg.get("num_classes")
+        sets = dict(self.train_sets)
+        if self.val_set is not None:
+            sets[self.val_split] = self.val_set
+        for key, ds in sets.items():
+            k = getattr(ds, "num_classes", None)
+            if expected is not None and k is not None and k != expected:
+                raise DataError(f"dataset.{key}: {k} classes but dataset.num_classes={expected}")
+
+    @property
+    def class_names(self) -> list[str]:
+        ds = self.val_set if self.val_set is not None else next(iter(self.train_sets.values()))
+        return list(ds.class_names)
+
+    def _loader(self, ds: Dataset, shuffle: bool, batch_size: int, **kw) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=shuffle and len(ds) >= batch_size, generator=g,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          **kw)
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {k: self._loader(ds, True, self.batch_size) for k, ds in self.train_sets.items()}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, self.val_batch_size, collate_fn=eval_collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+def to_container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

@@ -1,0 +1,89 @@
+"""Bring-your-own domains: the ``dataset=folder`` layout of DESIGN §4.
+
+::
+
+    ROOT/classes.txt                 one class name per line; line i = class index i
+    ROOT/source/images/*.png|jpg     ROOT/source/labels/*.png   (uint8 class index, 255 = ignore)
+    ROOT/target/images/*.png|jpg     (unlabeled: diffusion training and adaptation)
+    ROOT/target_val/images/*         ROOT/target_val/labels/*.png
+
+Images and labels pair by file stem. Any other ``ROOT/<domain>/`` folder with
+the same structure (e.g. ``source_val``, written by the digits benchmark) can be
+read too. Label files are single-channel (or palette) PNGs whose pixel values
+are class indices; a value outside ``[0, K)`` other than 255 raises
+:class:`~dasslab.data.io.DataError` when the sample is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import SegmentationDataset, check_root, pair_by_stem
+from .io import DataError, list_files, read_index_label
+from .labels import IGNORE_INDEX
+
+LAYOUT = "folder layout ROOT/classes.txt + ROOT/<domain>/images/* (+ ROOT/<domain>/labels/*.png)"
+LABELED_BY_DEFAULT = {"source": True, "target": False, "target_val": True, "source_val": True}
+
+
+def read_classes(path) -> list[str]:
+    """Read ``classes.txt``: one name per line, trailing blank lines ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: classes file not found; expected one class name per line (line i = class i)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [line.strip() for line in lines]
+    if not names:
+        raise DataError(f"{path}: no class names; expected one class name per line")
+    if "" in names:
+        raise DataError(f"{path}: line {names.index('') + 1} is blank; expected one class name per line")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{path}: class name {dup!r} appears twice; expected distinct names")
+    if len(names) > IGNORE_INDEX:
+        raise DataError(f"{path}: {len(names)} classes; at most {IGNORE_INDEX} (255 is the ignore label)")
+    return names
+
+
+class FolderDomain(SegmentationDataset):
+    """One domain of a ``folder`` dataset.
+
+    Args:
+        root: the dataset root (holds ``classes.txt`` and the domain folders).
+        domain: ``"source"``, ``"target"``, ``"target_val"`` (or another folder name, e.g. ``"source_val"``).
+        transform: albumentations transform or None.
+        classes_file: class list to use instead of ``ROOT/classes.txt``.
+        labels: load labels (every image must then have one); default: yes except for ``target``.
+        setting: config key named in error messages.
+    """
+
+    def __init__(self, root, domain: str = "source", transform=None, classes_file=None, *,
+                 labels: bool | None = None, setting: str = "dataset.root"):
+        root = check_root(root, setting, LAYOUT)
+        class_names = read_classes(classes_file if classes_file is not None else root / "classes.txt")
+        img_dir = root / domain / "images"
+        if not img_dir.is_dir():
+            raise DataError(f"{setting}={root}: no {domain}/images/ folder; expected the {LAYOUT}")
+        if labels is None:
+            labels = LABELED_BY_DEFAULT.get(domain, (root / domain / "labels").is_dir())
+        images = list_files(img_dir)
+        if labels:
+            lab_dir = root / domain / "labels"
+            if not lab_dir.is_dir():
+                raise DataError(f"{setting}={root}: no {domain}/labels/ folder; expected label PNGs "
+                                f"paired by stem with {domain}/images/ (or pass labels=False)")
+            samples = pair_by_stem(images, list_files(lab_dir, (".png",)), f"{lab_dir}/<stem>.png")
+        else:
+            samples = [(p, None) for p in images.values()]
+        self.domain = domain
+        super().__init__(
+            samples,
+            read_index_label,
+            class_names,
+            transform,
+            split=domain,
+            root=root,
+            expected=f"{domain}/images/*.png|jpg under {root}",
+        )

@@ -1,0 +1,116 @@
+"""Reading and writing images and label files, with errors that name the file.
+
+Every reader returns numpy arrays and raises :class:`DataError` (a
+``ValueError``) with a one-line message naming the file and what was expected
+when a file is missing, unreadable or of the wrong kind. ``DataError`` is
+defined here, the lowest module of the package, and re-exported by
+:mod:`dasslab.data.base`.
+
+Label formats (DESIGN §5):
+
+* :func:`read_index_label` -- 8-bit single-channel or *palette* PNGs whose pixel
+  values are indices (GTA5, Cityscapes, ``folder``). Read with PIL so that a
+  palette image yields its indices; OpenCV would return the palette colours.
+* :func:`read_first_channel_label` -- 16-bit-per-channel PNGs whose class id is
+  in the file's first (R) channel (SYNTHIA). Read with OpenCV
+  ``IMREAD_UNCHANGED``; PIL silently truncates 16-bit RGB to 8 bits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class DataError(ValueError):
+    """Bad dataset input: the message names the file or setting and what was expected."""
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an ``HxWx3 uint8`` RGB array (grey and RGBA are converted)."""
+    path = str(path)
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        if not os.path.exists(path):
+            raise DataError(f"{path}: image file not found")
+        raise DataError(f"{path}: cannot decode image (corrupt or not an image); expected a PNG/JPEG file")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_index_label(path: str | os.PathLike, lut: np.ndarray | None = None) -> np.ndarray:
+    """Read an 8-bit index label (mode ``L`` or ``P``) as ``HxW uint8``; map through ``lut`` if given.
+
+    Colour (RGB) label files are refused: their pixels are colours, not class ids.
+    """
+    path = str(path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in ("L", "P", "I;16", "I"):
+                raise DataError(
+                    f"{path}: label image has mode {mode}; expected a single-channel or palette PNG "
+                    "whose pixel values are class indices (not colours)"
+                )
+            arr = np.asarray(im)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: label file not found") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # what PIL raises for broken files
+        raise DataError(f"{path}: cannot decode label image ({type(exc).__name__}: {exc})") from None
+    if lut is not None:
+        return lut[arr]
+    return arr
+
+
+def read_first_channel_label(path: str | os.PathLike, lut: np.ndarray | None = None) -> np.ndarray:
+    """Read a (16-bit) label PNG whose class id is in the first channel; map through ``lut`` if given.
+
+    OpenCV returns channels in BGR order, so the file's first channel is ``[..., -1]``.
+    A single-channel file is used as is.
+    """
+    path = str(path)
+    arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        if not os.path.exists(path):
+            raise DataError(f"{path}: label file not found")
+        raise DataError(f"{path}: cannot decode label image (corrupt or not a PNG)")
+    if arr.ndim == 3:
+        arr = arr[:, :, 0]  # BGR(A): the file's R is index 2
+    if lut is not None:
+        return lut[arr]
+    return arr
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an ``HxW`` (label) or ``HxWx3`` RGB ``uint8`` array as a PNG."""
+    array = np.ascontiguousarray(array)
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), array):
+        raise DataError(f"{path}: could not write PNG")
+
+
+def list_files(folder: str | os.PathLike, extensions=IMAGE_EXTENSIONS) -> dict[str, Path]:
+    """Map file stem -> path for files in ``folder`` with one of ``extensions`` (case-insensitive).
+
+    Two files with the same stem (``a.png`` and ``a.jpg``) are ambiguous and raise :class:`DataError`.
+    """
+    out: dict[str, Path] = {}
+    with os.scandir(folder) as it:
+        for entry in it:
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() not in extensions or not entry.is_file():
+                continue
+            if stem in out:
+                raise DataError(
+                    f"{out[stem]} and {entry.path}: two files with the same stem; expected one per sample"
+                )
+            out[stem] = Path(entry.path)
+    return dict(sorted(out.items()))

@@ -1,0 +1,164 @@
+"""Local Class-regional Guidance (LCG), Eq. 6-9 of the paper, batched.
+
+For every class ``c`` present in the source label ``y`` of an image, the paper
+masks the noisy image with the class's region ``m_c``, asks the guide for the
+cross-entropy restricted to that region,
+
+    L_c = CE( g(x_k * m_c), y )   counted only on pixels of m_c,
+
+takes one guided reverse step per class (Eq. 7) and pastes the per-class results
+back together with the masks (Eq. 9). Because the masks are disjoint and the
+denoiser's mean ``mu_theta(x_k, k)`` does not depend on ``c``,
+
+    sum_c m_c * x_{k-1,c} = mu - lambda Sigma sum_c m_c * grad_x L_c + sigma z,
+
+so a single step with the guidance gradient ``G = sum_c m_c * grad_x L_c`` is
+exactly the paper's procedure. This module computes ``G``:
+
+* all (image, class) pairs of the batch are built as masked copies
+  ``preprocess(x)[i] * m_{i,c}`` (the mask is applied in the segmenter's input
+  space, after its normalisation, so a masked pixel is the segmenter's "zero"
+  input, e.g. the ImageNet mean colour), stacked along the batch dimension and
+  sent through the guide in ONE forward and ONE backward pass;
+* each copy's loss counts only its own class pixels; all other pixels carry the
+  ignore label (they are *not* treated as class 0 / background);
+* autograd through the multiplication by the mask gives ``m_c * grad L_c`` per
+  copy and the gather ``preprocess(x)[i]`` sums the copies of image ``i``: the
+  result is exactly ``sum_c m_c * grad_x L_c``.
+
+Pixels in no class mask (the ignore label, e.g. GTA5 void or classes a source
+lacks) get a zero gradient, hence the *unguided* sample ``mu + sigma z``
+(Eq. 9 read literally would set them to 0). An image without any labelled pixel
+gets a zero gradient.
+
+Requirements on the guide: ``preprocess`` works pixel-wise and keeps H x W (a
+normalisation, not a resize), and ``net`` treats batch samples independently
+(eval mode: BatchNorm with running statistics). ``nn.Module`` guides are put in
+eval mode for the call and restored afterwards; see
+:func:`dasslab.guidance.losses.guide_mode`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dasslab.guidance.losses import Preprocess, SegNet, as_label, check_reduction, guide_mode, segmentation_loss
+
+
+@dataclass(frozen=True)
+class ClassCopies:
+    """The (image, class) pairs of a label batch, ordered by image then class.
+
+    ``image_index`` (P,) and ``classes`` (P,) name the pairs; ``masks`` (P x 1 x H x W,
+    bool) are the class regions m_c; ``targets`` (P x H x W, int64) hold the class
+    inside its region and ``ignore_index`` elsewhere.
+    """
+
+    image_index: Tensor
+    classes: Tensor
+    masks: Tensor
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return int(self.image_index.numel())
+
+
+def class_copies(label: Tensor, ignore_index: int = 255) -> ClassCopies:
+    """Enumerate the (image, class) pairs present in ``label`` (N x H x W int) with their masks.
+
+    Depends only on the label, so a caller that guides many steps with the same
+    label (:class:`~dasslab.guidance.sgg.SemanticGuidance`) builds it once.
+    """
+    if label.dim() != 3:
+        raise ValueError(f"label must be N x H x W, got shape {tuple(label.shape)}")
+    label = label.long()
+    n = label.shape[0]
+    valid = label != ignore_index
+    if bool((label[valid] < 0).any()):
+        raise ValueError(f"guidance label holds negative class ids (ignore index is {ignore_index})")
+    if not bool(valid.any()):
+        empty = label.new_zeros(0)
+        return ClassCopies(empty, empty, label.new_zeros((0, 1, *label.shape[1:]), dtype=torch.bool),
+                           label.new_zeros((0, *label.shape[1:])))
+    width = int(label[valid].max()) + 1
+    image_of_pixel = torch.arange(n, device=label.device).view(n, 1, 1).expand_as(label)
+    keys = torch.unique(image_of_pixel[valid] * width + label[valid])  # sorted: by image, then class
+    image_index = keys // width
+    classes = keys % width
+    masks = label[image_index] == classes.view(-1, 1, 1)
+    targets = torch.where(masks, classes.view(-1, 1, 1), torch.full_like(masks, ignore_index, dtype=torch.long))
+    return ClassCopies(image_index, classes, masks.unsqueeze(1), targets)
+
+
+def lcg_loss_and_grad(
+    x: Tensor,
+    label: Tensor,
+    preprocess: Preprocess,
+    net: SegNet,
+    reduction: str = "sum",
+    ignore_index: int = 255,
+    max_batch: int | None = None,
+    copies: ClassCopies | None = None,
+) -> tuple[Tensor, Tensor]:
+    """LCG gradient ``sum_c m_c * grad_x L_c`` (shape and dtype of ``x``) and the loss per image (N,).
+
+    ``x``: noisy images N x C x H x W in [-1, 1] scale; ``label``: N x H x W (or
+    N x 1 x H x W) class ids, ``ignore_index`` = no guidance. The per-image loss is
+    ``sum_c L_c`` of that image's classes (float32, detached).
+
+    ``max_batch`` bounds how many masked copies go through the guide at once
+    (memory). Chunking changes nothing in the result: each copy's loss depends on
+    that copy alone, so the per-chunk gradients add up to the one-batch gradient
+    (equal up to floating-point summation order). ``None`` = all copies at once.
+    ``copies`` may pass a precomputed :func:`class_copies` of ``label``.
+    """
+    check_reduction(reduction)
+    label = as_label(label, x)
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"lcg max_batch must be a positive number of copies or None, got {max_batch}")
+    if copies is None:
+        copies = class_copies(label, ignore_index)
+    n = x.shape[0]
+    grad = torch.zeros_like(x)
+    loss = torch.zeros(n, device=x.device, dtype=torch.float32)
+    total = len(copies)
+    if total == 0:
+        return grad, loss
+    chunk = total if max_batch is None else max_batch
+    with guide_mode(net), torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        z = preprocess(x_in)
+        if z.dim() != 4 or z.shape[0] != n or z.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"guide preprocess must keep N and H x W (pixel-wise normalisation): {tuple(x.shape)} -> "
+                f"{tuple(z.shape)}"
+            )
+        for start in range(0, total, chunk):
+            part = slice(start, start + chunk)
+            index = copies.image_index[part]
+            masked = z[index] * copies.masks[part].to(z.dtype)
+            terms = segmentation_loss(net(masked), copies.targets[part], reduction, ignore_index)
+            last = start + chunk >= total
+            (g,) = torch.autograd.grad(terms.sum(), x_in, retain_graph=not last)
+            grad += g
+            loss.index_add_(0, index, terms.detach().float())
+    return grad, loss
+
+
+def lcg_grad(
+    x: Tensor,
+    label: Tensor,
+    preprocess: Preprocess,
+    net: SegNet,
+    reduction: str = "sum",
+    ignore_index: int = 255,
+    max_batch: int | None = None,
+) -> Tensor:
+    """LCG guidance gradient ``sum_c m_c * grad_x L_c`` (Eq. 6-9), see :func:`lcg_loss_and_grad`.
+
+    Not multiplied by lambda; the sampler shifts the mean by ``-lambda * Sigma * grad``.
+    """
+    return lcg_loss_and_grad(x, label, preprocess, net, reduction, ignore_index, max_batch)[0]

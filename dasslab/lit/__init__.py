@@ -1,0 +1,1 @@
+"""LightningModules that compose the method's pieces: segmenter, diffusion model, adaptation."""

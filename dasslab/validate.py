@@ -1,0 +1,81 @@
+"""Checks of config values that can be wrong, with one-line errors naming the setting."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+STAGES = ("source", "oracle", "diffusion", "translate", "adapt", "pipeline")
+ROWS = ("source_only", "oracle", "baseline")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the setting and what was expected."""
+
+
+def _size(cfg: DictConfig, key: str) -> list[int]:
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if node is not None else None
+    if node is None:
+        raise ConfigError(f"{key} is not set; expected [height, width]")
+    vals = list(node) if not isinstance(node, int) else [node, node]
+    if len(vals) != 2 or not all(isinstance(v, int) and v > 0 for v in vals):
+        raise ConfigError(f"{key}={vals}: expected [height, width], two positive integers")
+    return vals
+
+
+def _positive(value, key: str, integer: bool = False) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or value <= 0:
+        raise ConfigError(f"{key}={value!r}: expected a positive {'integer' if integer else 'number'}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid value found."""
+    stage = cfg.get("stage")
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}: expected one of {', '.join(STAGES)}")
+    d = cfg.dataset
+    image = _size(cfg, "dataset.image_size")
+    crop = _size(cfg, "dataset.crop_size")
+    if crop[0] > image[0] or crop[1] > image[1]:
+        raise ConfigError(f"dataset.crop_size={crop} is larger than dataset.image_size={image}")
+    k = d.get("num_classes")
+    if k is not None and (not isinstance(k, int) or not 0 < k < 255):
+        raise ConfigError(f"dataset.num_classes={k!r}: expected an integer in 1..254 (255 is the ignore label)")
+    for key in ("lr", "batch_size", "max_steps"):
+        _positive(cfg.segmenter[key], f"segmenter.{key}", integer=key != "lr")
+    for key in ("lr", "batch_size", "max_steps", "num_timesteps"):
+        _positive(cfg.diffusion[key], f"diffusion.{key}", integer=key != "lr")
+    if not 0 < cfg.diffusion.beta_start < cfg.diffusion.beta_end < 1:
+        raise ConfigError(f"diffusion.beta_start={cfg.diffusion.beta_start}, beta_end={cfg.diffusion.beta_end}: "
+                          f"expected 0 < beta_start < beta_end < 1")
+    aug = cfg.augment
+    if aug.enabled and not 0 <= aug.p <= 1:
+        raise ConfigError(f"augment.p={aug.p}: expected a fraction in [0, 1]")
+    g = cfg.get("guidance")
+    if g is not None:
+        if g.scale < 0:
+            raise ConfigError(f"guidance.scale={g.scale}: expected lambda >= 0")
+        if g.reduction not in ("sum", "mean"):
+            raise ConfigError(f"guidance.reduction={g.reduction!r}: expected 'sum' or 'mean'")
+    T = cfg.diffusion.num_timesteps
+    _positive(cfg.ptl.N, "ptl.N", integer=True)
+    t_max = cfg.ptl.get("t_max")
+    if t_max is None and cfg.ptl.N > T:
+        raise ConfigError(f"ptl.N={cfg.ptl.N} exceeds diffusion.num_timesteps={T}; set ptl.t_max to stride")
+    if t_max is not None and not 0 < t_max <= T:
+        raise ConfigError(f"ptl.t_max={t_max}: expected 1..{T} (diffusion.num_timesteps)")
+    t = cfg.translate
+    depths = list(t.depths) if t.get("depths") else [t.depth]
+    for n in depths:
+        if not isinstance(n, int) or not 0 <= n <= T:
+            raise ConfigError(f"translate depth n={n!r}: expected an integer in 0..{T} (diffusion.num_timesteps)")
+    if t.get("num_steps") is not None:
+        _positive(t.num_steps, "translate.num_steps", integer=True)
+    if stage == "pipeline":
+        bad = [r for r in cfg.pipeline.rows if r not in ROWS]
+        if bad:
+            raise ConfigError(f"pipeline.rows: unknown rows {bad}; expected some of {', '.join(ROWS)}")
+    if cfg.adapt.loss not in ("ada_src", "ada"):
+        raise ConfigError(f"adapt.loss={cfg.adapt.loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")

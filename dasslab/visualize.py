@@ -1,0 +1,109 @@
+"""Pictures people would rather look at than read: grids, overlays, curves (PNG, uint8)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from dasslab.data.labels import colorize
+from dasslab.utils.io import atomic_write_bytes
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1], (3,H,W) or (N,3,H,W) -> uint8 HxWx3 (or NxHxWx3).
+
+    uint8 because W&B renders float images in [0, 1] as black."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return x.permute(0, 2, 3, 1).numpy() if x.dim() == 4 else x.permute(1, 2, 0).numpy()
+
+
+def overlay(image: np.ndarray, label: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colourised label onto an image (both HxW[x3] uint8); ignore pixels stay as the image."""
+    color = colorize(label, num_classes).astype(np.float32)
+    out = image.astype(np.float32)
+    valid = (np.asarray(label) != 255)[..., None]
+    out = np.where(valid, (1 - alpha) * out + alpha * color, out)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None, pad: int = 2,
+         scale: int = 1) -> np.ndarray:
+    """Tile equally sized HxWx3 uint8 images into a grid; optional column titles on top."""
+    h, w = rows[0][0].shape[:2]
+    h, w = h * scale, w * scale
+    ncol = max(len(r) for r in rows)
+    title_h = 12 if titles else 0
+    canvas = np.full((title_h + len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            img = np.asarray(img)
+            if img.ndim == 2:
+                img = np.repeat(img[..., None], 3, axis=2)
+            if scale != 1:
+                img = img.repeat(scale, 0).repeat(scale, 1)
+            if img.shape[:2] != (h, w):
+                img = np.asarray(Image.fromarray(img).resize((w, h), Image.NEAREST))
+            y, x = title_h + pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y:y + h, x:x + w] = img
+    if titles:
+        pil = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(pil)
+        for j, t in enumerate(titles):
+            draw.text((pad + j * (w + pad) + 1, 0), str(t), fill=(0, 0, 0))
+        canvas = np.asarray(pil)
+    return canvas
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write an HxWx3 uint8 image as PNG atomically."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_curve(path: str | Path, xs: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,
+               ylabel: str, title: str = "") -> Path:
+    """A line plot (matplotlib, Agg) saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for name, ys in series.items():
+        ax.plot(list(xs), list(ys), marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def log_image(trainer, key: str, image: np.ndarray, step: int | None = None) -> None:
+    """Send a uint8 picture to every logger that takes images (W&B, TensorBoard)."""
+    for lg in getattr(trainer, "loggers", []) or []:
+        name = type(lg).__name__
+        try:
+            if name == "WandbLogger":
+                lg.log_image(key=key, images=[image], step=step)
+            elif name == "TensorBoardLogger":
+                lg.experiment.add_image(key, image, global_step=step or 0, dataformats="HWC")
+        except Exception as e:  # a logger failing must not kill a run
+            import logging
+
+            logging.getLogger(__name__).warning("could not log image %s to %s: %s", key, name, e)

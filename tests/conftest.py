@@ -1,0 +1,54 @@
+"""Shared pytest fixtures. Environment first: tests never reach the network."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def cityscapes_fixture() -> Path:
+    """The real Cityscapes val frame of ../shared/fixtures/cityscapes (read-only), or skip."""
+    root = FIXTURES / "cityscapes"
+    if not (root / "gtFine" / "val" / "frankfurt").is_dir():
+        pytest.skip(f"Cityscapes fixture not found at {root} (expected ../shared/fixtures next to the repo)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory) -> Path:
+    """A small digits benchmark cache (size 32, 120 train / 40 val scenes per domain), built once."""
+    from dasslab.data.digits import make_digits
+
+    return make_digits(tmp_path_factory.mktemp("digits") / "cache", size=32, n_train=120, n_val=40, seed=0)
+
+
+@pytest.fixture
+def make_gta5(tmp_path):
+    """Factory: write a GTA5-format tree (RGB images, 8-bit *palette* labels of Cityscapes ids)."""
+    import numpy as np
+    from PIL import Image
+
+    def make(ids_list, root=None, image_size=None):
+        root = Path(root or tmp_path / "gta5")
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        colours = rng.integers(0, 256, size=(256, 3), dtype=np.uint8)  # an arbitrary, colourful palette
+        for i, ids in enumerate(ids_list):
+            ids = np.asarray(ids, dtype=np.uint8)
+            h, w = image_size or ids.shape
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{i:05d}.png")
+            lab = Image.fromarray(ids)
+            lab.putpalette(colours.ravel().tolist())  # L -> P: pixel values stay indices
+            lab.save(root / "labels" / f"{i:05d}.png")
+        return root
+
+    return make

@@ -1,0 +1,99 @@
+"""The built-in digits benchmark: determinism, classes, statistics, cache behaviour."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dasslab.data import Digits, FolderDomain, make_digits
+from dasslab.data import digits as digits_mod
+from dasslab.data.io import DataError
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_generation_is_byte_identical_for_a_seed(tmp_path):
+    a = _files(make_digits(tmp_path / "a", n_train=30, n_val=10, seed=5))
+    b = _files(make_digits(tmp_path / "b", n_train=30, n_val=10, seed=5))
+    c = _files(make_digits(tmp_path / "c", n_train=30, n_val=10, seed=6))
+    assert len(a) == 2 * 2 * (30 + 10) + 2  # images + labels of 4 folders, classes.txt, meta.json
+    assert a == b
+    assert a.keys() == c.keys() and a["source/images/00000.png"] != c["source/images/00000.png"]
+
+
+def test_classes_and_splits(digits_root):
+    src = Digits(digits_root, "source", "train", n_train=120, n_val=40)
+    assert src.num_classes == 11 and src.class_names == ("background",) + tuple("0123456789")
+    assert digits_mod.BACKGROUND == 0 and len(src) == 120
+    assert len(Digits(digits_root, "target", "val", n_train=120, n_val=40)) == 40
+    tgt = Digits(digits_root, "target", "train", n_train=120, n_val=40)
+    assert not tgt.has_labels and (tgt[0]["label"] == 255).all()
+    oracle = Digits(digits_root, "target", "train", n_train=120, n_val=40, labels=True)
+    assert oracle.has_labels and (oracle[0]["label"] != 255).all()
+    # The cache is a plain folder dataset.
+    assert len(FolderDomain(digits_root, "source_val")) == 40
+    item = src[0]
+    assert item["image"].shape == (3, 32, 32) and -1 <= item["image"].min() and item["image"].max() <= 1
+
+
+def test_label_statistics(digits_root):
+    counts = np.zeros(11, np.int64)
+    ds = Digits(digits_root, "source", "train", n_train=120, n_val=40)
+    for i in range(len(ds)):
+        counts += np.bincount(ds[i]["label"].numpy().ravel(), minlength=11)
+    frac = counts / counts.sum()
+    assert 0.75 < frac[0] < 0.95, f"background fraction {frac[0]:.3f}"
+    assert (counts[1:] > 0).all(), "every digit class occurs"
+    np.testing.assert_allclose(frac, ds.meta["class_fraction"]["source"], atol=1e-5)
+
+
+def test_target_is_textured_and_source_plain(digits_root):
+    src = Digits(digits_root, "source", "val", n_train=120, n_val=40)
+    tgt = Digits(digits_root, "target", "val", n_train=120, n_val=40)
+
+    def plain_share(ds):
+        """Mean share of background pixels that have the scene's most common colour."""
+        out = []
+        for i in range(10):
+            it = ds[i]
+            bg = it["image"].numpy()[:, (it["label"] == 0).numpy()].T
+            _, counts = np.unique(bg, axis=0, return_counts=True)
+            out.append(counts.max() / len(bg))
+        return float(np.mean(out))
+
+    assert plain_share(src) > 0.7 and plain_share(tgt) < 0.2
+
+
+def test_cache_reused_and_regenerated_when_parameters_change(digits_root, tmp_path):
+    root = make_digits(tmp_path / "c", n_train=20, n_val=10)
+    stamp = (root / "meta.json").stat().st_mtime_ns
+    make_digits(root, n_train=20, n_val=10)
+    assert (root / "meta.json").stat().st_mtime_ns == stamp
+    make_digits(root, n_train=25, n_val=10)
+    assert json.loads((root / "meta.json").read_text())["n_train"] == 25
+    assert len(list((root / "source" / "images").iterdir())) == 25
+    assert [p.name for p in tmp_path.iterdir()] == ["c"], "no temporary folders left behind"
+
+
+def test_interrupted_generation_leaves_no_cache(tmp_path, monkeypatch):
+    def boom(out, params):
+        (out / "source" / "images").mkdir(parents=True)
+        (out / "source" / "images" / "00000.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(digits_mod, "_generate", boom)
+    with pytest.raises(KeyboardInterrupt):
+        make_digits(tmp_path / "cache", n_train=10, n_val=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(DataError, match=r"mine.*not a digits cache"):
+        make_digits(tmp_path / "mine", n_train=10, n_val=5)
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    with pytest.raises(DataError, match="domain='sauce'"):
+        Digits(tmp_path / "d", "sauce")
