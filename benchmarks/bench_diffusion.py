@@ -144,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats and depths; skip the paper train step")
     p.add_argument("--no-paper", action="store_true", help="skip the 113 M-parameter ddpm_paper preset")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion.json"))
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
         print(msg, flush=True)

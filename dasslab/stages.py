@@ -167,7 +167,7 @@ def train_diffusion(cfg: DictConfig) -> Path:
     dm.setup("fit")
     module = DiffusionModule(preset=d.preset, image_size=list(d.image_size), num_timesteps=d.num_timesteps,
                              beta_start=d.beta_start, beta_end=d.beta_end, lr=d.lr, adam_betas=list(d.adam_betas),
-                             unet_overrides=OmegaConf.to_container(d.get("unet") or {}, resolve=True))
+                             unet_overrides=OmegaConf.to_container(d.unet, resolve=True) if d.get("unet") else None)
     _record_run(cfg, out, "diffusion", d.batch_size, 4)
     callbacks = [EMAWeightAveraging(decay=d.ema_decay),
                  DiffusionSampleGrid(str(out / "samples"), every_n_steps=d.sample_every, num_steps=d.sample_steps,

@@ -82,7 +82,7 @@ def read_first_channel_label(path: str | os.PathLike, lut: np.ndarray | None = N
             raise DataError(f"{path}: label file not found")
         raise DataError(f"{path}: cannot decode label image (corrupt or not a PNG)")
     if arr.ndim == 3:
-        arr = arr[:, :, 0]  # BGR(A): the file's R is index 2
+        arr = arr[:, :, 2] if arr.shape[2] >= 3 else arr[:, :, 0]  # BGR(A): the file's R is index 2
     if lut is not None:
         return lut[arr]
     return arr
