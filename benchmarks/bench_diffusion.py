@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dasslab.diffusion import Denoiser, NoiseSchedule, Sampler  # noqa: E402
+from dasslab.diffusion import Denoiser, NoiseSchedule, Sampler
 
 
 def _sync(device: torch.device) -> None:
@@ -99,7 +99,11 @@ def bench_small(device, quick: bool, log) -> dict:
     for depth in depths:
         for num_steps in (25, None):
             gen = torch.Generator(device=device).manual_seed(0)
-            r = timeit(lambda: sampler.translate(x0, depth, num_steps=num_steps, generator=gen), 1, device, warmup=0)
+
+            def run(depth=depth, num_steps=num_steps, gen=gen):
+                sampler.translate(x0, depth, num_steps=num_steps, generator=gen)
+
+            r = timeit(run, 1, device, warmup=0)
             steps = len(sampler.stats)
             rows.append(
                 {
@@ -125,7 +129,9 @@ def bench_paper(device, quick: bool, log) -> dict:
     out: dict = {"preset": "ddpm_paper", "image_size": [h, w], "batch": batch, "params": n_params(den)}
     den.eval()
     sampler = Sampler(schedule, den)
-    out["reverse_step"] = timeit(make_reverse_step(sampler, schedule, x0, 300), 1, device, warmup=0 if quick else 1)
+    out["reverse_step"] = timeit(
+        make_reverse_step(sampler, schedule, x0, 300), 1, device, warmup=0 if quick else 1
+    )
     log(f"paper reverse step: {out['reverse_step']['median_s']:.2f} s")
     if quick:
         out["train_step"] = None
@@ -144,8 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats and depths; skip the paper train step")
     p.add_argument("--no-paper", action="store_true", help="skip the 113 M-parameter ddpm_paper preset")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (default: torch's choice); 1 is steadier on a shared machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's choice); 1 is steadier on a shared machine",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "diffusion.json"))
     args = p.parse_args(argv)
 
@@ -185,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         result["ddpm_paper"] = bench_paper(device, args.quick, log)
         if result["ddpm_paper"]["train_step"] is not None:
             result["ratios"]["paper_train_over_reverse_step"] = (
-                result["ddpm_paper"]["train_step"]["median_s"] / result["ddpm_paper"]["reverse_step"]["median_s"]
+                result["ddpm_paper"]["train_step"]["median_s"]
+                / result["ddpm_paper"]["reverse_step"]["median_s"]
             )
     result["loadavg_end"] = list(os.getloadavg())
     result["total_s"] = time.perf_counter() - t0

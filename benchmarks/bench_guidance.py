@@ -16,8 +16,8 @@ Variants, each a full reverse step ``x_k -> x_{k-1}`` through ``Sampler.reverse_
 
 Reported: ``batched / bound`` (the overhead of the implementation; target <= 1.15) and
 ``loop / batched`` (the speed-up of batching). Also ``gsg`` (a GSG step) and ``unguided`` (a plain
-step) at digits size. Repeats are interleaved round-robin across the variants so that a change of
-machine load hits all of them alike; medians are reported. Writes
+step) at digits size. Repeats are interleaved round-robin across the variants (the order rotates
+every round) so that a change of machine load hits all of them alike; medians are reported. Writes
 ``benchmarks/results/guidance.json`` (``--out`` to change). Compare ratios from one run, not
 absolute times across machines; the load average at start and end is recorded.
 
@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dasslab.diffusion import Denoiser, NoiseSchedule, Sampler  # noqa: E402
-from dasslab.guidance import SemanticGuidance, class_copies  # noqa: E402
+from dasslab.diffusion import Denoiser, NoiseSchedule, Sampler
+from dasslab.guidance import SemanticGuidance, class_copies
 
 IGNORE = 255
 
@@ -129,8 +129,15 @@ def bench_setting(name, denoiser, preprocess, net, guide_desc, x, label, repeats
     lcg = SemanticGuidance(preprocess, net, label, scale=1.0, use_gsg=False, record_stats=False)
     gsg = SemanticGuidance(preprocess, net, label, scale=1.0, use_lcg=False, record_stats=False)
 
+    last: dict[str, torch.Tensor] = {}  # the gradients of the timed calls, compared afterwards
+
     def loop_guidance(x_t, step, num_steps):
-        return lcg_grad_loop(x_t, label, preprocess, net)
+        last["loop"] = lcg_grad_loop(x_t, label, preprocess, net)
+        return last["loop"]
+
+    def batched_guidance(x_t, step, num_steps):
+        last["batched"] = lcg(x_t, step, num_steps)
+        return last["batched"]
 
     # the bound's guide part: a prebuilt leaf stack of the masked copies, one forward and backward
     with torch.no_grad():
@@ -149,7 +156,7 @@ def bench_setting(name, denoiser, preprocess, net, guide_desc, x, label, repeats
 
     variants = {
         "loop": lambda: sampler.reverse_step(x, j, schedule, guidance=loop_guidance, z=z),
-        "batched": lambda: sampler.reverse_step(x, j, schedule, guidance=lcg, z=z),
+        "batched": lambda: sampler.reverse_step(x, j, schedule, guidance=batched_guidance, z=z),
         "denoiser_fwd": denoiser_fwd,
         "guide_fwd_bwd": guide_fwd_bwd,
     }
@@ -157,30 +164,34 @@ def bench_setting(name, denoiser, preprocess, net, guide_desc, x, label, repeats
         variants["gsg"] = lambda: sampler.reverse_step(x, j, schedule, guidance=gsg, z=z)
         variants["unguided"] = lambda: sampler.reverse_step(x, j, schedule, z=z)
 
-    # correctness of what is being timed: batched LCG == loop reference
-    g_batched = lcg(x, 0, 1)
-    g_loop = lcg_grad_loop(x, label, preprocess, net)
-    max_abs_diff = float((g_batched - g_loop).abs().max())
-    scale_ref = float(g_loop.abs().max())
-
     times: dict[str, list[float]] = {k: [] for k in variants}
+    keys = list(variants)
     for r in range(warmup + repeats):
-        for key, fn in variants.items():
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotate the order every round
+            fn = variants[key]
             _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
             if r >= warmup:
                 times[key].append(time.perf_counter() - t0)
-        log(f"[{name}] round {r + 1}/{warmup + repeats}: " + ", ".join(f"{k} {v[-1]:.4f}s" for k, v in times.items() if v))
+        if r >= warmup:
+            log(
+                f"[{name}] round {r + 1 - warmup}/{repeats}: "
+                + ", ".join(f"{k} {v[-1]:.4f}s" for k, v in times.items())
+            )
+        else:
+            log(f"[{name}] warm-up round {r + 1}/{warmup} done")
 
+    # correctness of what was timed: batched LCG == the loop reference
+    max_abs_diff = float((last["batched"] - last["loop"]).abs().max())
+    scale_ref = float(last["loop"].abs().max())
     med = {k: statistics.median(v) for k, v in times.items()}
     bound = med["denoiser_fwd"] + med["guide_fwd_bwd"]
     out = {
         "image_size": list(x.shape[-2:]),
         "batch": int(x.shape[0]),
         "guide": guide_desc,
-        "num_classes": int(net(preprocess(x[:1])).shape[1]) if extra else None,
         "present_copies": n_copies,
         "copies_per_image": [int((copies.image_index == i).sum()) for i in range(x.shape[0])],
         "repeats": repeats,
@@ -220,8 +231,10 @@ def bench_paper(device, repeats, log) -> dict:
     denoiser = Denoiser.build((256, 512), preset="ddpm_paper").eval().to(device)
     preprocess, net, desc = _load_guide("deeplabv2_r101", 19)
     (net if isinstance(net, torch.nn.Module) else net.__self__).to(device)
-    log(f"[paper] built denoiser ({sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f} M) and guide {desc} "
-        f"in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"[paper] built denoiser ({sum(p.numel() for p in denoiser.parameters()) / 1e6:.1f} M) and guide {desc} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     x = (torch.rand(1, 3, 256, 512, generator=gen) * 2 - 1).to(device)
     label = paper_label(256, 512).to(device)
     return bench_setting("paper", denoiser, preprocess, net, desc, x, label, repeats, 0, False, log)
@@ -230,7 +243,9 @@ def bench_paper(device, repeats, log) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="digits size only")
-    p.add_argument("--repeats", type=int, default=10, help="timed rounds at digits size (after 2 warm-up rounds)")
+    p.add_argument(
+        "--repeats", type=int, default=10, help="timed rounds at digits size (after 2 warm-up rounds)"
+    )
     p.add_argument("--paper-repeats", type=int, default=1, help="timed rounds at 256x512 (no warm-up)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -258,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     result["digits"] = bench_digits(device, args.repeats, log)
     d = result["digits"]
-    log(f"digits: batched/bound {d['ratio_batched_over_bound']:.3f}, loop/batched {d['ratio_loop_over_batched']:.2f}")
+    log(
+        f"digits: batched/bound {d['ratio_batched_over_bound']:.3f}, loop/batched {d['ratio_loop_over_batched']:.2f}"
+    )
     if not args.quick:
         result["paper"] = bench_paper(device, args.paper_repeats, log)
         pp = result["paper"]
-        log(f"paper: batched/bound {pp['ratio_batched_over_bound']:.3f}, loop/batched {pp['ratio_loop_over_batched']:.2f}")
+        log(
+            f"paper: batched/bound {pp['ratio_batched_over_bound']:.3f}, loop/batched {pp['ratio_loop_over_batched']:.2f}"
+        )
     result["wall_s"] = time.perf_counter() - t0
     result["loadavg_end"] = list(os.getloadavg())
     out = Path(args.out)

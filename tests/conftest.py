@@ -52,3 +52,36 @@ def make_gta5(tmp_path):
         return root
 
     return make
+
+
+# --------------------------------------------------------------------------- configs and stage runs
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory) -> Path:
+    """A DASSLAB_DATA folder whose digits cache (small) is shared by every stage test."""
+    from dasslab.data.digits import make_digits
+
+    data = tmp_path_factory.mktemp("data")
+    make_digits(data / "digits", size=32, n_train=120, n_val=40, seed=0)
+    return data
+
+
+SMALL_DIGITS = ["dataset.generate.n_train=120", "dataset.generate.n_val=40"]
+
+
+@pytest.fixture
+def compose(tmp_path, digits_data_dir, monkeypatch):
+    """compose(*overrides, config="train") -> a resolved-ready Hydra config rooted in tmp_path."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    monkeypatch.setenv("DASSLAB_ROOT", str(tmp_path))
+    monkeypatch.setenv("DASSLAB_DATA", str(digits_data_dir))
+
+    def _compose(*overrides, config: str = "train"):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose(config_name=config, overrides=list(overrides))
+
+    return _compose

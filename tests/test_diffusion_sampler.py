@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dasslab.diffusion import Denoiser, NoiseSchedule, PRESETS, Sampler, build_unet
+from dasslab.diffusion import PRESETS, Denoiser, NoiseSchedule, Sampler, build_unet
 
 T = 1000
 
@@ -176,7 +176,9 @@ def test_guidance_sign_moves_mean_by_minus_sigma_g(sched):
         assert s.stats[-1]["shift_over_sigma"] == pytest.approx(beta**0.5 * 0.7, rel=1e-5)
     # last step: no noise, mean only
     last = s.reverse_step(x, 0, sched, guidance=lambda xt, step, n: g, z=z)
-    torch.testing.assert_close(last, sched.p_mean(x, 0, linear_denoiser(x, torch.zeros(2))) - sched.betas[0] * g)
+    torch.testing.assert_close(
+        last, sched.p_mean(x, 0, linear_denoiser(x, torch.zeros(2))) - sched.betas[0] * g
+    )
 
 
 def test_guidance_descends_the_loss(sched):
@@ -194,7 +196,9 @@ def test_guidance_descends_the_loss(sched):
     s = Sampler(sched, oracle_for(x0, sched))
     plain = s.translate(x0, 300, num_steps=20, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # guidance must work even when the caller disabled grad
-        guided = s.translate(x0, 300, num_steps=20, guidance=guidance, generator=torch.Generator().manual_seed(0))
+        guided = s.translate(
+            x0, 300, num_steps=20, guidance=guidance, generator=torch.Generator().manual_seed(0)
+        )
     assert (guided - target).pow(2).mean() < (plain - target).pow(2).mean()
     assert all(st["shift_rms"] > 0 for st in s.stats)
 
@@ -260,7 +264,7 @@ def test_sample_shape_and_reproducible(sched):
     a = s.sample((2, 3, 4, 8), num_steps=8, generator=torch.Generator().manual_seed(0))
     b = s.sample((2, 3, 4, 8), num_steps=8, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 3, 4, 8) and torch.equal(a, b)
-    assert [st["t"] for st in s.stats][0] == T - 1 and s.stats[-1]["t"] == 0 and len(s.stats) == 8
+    assert s.stats[0]["t"] == T - 1 and s.stats[-1]["t"] == 0 and len(s.stats) == 8
 
 
 # ---------------------------------------------------------------------------- U-Net

@@ -33,8 +33,15 @@ def test_linear_schedule_values_and_buffers(sched):
     assert sched.alpha_bar_prev[0].item() == 1.0
     np.testing.assert_allclose(sched.alpha_bar_prev[1:].numpy(), sched.alpha_bar[:-1].numpy())
     names = {n for n, _ in sched.named_buffers()}
-    for n in ("betas", "alphas", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar",
-              "timesteps"):
+    for n in (
+        "betas",
+        "alphas",
+        "alpha_bar",
+        "alpha_bar_prev",
+        "sqrt_alpha_bar",
+        "sqrt_one_minus_alpha_bar",
+        "timesteps",
+    ):
         assert n in names
     # Buffers follow .to(); the integer timesteps keep their dtype.
     s64 = NoiseSchedule.linear(10).to(torch.float64)
@@ -106,7 +113,9 @@ def test_p_mean_matches_eq4(sched):
     got = sched.p_mean(x, torch.tensor(t_idx), eps)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
     # int t path
-    torch.testing.assert_close(sched.p_mean(x[2:3], 250, eps[2:3]).double(), expected[2:3], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        sched.p_mean(x[2:3], 250, eps[2:3]).double(), expected[2:3], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_p_mean_with_true_noise_is_x0_at_first_step(sched):
@@ -186,7 +195,9 @@ def test_respace_validation(sched, kept, match):
 # ---------------------------------------------------------------------------- spaced_steps / domains
 
 
-@pytest.mark.parametrize("t_max, n", [(1, 1), (2, 2), (10, 3), (100, 25), (600, 25), (1000, 50), (7, 100), (37, 36)])
+@pytest.mark.parametrize(
+    "t_max, n", [(1, 1), (2, 2), (10, 3), (100, 25), (600, 25), (1000, 50), (7, 100), (37, 36)]
+)
 def test_spaced_steps_properties(t_max, n):
     s = spaced_steps(t_max, n)
     assert len(s) == min(n, t_max)

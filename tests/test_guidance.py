@@ -52,8 +52,12 @@ class TinyGuide(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(0.5),
-            nn.Conv2d(8, 8, 3, padding=2, dilation=2), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Dropout2d(0.5),
+            nn.Conv2d(8, 8, 3, padding=2, dilation=2),
+            nn.ReLU(),
             nn.Conv2d(8, k, 1),
         )
         with torch.no_grad():  # non-trivial running statistics
@@ -79,7 +83,9 @@ def lcg_grad_loop(x, label, preprocess, net, reduction="sum", ignore_index=IGNOR
             xi = x[i : i + 1].detach().requires_grad_(True)
             m = label[i : i + 1] == c
             logits = net(preprocess(xi) * m[:, None].float())
-            target = torch.where(m, torch.full_like(label[i : i + 1], c), torch.full_like(label[i : i + 1], ignore_index))
+            target = torch.where(
+                m, torch.full_like(label[i : i + 1], c), torch.full_like(label[i : i + 1], ignore_index)
+            )
             loss = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction)
             (g,) = torch.autograd.grad(loss, xi)
             grad[i] += (m[:, None].float() * g)[0]  # m_c ⊙ grad L_c
@@ -165,7 +171,9 @@ def test_lcg_loss_counts_only_own_class_pixels(guide):
                     continue
                 m = label[i : i + 1] == c
                 t = torch.where(m, c, IGNORE)
-                expected[i] += F.cross_entropy(guide(z[i : i + 1] * m[:, None]), t, ignore_index=IGNORE, reduction="sum")
+                expected[i] += F.cross_entropy(
+                    guide(z[i : i + 1] * m[:, None]), t, ignore_index=IGNORE, reduction="sum"
+                )
     torch.testing.assert_close(loss, expected)
     assert loss[3] == 0
 
@@ -206,7 +214,10 @@ def test_gsg_equals_direct_autograd(guide, reduction):
     xr = x.clone().requires_grad_(True)
     logits = guide(imagenet_preprocess(xr))
     per_image = torch.stack(
-        [F.cross_entropy(logits[i : i + 1], label[i : i + 1], ignore_index=IGNORE, reduction=reduction) for i in range(3)]
+        [
+            F.cross_entropy(logits[i : i + 1], label[i : i + 1], ignore_index=IGNORE, reduction=reduction)
+            for i in range(3)
+        ]
     )
     (ref,) = torch.autograd.grad(per_image.sum(), xr)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
@@ -245,8 +256,12 @@ def test_reductions_and_their_relation():
     counts = (target != IGNORE).flatten(1).sum(1).float()
     torch.testing.assert_close(m, s / counts)
     for i in range(2):
-        torch.testing.assert_close(s[i], F.cross_entropy(logits[i : i + 1], target[i : i + 1], ignore_index=IGNORE, reduction="sum"))
-        torch.testing.assert_close(m[i], F.cross_entropy(logits[i : i + 1], target[i : i + 1], ignore_index=IGNORE))
+        torch.testing.assert_close(
+            s[i], F.cross_entropy(logits[i : i + 1], target[i : i + 1], ignore_index=IGNORE, reduction="sum")
+        )
+        torch.testing.assert_close(
+            m[i], F.cross_entropy(logits[i : i + 1], target[i : i + 1], ignore_index=IGNORE)
+        )
     # a term without counted pixels is 0 under both reductions
     empty = torch.full((1, 6, 7), IGNORE)
     assert segmentation_loss(logits[:1], empty, "mean").item() == 0
@@ -315,7 +330,8 @@ def test_plain_callable_guide_is_supported():
     net = TinyGuide().eval()
     x, label = make_batch()
     torch.testing.assert_close(
-        lcg_grad(x, label, imagenet_preprocess, lambda z: net(z)), lcg_grad(x, label, imagenet_preprocess, net)
+        lcg_grad(x, label, imagenet_preprocess, lambda z: net(z)),
+        lcg_grad(x, label, imagenet_preprocess, net),
     )
 
 
@@ -425,16 +441,23 @@ def test_bf16_autocast_gradient_close_to_fp32(guide):
 
 
 def test_make_guidance_from_config(guide):
-    x, label = make_batch()
-    sg = make_guidance(imagenet_preprocess, guide, label,
-                       {"scale": 5, "reduction": "mean", "lcg": True, "gsg": True},
-                       {"name": "randmix", "seed": 3})
+    _, label = make_batch()
+    sg = make_guidance(
+        imagenet_preprocess,
+        guide,
+        label,
+        {"scale": 5, "reduction": "mean", "lcg": True, "gsg": True},
+        {"name": "randmix", "seed": 3},
+    )
     assert isinstance(sg, SemanticGuidance)
     assert (sg.scale, sg.reduction, sg.arrangement, sg.seed) == (5.0, "mean", "randmix", 3)
     assert sg.plan(20) == arrangement_plan("randmix", 20, seed=3)
     d = make_guidance(imagenet_preprocess, guide, label, {})
     assert (d.scale, d.reduction, d.arrangement, d.mode) == (80.0, "sum", "alternate", "sgg")
-    assert make_guidance(imagenet_preprocess, guide, label, {"lcg": True, "gsg": False}, "alternate").mode == "lcg_only"
+    assert (
+        make_guidance(imagenet_preprocess, guide, label, {"lcg": True, "gsg": False}, "alternate").mode
+        == "lcg_only"
+    )
     assert make_guidance(imagenet_preprocess, guide, label, None) is None
     assert make_guidance(imagenet_preprocess, guide, label, {"scale": 0}) is None
     assert make_guidance(imagenet_preprocess, guide, label, {"lcg": False, "gsg": False}) is None
@@ -444,3 +467,18 @@ def test_make_guidance_from_config(guide):
         make_guidance(imagenet_preprocess, guide, label, {}, {"name": "zigzag"})
     bf = make_guidance(imagenet_preprocess, guide, label, {"autocast_dtype": "bf16"})
     assert bf.autocast_dtype is torch.bfloat16
+
+
+def test_make_guidance_accepts_omegaconf(guide):
+    from omegaconf import OmegaConf
+
+    _, label = make_batch()
+    cfg = OmegaConf.create(
+        {
+            "guidance": {"name": "gsg_only", "scale": 2.5, "reduction": "sum", "lcg": False, "gsg": True},
+            "arrangement": {"name": "lcg_then_gsg", "seed": 0},
+        }
+    )
+    sg = make_guidance(imagenet_preprocess, guide, label, cfg.guidance, cfg.arrangement)
+    assert sg.mode == "gsg_only" and sg.scale == 2.5 and sg.arrangement == "lcg_then_gsg"
+    assert make_guidance(imagenet_preprocess, guide, label, OmegaConf.create({"scale": 0.0})) is None

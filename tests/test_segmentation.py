@@ -132,6 +132,8 @@ def test_freeze_bn_defaults(model):
     assert all(not mod.training for mod in s.backbone.modules() if isinstance(mod, bn))
     assert all(mod.training for mod in s.head.modules() if isinstance(mod, bn))
     assert not model("daformer_mitb5").freeze_bn and not build_segmenter("small", 4).freeze_bn
+    # ``null`` in a config means the model's default
+    assert build_segmenter("small", 4, freeze_bn=None, head_lr_mult=None).head_lr_mult == 1.0
 
 
 def test_small_sizes_and_bf16():
@@ -176,6 +178,8 @@ def test_pretrained_offline_without_cache_raises(no_cache, name):
 def test_pretrained_download_failure_raises(no_cache, monkeypatch):
     """Not offline, but the host refuses: one clear error, no retries."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DASSLAB_DOWNLOAD_TIMEOUT", "2")
     monkeypatch.setitem(
         W.IMAGENET_SOURCES, "deeplabv2_r101", lambda: W.TorchvisionFile("http://127.0.0.1:9/resnet101-63fe2227.pth")
@@ -271,6 +275,25 @@ def test_library_state_dicts_map_onto_backbones(model):
             sd["fc.weight"] = torch.zeros(1000, 2048)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            rep = W.load_state_into(m, sd, source=name)
+            rep = W.load_imagenet_state(m, name, sd, source=name)  # raises unless the backbone is covered
         assert not rep.shape_mismatch
         assert not [k for k in rep.missing if k.startswith("backbone.")], name
+    with pytest.raises(WeightsError, match="does not fit"):
+        W.load_imagenet_state(model("deeplabv2_r101"), "deeplabv2_r101", {"conv1.weight": sd_conv1()}, "x")
+
+
+def sd_conv1():
+    return torch.zeros(64, 3, 7, 7)
+
+
+def test_pretrained_found_in_cache_offline(no_cache):
+    """Cached library files are used offline, without touching the network."""
+    tv = no_cache / "torch" / "hub" / "checkpoints" / "resnet101-63fe2227.pth"
+    tv.parent.mkdir(parents=True)
+    tv.write_bytes(b"x")
+    assert W.fetch_imagenet_weights("deeplabv2_r101") == tv
+    src = W.IMAGENET_SOURCES["daformer_mitb5"]()
+    snap = no_cache / "hf" / "hub" / f"models--{src.repo_id.replace('/', '--')}" / "snapshots" / src.revision
+    snap.mkdir(parents=True)
+    (snap / src.filename).write_bytes(b"x")
+    assert W.fetch_imagenet_weights("daformer_mitb5").resolve() == (snap / src.filename).resolve()

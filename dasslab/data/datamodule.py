@@ -19,9 +19,10 @@ import albumentations as A
 import lightning.pytorch as L
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import CombinedLoader
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dasslab.data.base import DataError
@@ -70,16 +71,16 @@ def build_dataset(dataset_cfg: DictConfig, key: str, train: bool, limit: int | N
                                     hflip=bool(dataset_cfg.get("hflip", True)))
     else:
         transform = ResizeImageOnly(dataset_cfg.image_size)
-    return limited(instantiate(entry, transform=transform), limit)
-
-
-def class_names_of(dataset_cfg: DictConfig) -> list[str]:
-    """Class names from the (cheapest available) labeled dataset entry."""
-    for key in ("target_val", "source"):
-        if dataset_cfg.get(key) is not None:
-            ds = instantiate(dataset_cfg[key], transform=None)
-            return list(ds.class_names)
-    raise DataError("dataset: neither dataset.target_val nor dataset.source is set")
+    try:
+        ds = instantiate(entry, transform=transform)
+    except InstantiationException as e:  # surface our own one-line data errors unwrapped
+        cause = e.__cause__
+        while cause is not None and not isinstance(cause, DataError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+    return limited(ds, limit)
 
 
 class DASSDataModule(L.LightningDataModule):
@@ -141,7 +142,3 @@ class DASSDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-
-
-def to_container(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

@@ -9,12 +9,12 @@ from .schedule import NoiseSchedule, domain_timestep, spaced_steps
 from .unet import PRESETS, Denoiser, build_unet
 
 __all__ = [
-    "NoiseSchedule",
-    "spaced_steps",
-    "domain_timestep",
     "PRESETS",
-    "build_unet",
     "Denoiser",
     "GuidanceFn",
+    "NoiseSchedule",
     "Sampler",
+    "build_unet",
+    "domain_timestep",
+    "spaced_steps",
 ]

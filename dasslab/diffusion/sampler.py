@@ -43,7 +43,9 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 _CACHE_SIZE = 64
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _randn(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device, dtype: torch.dtype
+) -> Tensor:
     """Standard normal noise drawn from ``generator`` (on the generator's device), moved to ``device``."""
     if generator is None:
         return torch.randn(tuple(shape), device=device, dtype=dtype)
@@ -115,7 +117,9 @@ class Sampler:
         """
         j = int(j)
         if not 0 <= j < schedule.num_timesteps:
-            raise ValueError(f"reverse_step: index j={j} is out of range; allowed 0..{schedule.num_timesteps - 1}")
+            raise ValueError(
+                f"reverse_step: index j={j} is out of range; allowed 0..{schedule.num_timesteps - 1}"
+            )
         x = x.detach()
         t_orig = schedule.timestep(j)
         t_batch = torch.full((x.shape[0],), t_orig, dtype=torch.long, device=x.device)
@@ -151,14 +155,14 @@ class Sampler:
                     shift_rms = float(shift.float().pow(2).mean().sqrt())
 
         self.stats.append(
-            dict(
-                step=int(step),
-                t=t_orig,
-                sigma=sigma_f,
-                shift_rms=shift_rms,
-                shift_over_sigma=shift_rms / sigma_f if sigma_f > 0 else 0.0,
-                skipped=skipped,
-            )
+            {
+                "step": int(step),
+                "t": t_orig,
+                "sigma": sigma_f,
+                "shift_rms": shift_rms,
+                "shift_over_sigma": shift_rms / sigma_f if sigma_f > 0 else 0.0,
+                "skipped": skipped,
+            }
         )
         if j == 0:
             return mu

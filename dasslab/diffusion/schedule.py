@@ -18,12 +18,13 @@ for Domain Adaptive Semantic Segmentation", ICCV 2023 (which follows Ho et al., 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NoiseSchedule", "spaced_steps", "domain_timestep"]
+__all__ = ["NoiseSchedule", "domain_timestep", "spaced_steps"]
 
 Index = int | Tensor
 
@@ -66,7 +67,9 @@ class NoiseSchedule(nn.Module):
         super().__init__()
         b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if b.ndim != 1 or b.numel() == 0:
-            raise ValueError(f"NoiseSchedule: betas must be a non-empty 1-D tensor, got shape {tuple(b.shape)}")
+            raise ValueError(
+                f"NoiseSchedule: betas must be a non-empty 1-D tensor, got shape {tuple(b.shape)}"
+            )
         if not torch.isfinite(b).all() or (b <= 0).any() or (b >= 1).any():
             raise ValueError(
                 f"NoiseSchedule: every beta must lie in (0, 1); got min {b.min().item():.3g}, "
@@ -104,7 +107,9 @@ class NoiseSchedule(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+    def linear(
+        cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
         """DDPM's linear schedule: ``beta_t`` evenly spaced from ``beta_start`` to ``beta_end``."""
         if int(num_timesteps) < 1:
             raise ValueError(f"NoiseSchedule.linear: num_timesteps must be >= 1, got {num_timesteps}")
@@ -164,7 +169,7 @@ class NoiseSchedule(nn.Module):
             raise ValueError(
                 f"NoiseSchedule.respace: kept timesteps {bad[:5]} are out of range; allowed 0..{K - 1}"
             )
-        if any(b <= a for a, b in zip(kept, kept[1:])):
+        if any(b <= a for a, b in pairwise(kept)):
             raise ValueError(
                 "NoiseSchedule.respace: kept must be sorted in increasing order without duplicates, "
                 f"got {kept[:10]}{' …' if len(kept) > 10 else ''}"
@@ -185,7 +190,9 @@ class NoiseSchedule(nn.Module):
         """
         if isinstance(t, Tensor) and t.ndim > 0:
             if t.ndim != 1:
-                raise ValueError(f"NoiseSchedule: t must be an int or a 1-D LongTensor, got shape {tuple(t.shape)}")
+                raise ValueError(
+                    f"NoiseSchedule: t must be an int or a 1-D LongTensor, got shape {tuple(t.shape)}"
+                )
             v = buf[t.to(buf.device, torch.long)]
             v = v.reshape(-1, *([1] * (like.ndim - 1)))
         else:
@@ -202,10 +209,13 @@ class NoiseSchedule(nn.Module):
         if noise is None:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:
-            raise ValueError(f"q_sample: noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}")
-        return self._gather(self.sqrt_alpha_bar, t, x0) * x0 + self._gather(
-            self.sqrt_one_minus_alpha_bar, t, x0
-        ) * noise
+            raise ValueError(
+                f"q_sample: noise shape {tuple(noise.shape)} differs from x0 shape {tuple(x0.shape)}"
+            )
+        return (
+            self._gather(self.sqrt_alpha_bar, t, x0) * x0
+            + self._gather(self.sqrt_one_minus_alpha_bar, t, x0) * noise
+        )
 
     def predict_x0(self, x_t: Tensor, t: Index, eps: Tensor) -> Tensor:
         """Invert Eq. 2 for ``x_0`` given a noise estimate: ``(x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t)``."""
@@ -222,7 +232,9 @@ class NoiseSchedule(nn.Module):
         With the true noise of a known ``x_0`` this is exactly the posterior mean of
         ``q(x_{t-1} | x_t, x_0)``; at ``t = 0`` it equals ``x_0``.
         """
-        return self._gather(self.sqrt_recip_alphas, t, x_t) * (x_t - self._gather(self.eps_coef, t, x_t) * eps)
+        return self._gather(self.sqrt_recip_alphas, t, x_t) * (
+            x_t - self._gather(self.eps_coef, t, x_t) * eps
+        )
 
     def p_variance(self, t: Index) -> Tensor:
         """Variance ``Sigma_t`` of ``p_theta(x_{t-1} | x_t)``: ``beta_t`` ("fixed large", the paper's choice).

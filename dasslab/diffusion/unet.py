@@ -31,14 +31,14 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
-__all__ = ["PRESETS", "build_unet", "Denoiser"]
+__all__ = ["PRESETS", "Denoiser", "build_unet"]
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "ddpm_paper": dict(
-        block_out_channels=(128, 128, 256, 256, 512, 512),
-        layers_per_block=2,
-        down_block_types=(
+    "ddpm_paper": {
+        "block_out_channels": (128, 128, 256, 256, 512, 512),
+        "layers_per_block": 2,
+        "down_block_types": (
             "DownBlock2D",  # 256
             "DownBlock2D",  # 128
             "DownBlock2D",  # 64
@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "AttnDownBlock2D",  # 16  (attention at 16 px for a 256-px input)
             "DownBlock2D",  # 8
         ),
-        up_block_types=(
+        "up_block_types": (
             "UpBlock2D",  # 8
             "AttnUpBlock2D",  # 16
             "UpBlock2D",  # 32
@@ -54,24 +54,24 @@ PRESETS: dict[str, dict[str, Any]] = {
             "UpBlock2D",  # 128
             "UpBlock2D",  # 256
         ),
-        attention_head_dim=None,  # one head over all channels, as in DDPM
-        norm_num_groups=32,
-        norm_eps=1e-6,
-        downsample_padding=0,
-        flip_sin_to_cos=False,
-        freq_shift=1,
-        dropout=0.0,
-    ),
-    "small": dict(
-        block_out_channels=(32, 64, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        attention_head_dim=None,
-        norm_num_groups=8,
-        norm_eps=1e-6,
-        dropout=0.0,
-    ),
+        "attention_head_dim": None,  # one head over all channels, as in DDPM
+        "norm_num_groups": 32,
+        "norm_eps": 1e-6,
+        "downsample_padding": 0,
+        "flip_sin_to_cos": False,
+        "freq_shift": 1,
+        "dropout": 0.0,
+    },
+    "small": {
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        "attention_head_dim": None,
+        "norm_num_groups": 8,
+        "norm_eps": 1e-6,
+        "dropout": 0.0,
+    },
 }
 
 
@@ -82,7 +82,9 @@ def _as_hw(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
         try:
             h, w = (int(v) for v in image_size)
         except (TypeError, ValueError):
-            raise ValueError(f"image_size must be an int or a (height, width) pair, got {image_size!r}") from None
+            raise ValueError(
+                f"image_size must be an int or a (height, width) pair, got {image_size!r}"
+            ) from None
     if h < 1 or w < 1:
         raise ValueError(f"image_size must be positive, got {(h, w)}")
     return h, w

@@ -18,7 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dasslab.guidance.losses import Preprocess, SegNet, as_label, check_reduction, guide_mode, segmentation_loss
+from dasslab.guidance.losses import (
+    Preprocess,
+    SegNet,
+    as_label,
+    check_reduction,
+    guide_mode,
+    segmentation_loss,
+)
 
 
 def gsg_loss_and_grad(

@@ -68,7 +68,9 @@ def as_label(label: Tensor, x: Tensor) -> Tensor:
     if label.dim() == 4 and label.shape[1] == 1:
         label = label[:, 0]
     if label.dtype.is_floating_point or label.dtype == torch.bool:
-        raise TypeError(f"guidance label must be an integer tensor (class index, 255 = ignore), got {label.dtype}")
+        raise TypeError(
+            f"guidance label must be an integer tensor (class index, 255 = ignore), got {label.dtype}"
+        )
     if x.dim() != 4:
         raise ValueError(f"guidance expects images N x C x H x W, got shape {tuple(x.shape)}")
     expected = (x.shape[0], x.shape[2], x.shape[3])
@@ -119,7 +121,9 @@ def reduce_terms(ce: Tensor, valid: Tensor, reduction: str = "sum") -> Tensor:
     return total / count.clamp_min(1).to(total.dtype)
 
 
-def segmentation_loss(logits: Tensor, target: Tensor, reduction: str = "sum", ignore_index: int = 255) -> Tensor:
+def segmentation_loss(
+    logits: Tensor, target: Tensor, reduction: str = "sum", ignore_index: int = 255
+) -> Tensor:
     """Cross-entropy of ``logits`` (N x K x H x W) against ``target`` (N x H x W), one value per term (N,)."""
     ce, valid = pixel_ce(logits, target, ignore_index)
     return reduce_terms(ce, valid, reduction)

@@ -22,10 +22,12 @@ Defaults: ``scale`` (lambda) = 80, the paper's value, with ``reduction="sum"``
 (per-pixel CE summed over the counted pixels of each term, see
 :mod:`dasslab.guidance.losses`). The paper states neither its reduction nor its
 input normalisation, so lambda = 80 is a starting point, not a calibrated value:
-``mean`` behaves like ``sum`` with lambda divided by the pixel count, and the
-useful size of the shift ``Sigma_k * ||g||`` is a few to ~20 % of ``sigma_k``
-(DESIGN §6). :attr:`SemanticGuidance.stats` records, per call, the kind, the loss
-and the gradient norms so that a run can log the shift against ``sigma_k``.
+``reduction="mean"`` with lambda acts like ``"sum"`` with lambda / (number of
+counted pixels), and the useful size of the per-pixel shift ``Sigma_k * g`` was
+a few to ~20 % of ``sigma_k`` on the digits benchmark (DESIGN §6). The sampler
+logs that ratio per step (``Sampler.stats``: ``shift_rms``, ``shift_over_sigma``);
+:attr:`SemanticGuidance.stats` adds, per guided call, the kind, the guide's loss
+and the gradient norms.
 """
 
 from __future__ import annotations
@@ -53,10 +55,9 @@ class GuidanceStat:
     """What one guided reverse step did (floats are means over the images of the batch).
 
     ``loss``: the guided loss per image (LCG: sum over the image's classes of L_c).
-    ``grad_norm``: ||grad_x L||_2 per image, before lambda. ``shift_norm`` would be
-    ``Sigma_k * scaled_norm`` where ``scaled_norm = lambda * grad_norm`` is the norm of
-    what the sampler receives; compare the shift with ``sigma_k * sqrt(C*H*W)``
-    (the norm of the step's noise) to calibrate lambda.
+    ``grad_norm``: ||grad_x L||_2 per image, before lambda. ``scaled_norm`` =
+    lambda * grad_norm, the norm of what the sampler receives; the mean shift is
+    ``Sigma_k * g``, whose RMS over pixels the sampler logs against ``sigma_k``.
     """
 
     step: int
@@ -110,12 +111,16 @@ class SemanticGuidance:
         record_stats: bool = True,
     ) -> None:
         if arrangement not in ARRANGEMENTS:
-            raise ValueError(f"unknown guidance arrangement {arrangement!r}; expected one of {list(ARRANGEMENTS)}")
+            raise ValueError(
+                f"unknown guidance arrangement {arrangement!r}; expected one of {list(ARRANGEMENTS)}"
+            )
         scale = float(scale)
         if not scale >= 0 or scale == float("inf"):
             raise ValueError(f"guidance scale (lambda) must be a finite number >= 0, got {scale}")
         if max_batch is not None and max_batch < 1:
-            raise ValueError(f"guidance max_batch must be a positive number of copies or None, got {max_batch}")
+            raise ValueError(
+                f"guidance max_batch must be a positive number of copies or None, got {max_batch}"
+            )
         self.preprocess = preprocess
         self.net = net
         self.scale = scale
@@ -211,11 +216,19 @@ class SemanticGuidance:
         with amp:
             if kind == LCG:
                 return lcg_loss_and_grad(
-                    x_t, label, self.preprocess, self.net, self.reduction, self.ignore_index,
-                    self.max_batch, copies=self._class_copies(label),
+                    x_t,
+                    label,
+                    self.preprocess,
+                    self.net,
+                    self.reduction,
+                    self.ignore_index,
+                    self.max_batch,
+                    copies=self._class_copies(label),
                 )
             if kind == GSG:
-                return gsg_loss_and_grad(x_t, label, self.preprocess, self.net, self.reduction, self.ignore_index)
+                return gsg_loss_and_grad(
+                    x_t, label, self.preprocess, self.net, self.reduction, self.ignore_index
+                )
         raise ValueError(f"guidance kind must be {LCG!r} or {GSG!r}, got {kind!r}")
 
     def __call__(self, x_t: Tensor, step: int, num_steps: int) -> Tensor | None:
@@ -232,16 +245,34 @@ class SemanticGuidance:
         return grad * self.scale
 
 
-_GUIDANCE_KEYS = {"scale", "reduction", "lcg", "gsg", "ignore_index", "max_batch", "autocast_dtype", "record_stats"}
+_GUIDANCE_KEYS = {
+    "scale",
+    "reduction",
+    "lcg",
+    "gsg",
+    "ignore_index",
+    "max_batch",
+    "autocast_dtype",
+    "record_stats",
+}
 _ARRANGEMENT_KEYS = {"name", "seed"}
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "fp32": None, "float32": None, "none": None}
+_DTYPES = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": None,
+    "float32": None,
+    "none": None,
+}
 
 
-def _settings(cfg: Mapping[str, Any] | None, allowed: set[str], what: str, ignored: tuple[str, ...] = ()) -> dict:
+def _settings(
+    cfg: Mapping[str, Any] | None, allowed: set[str], what: str, ignored: tuple[str, ...] = ()
+) -> dict:
     if cfg is None:
         return {}
-    out = {str(k): cfg[k] for k in cfg.keys() if not str(k).startswith("_") and str(k) not in ignored}
+    out = {str(k): cfg[k] for k in cfg if not str(k).startswith("_") and str(k) not in ignored}
     unknown = sorted(set(out) - allowed)
     if unknown:
         raise ValueError(f"{what} config has unknown keys {unknown}; expected some of {sorted(allowed)}")
@@ -274,7 +305,9 @@ def make_guidance(
     dtype = g.get("autocast_dtype")
     if isinstance(dtype, str):
         if dtype.lower() not in _DTYPES:
-            raise ValueError(f"guidance.autocast_dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}")
+            raise ValueError(
+                f"guidance.autocast_dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}"
+            )
         dtype = _DTYPES[dtype.lower()]
     guide = SemanticGuidance(
         preprocess,

@@ -20,7 +20,7 @@ Conventions
   ``daformer_mitb5`` False (MiT uses LayerNorm; the decoder's BN is trained, as
   in DAFormer), ``fcn8s_vgg16`` False (VGG16 has no BN), ``small`` False.
 
-Parameter counts with 19 classes: deeplabv2_r101 43.9 M, fcn8s_vgg16 134.3 M,
+Parameter counts with 19 classes: deeplabv2_r101 43.9 M, fcn8s_vgg16 134.4 M,
 daformer_mitb5 85.2 M, small 0.49 M (see ``tests/test_segmentation.py``).
 """
 
@@ -122,15 +122,22 @@ class Segmenter(nn.Module):
 # ---------------------------------------------------------------------- builders
 
 
-def _deeplabv2_r101(num_classes: int, freeze_bn: bool = True, head_lr_mult: float = 10.0) -> Segmenter:
+def _or(value, default):
+    """Config files may pass ``null`` for "the model's default"."""
+    return default if value is None else value
+
+
+def _deeplabv2_r101(num_classes: int, freeze_bn: bool | None = None, head_lr_mult: float | None = None) -> Segmenter:
+    freeze_bn, head_lr_mult = _or(freeze_bn, True), _or(head_lr_mult, 10.0)
     backbone = ResNetBackbone(depth=101, output_stride=8)
     head = DeepLabV2ASPP(backbone.out_channels[-1], num_classes, dilations=(6, 12, 18, 24))
     return Segmenter("deeplabv2_r101", backbone, head, num_classes, freeze_bn, head_lr_mult)
 
 
 def _fcn8s_vgg16(
-    num_classes: int, freeze_bn: bool = False, head_lr_mult: float = 10.0, dropout: float = 0.5
+    num_classes: int, freeze_bn: bool | None = None, head_lr_mult: float | None = None, dropout: float = 0.5
 ) -> Segmenter:
+    freeze_bn, head_lr_mult = _or(freeze_bn, False), _or(head_lr_mult, 10.0)
     backbone = VGG16Backbone(dropout=dropout)
     head = FCN8sHead(backbone.out_channels, num_classes)
     return Segmenter("fcn8s_vgg16", backbone, head, num_classes, freeze_bn, head_lr_mult)
@@ -138,11 +145,12 @@ def _fcn8s_vgg16(
 
 def _daformer_mitb5(
     num_classes: int,
-    freeze_bn: bool = False,
-    head_lr_mult: float = 10.0,
+    freeze_bn: bool | None = None,
+    head_lr_mult: float | None = None,
     embed_dim: int = 256,
     drop_path_rate: float = 0.1,
 ) -> Segmenter:
+    freeze_bn, head_lr_mult = _or(freeze_bn, False), _or(head_lr_mult, 10.0)
     backbone = mit_b5(drop_path_rate=drop_path_rate)
     head = DAFormerHead(mit_out_channels(backbone), num_classes, embed_dim=embed_dim)
     return Segmenter("daformer_mitb5", backbone, head, num_classes, freeze_bn, head_lr_mult)
@@ -150,11 +158,12 @@ def _daformer_mitb5(
 
 def _small(
     num_classes: int,
-    freeze_bn: bool = False,
-    head_lr_mult: float = 1.0,
+    freeze_bn: bool | None = None,
+    head_lr_mult: float | None = None,
     widths: tuple[int, ...] = (16, 32, 64, 128),
     norm: str = "bn",
 ) -> Segmenter:
+    freeze_bn, head_lr_mult = _or(freeze_bn, False), _or(head_lr_mult, 1.0)
     widths = tuple(int(w) for w in widths)
     backbone = SmallEncoder(widths, norm=norm)
     head = SmallDecoder(widths, num_classes, norm=norm)
@@ -181,7 +190,8 @@ def build_segmenter(
         pretrained: load the library's ImageNet weights into the backbone
             (see :mod:`dasslab.segmentation.weights`). Ignored when ``weights`` is given.
         weights: path of a local state dict / checkpoint (full Segmenter or encoder only).
-        **kwargs: per-model options: ``freeze_bn``, ``head_lr_mult`` (all);
+        **kwargs: per-model options: ``freeze_bn``, ``head_lr_mult`` (all; ``None`` = the
+            model's default);
             ``dropout`` (fcn8s_vgg16); ``embed_dim``, ``drop_path_rate`` (daformer_mitb5);
             ``widths``, ``norm`` ("bn" | "gn") (small).
 

@@ -61,6 +61,8 @@ __all__ = [
     "read_state_dict",
     "load_weights",
     "load_state_into",
+    "load_imagenet",
+    "load_imagenet_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,13 +146,20 @@ def _socket_timeout(seconds: float):
 
 
 def _check_reachable(url: str, timeout: float) -> None:
+    """Open (and close) a TCP connection to the host, or to the proxy urllib would use."""
+    from urllib.request import getproxies, proxy_bypass
+
     parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+    proxy = getproxies().get(parsed.scheme)
+    if proxy and not proxy_bypass(host):
+        pp = urlparse(proxy if "://" in proxy else "http://" + proxy)
+        host, port = pp.hostname, pp.port or 80
     try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        raise ConnectionError(f"{parsed.hostname} unreachable ({e.__class__.__name__}: {e})") from None
+        raise ConnectionError(f"{host}:{port} unreachable ({e.__class__.__name__}: {e})") from None
 
 
 def _fail(name: str, src, reason: str) -> WeightsError:
@@ -359,11 +368,16 @@ def load_weights(
 
 def load_imagenet(model: nn.Module, name: str, path: Path) -> LoadReport:
     """Load a library ImageNet checkpoint into the backbone; all backbone tensors must be covered."""
-    report = load_state_into(model, read_state_dict(path), source=str(path))
+    return load_imagenet_state(model, name, read_state_dict(path), source=str(path))
+
+
+def load_imagenet_state(model: nn.Module, name: str, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """:func:`load_imagenet` for an already read state dict."""
+    report = load_state_into(model, state, source=source)
     missing = [k for k in report.missing if k.startswith("backbone.") and not k.endswith("num_batches_tracked")]
     if missing or report.shape_mismatch:
         raise WeightsError(
-            f"ImageNet file {str(path)!r} does not fit segmenter {name!r}: {len(missing)} backbone tensors "
+            f"ImageNet file {source!r} does not fit segmenter {name!r}: {len(missing)} backbone tensors "
             f"missing (e.g. {missing[:2]}), {len(report.shape_mismatch)} shape mismatches. Either {_HOW_TO}."
         )
     return report
