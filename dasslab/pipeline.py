@@ -75,7 +75,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
         return {"miou": r["miou"], "record": r, "checkpoint": r["checkpoint"]}
 
     src = None
-    if any(r in rows for r in ("source_only", "baseline")):
+    if any(r in rows for r in ("source_only", "baseline", "translation_quality")):
         src = cached(cfg, "source", SEGMENTER_KEYS, source)
     if "source_only" in rows:
         results["source_only"] = src
@@ -84,16 +84,26 @@ def run_pipeline(cfg: DictConfig) -> dict:
             print("[pipeline] oracle: skipped (dataset.target_train_labeled is not set)")
         else:
             results["oracle"] = cached(cfg, "oracle", SEGMENTER_KEYS, lambda c: _seg(train_segmenter(c, "oracle")))
-    if "baseline" in rows:
+    diff = None
+    if "baseline" in rows or "translation_quality" in rows:
         diff = cached(cfg, "diffusion", DIFFUSION_KEYS, lambda c: {"checkpoint": str(train_diffusion(c))})
+    if "baseline" in rows:
         results["baseline"] = cached(
             cfg, "adapt_baseline", ADAPT_KEYS,
             lambda c: _seg(adapt_baseline(c, source_ckpt=src["checkpoint"], diffusion_ckpt=diff["checkpoint"])))
     out = Path(cfg.paths.output_dir)
+    quality = None
+    if "translation_quality" in rows:
+        if "oracle" not in results:
+            raise ValueError("pipeline row translation_quality needs the oracle row (target labels)")
+        from dasslab.analysis.translation_quality import measure
+
+        quality = measure(cfg, results["oracle"]["checkpoint"], diff["checkpoint"], src["checkpoint"], out)
     summary = summarize(results)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "results.md", results_markdown(summary, cfg.dataset.name))
-    print(results_markdown(summary, cfg.dataset.name))
+    md = results_markdown(summary, cfg.dataset.name) + (quality_markdown(quality) if quality else "")
+    atomic_write_text(out / "results.md", md)
+    print(md)
     print(f"run directory: {out}")
     return summary
 
@@ -125,4 +135,24 @@ def results_markdown(summary: dict, dataset: str) -> str:
         m = "n/a" if e.get("miou") is None else f"{e['miou']:.2f}"
         g = "" if e.get("gap_closed") is None else f"{100 * e['gap_closed']:.1f} %"
         lines.append(f"| {row} | {m} | {g} |")
+    return "\n".join(lines) + "\n"
+
+
+def quality_markdown(q: dict) -> str:
+    """Consistency / domain score tables of :func:`dasslab.analysis.translation_quality.measure`."""
+    ref = q["reference"]
+    lines = ["", f"## Translation quality ({q['num_images']} source val images, {q['num_steps']} reverse steps)", "",
+             f"Reference: source images consistency {ref['source']['consistency']:.1f}, domain score "
+             f"{ref['source']['domain_score']:.2f}; real target val consistency "
+             f"{ref['target_val']['consistency']:.1f}, domain score {ref['target_val']['domain_score']:.2f}.", "",
+             "| setting | n | consistency (mIoU %) | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
+    for name, s in q["settings"].items():
+        for r in s["rows"]:
+            lines.append(f"| {name} (lambda={s['guidance'].get('scale', 0)}) | {r['depth']} | "
+                         f"{r['consistency']:.1f} | {r['domain_score']:.2f} | {r['shift_over_sigma_mean']:.3f} |")
+    if q["lambda_sweep"]:
+        lines += ["", "| lambda sweep | n | consistency | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
+        for v in q["lambda_sweep"].values():
+            lines.append(f"| {v['setting']} lambda={v['scale']} | {v['depth']} | {v['consistency']:.1f} | "
+                         f"{v['domain_score']:.2f} | {v['shift_over_sigma_mean']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -93,7 +93,6 @@ def _guide(cfg: DictConfig, device: torch.device):
 
 def export_translations(cfg: DictConfig) -> list[Path]:
     """Translate ``translate.split`` at every requested depth; returns the depth folders."""
-    from dasslab.data.transforms import build_transform
     from dasslab.guidance import make_guidance
     from dasslab.lit.diffusion_module import load_diffusion
 
@@ -110,8 +109,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
         raise ValueError(f"translate.depths={depths}: {bad} outside 0..{T} (the diffusion schedule's T)")
     size = list(cfg.dataset.image_size)
     module.check_data((1, 3, *size), what=f"dataset.image_size={size}")
-    ds = build_dataset(cfg.dataset, SPLITS[split], train=False)
-    ds.transform = build_transform(False, resize=size, crop=None, hflip=False)
+    ds = build_dataset(cfg.dataset, SPLITS[split], train=False, resize_labels=True)
     indices = list(range(len(ds)))[: t.limit or None]
     out = Path(t.out_dir)
     _check_writable(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 STAGES = ("source", "oracle", "diffusion", "translate", "adapt", "pipeline")
-ROWS = ("source_only", "oracle", "baseline")
+ROWS = ("source_only", "oracle", "baseline", "translation_quality")
 
 
 class ConfigError(ValueError):

@@ -60,8 +60,12 @@ def limited(ds: Dataset, limit: int | None) -> Dataset:
     return sub
 
 
-def build_dataset(dataset_cfg: DictConfig, key: str, train: bool, limit: int | None = None) -> Dataset:
-    """Instantiate ``dataset.<key>`` with the train or eval transform (first ``limit`` samples)."""
+def build_dataset(dataset_cfg: DictConfig, key: str, train: bool, limit: int | None = None,
+                  resize_labels: bool = False) -> Dataset:
+    """Instantiate ``dataset.<key>`` with the train or eval transform (first ``limit`` samples).
+
+    Evaluation keeps labels at their stored size unless ``resize_labels`` (then both image
+    and label are resized to the working size, e.g. to translate a labeled set)."""
     entry = dataset_cfg.get(key)
     if entry is None:
         raise DataError(f"dataset.{key}: not set for dataset={dataset_cfg.get('name')}; "
@@ -69,6 +73,8 @@ def build_dataset(dataset_cfg: DictConfig, key: str, train: bool, limit: int | N
     if train:
         transform = build_transform(True, resize=dataset_cfg.image_size, crop=dataset_cfg.crop_size,
                                     hflip=bool(dataset_cfg.get("hflip", True)))
+    elif resize_labels:
+        transform = build_transform(False, resize=dataset_cfg.image_size)
     else:
         transform = ResizeImageOnly(dataset_cfg.image_size)
     try:

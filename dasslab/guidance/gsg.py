@@ -4,10 +4,12 @@ The guide sees the whole noisy image and is scored against the whole label:
 
     L = CE( g(x_k), y )   counted on every pixel whose label is not ``ignore_index``,
 
-and the reverse step's mean is shifted by ``-lambda * Sigma * grad_x L``. Unlike
-LCG, the gradient is not confined to labelled pixels: a pixel with the ignore
-label still receives gradient through the guide's receptive field when it is
-context for labelled pixels (that is what "global scene" guidance means).
+and the reverse step's mean is shifted by ``-lambda * Sigma * grad_x L`` on the
+labelled pixels. The loss sees the whole scene (ignore pixels are context for the
+guide), but the update is applied only where the label is not ``ignore_index``:
+the project's rule for pixels in no class mask (GTA void, classes a source lacks)
+is that they receive the unguided sample, under LCG and GSG alike, so a pixel's
+translation is only steered towards a label it actually has.
 
 The guide runs in eval mode with frozen weights (gradients are taken with respect
 to the image only); see :func:`dasslab.guidance.losses.guide_mode`.
@@ -51,6 +53,7 @@ def gsg_loss_and_grad(
         x_in = x.detach().requires_grad_(True)
         terms = segmentation_loss(net(preprocess(x_in)), label, reduction, ignore_index)
         (grad,) = torch.autograd.grad(terms.sum(), x_in)
+    grad = grad * (label != ignore_index).unsqueeze(1).to(grad.dtype)
     return grad, terms.detach().float()
 
 

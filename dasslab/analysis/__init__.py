@@ -1,0 +1,1 @@
+"""Measurements of translation quality that the paper could only show in pictures."""
