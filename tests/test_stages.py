@@ -261,3 +261,29 @@ def test_missing_dataset_root_is_a_clear_error(compose, tmp_path):
     with pytest.raises(DataError, match="dataset.source.root"):
         run(compose("stage=source", "debug=smoke", "dataset=gta5_cityscapes",
                     f"dataset.source.root={tmp_path / 'nope'}", f"paths.output_dir={tmp_path / 'run'}"))
+
+
+def test_guided_export_uses_the_guide_and_records_the_shift(trained, compose, tmp_path):
+    from dasslab.translate import export_translations
+
+    guide = trained["source"] / "checkpoints" / "last.ckpt"
+    common = [*SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[6]", "translate.limit=4",
+              "translate.num_steps=3"]
+    (plain,) = export_translations(compose(*common, f"translate.out_dir={tmp_path / 'plain'}"))
+    (guided,) = export_translations(compose(*common, "guidance=sgg", "guidance.scale=50", f"guide_ckpt={guide}",
+                                            f"translate.out_dir={tmp_path / 'guided'}"))
+    manifest = json.loads((guided / "manifest.json").read_text())
+    assert manifest["guidance"]["name"] == "sgg" and len(manifest["shift_over_sigma_per_step"]) == 3
+    assert all(v > 0 for v in manifest["shift_over_sigma_per_step"])
+    assert (guided / "guidance_shift.png").is_file()
+    a = sorted((plain / "source" / "images").iterdir())
+    b = sorted((guided / "source" / "images").iterdir())
+    assert any(pa.read_bytes() != pb.read_bytes() for pa, pb in zip(a, b))
+
+
+def test_guidance_without_a_guide_is_a_clear_error(trained, compose, tmp_path):
+    from dasslab.translate import export_translations
+
+    with pytest.raises(ValueError, match="guide_ckpt"):
+        export_translations(compose(*SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}", "guidance=gsg_only",
+                                    f"translate.out_dir={tmp_path / 'x'}"))
