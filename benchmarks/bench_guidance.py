@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         result["paper"] = bench_paper(device, args.paper_repeats, log)
         pp = result["paper"]
         log(
-            f"paper: batched/bound {pp['ratio_batched_over_bound']:.3f}, loop/batched {pp['ratio_loop_over_batched']:.2f}"
+            f"paper: batched/bound {pp['ratio_batched_over_bound']:.3f}, "
+            f"loop/batched {pp['ratio_loop_over_batched']:.2f}"
         )
     result["wall_s"] = time.perf_counter() - t0
     result["loadavg_end"] = list(os.getloadavg())

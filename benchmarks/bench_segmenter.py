@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dasslab.segmentation import SEGMENTER_NAMES, build_segmenter  # noqa: E402
+from dasslab.segmentation import SEGMENTER_NAMES, build_segmenter
 
 NUM_CLASSES = 19
 

@@ -6,13 +6,13 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import hydra  # noqa: E402
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-from dasslab.config import CONF_DIR  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from dasslab.config import CONF_DIR
 
 
 def run(cfg: DictConfig) -> dict:

@@ -75,4 +75,4 @@ def _f(v):
     return "n/a" if v is None else f"{v:.2f}"
 
 
-__all__ = ["evaluate_segmenter", "print_iou", "iou_table"]
+__all__ = ["evaluate_segmenter", "iou_table", "print_iou"]

@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from dasslab.data.datamodule import DASSDataModule, build_dataset
+from dasslab.data.datamodule import DASSDataModule
 from dasslab.evaluate import evaluate_segmenter
 from dasslab.lit.diffusion_module import DiffusionModule
 from dasslab.lit.segmenter_module import SegmenterModule

@@ -6,10 +6,10 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra  # noqa: E402
+import hydra
+from omegaconf import DictConfig
 
-from dasslab.config import CONF_DIR  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from dasslab.config import CONF_DIR
 
 
 def run(cfg: DictConfig):

@@ -19,24 +19,21 @@ reverse steps are guided (SGG, Sec. 4.2).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 from pathlib import Path
 
 import hydra
-
-from dasslab.config import CONF_DIR
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from tqdm import tqdm
 
+from dasslab.config import CONF_DIR
 from dasslab.data.datamodule import build_dataset
 from dasslab.data.io import read_image
-from dasslab.utils.io import atomic_write_bytes, atomic_write_text
+from dasslab.utils.io import atomic_write_png, atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -46,12 +43,6 @@ SPLITS = {"source": "source", "target": "target", "target_val": "target_val"}
 
 def depth_dir(root: str | Path, depth: int) -> Path:
     return Path(root) / f"n{int(depth):04d}"
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _check_writable(out: Path) -> None:
@@ -148,8 +139,8 @@ def export_translations(cfg: DictConfig) -> list[Path]:
                 acc[0] += s.get("shift_over_sigma", 0.0)
                 acc[1] += 1
             for it, img in zip(items, to_uint8(xt)):
-                atomic_write_bytes(lab_dir / f"{it['name']}.png", _png_bytes(it["label"].numpy().astype(np.uint8)))
-                atomic_write_bytes(img_dir / f"{it['name']}.png", _png_bytes(img))
+                atomic_write_png(lab_dir / f"{it['name']}.png", it["label"].numpy().astype(np.uint8))
+                atomic_write_png(img_dir / f"{it['name']}.png", img)
             written += len(chunk)
             bar.update(len(chunk))
         bar.close()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from dasslab.data.labels import colorize
-from dasslab.utils.io import atomic_write_bytes
+from dasslab.utils.io import atomic_write_png
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -60,11 +60,7 @@ def grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = No
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Write an HxWx3 uint8 image as PNG atomically."""
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_png(path, image)
 
 
 def save_curve(path: str | Path, xs: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,

@@ -34,7 +34,8 @@ def test_gta5_palette_labels_read_as_indices(make_gta5):
 
 def test_gta5_splits_are_deterministic_and_disjoint(make_gta5):
     root = make_gta5([np.full((4, 4), 7, np.uint8)] * 60)
-    names = lambda ds: {s[0] for s in ds.samples}
+    def names(ds):
+        return {s[0] for s in ds.samples}
     train, val, full = GTA5(root, "train"), GTA5(root, "val"), GTA5(root, "all")
     assert names(train) | names(val) == names(full) and not names(train) & names(val)
     assert 0 < len(val) < len(train)

@@ -79,11 +79,12 @@ def test_translate_export_resumes_after_interruption(trained, compose, tmp_path,
 
     def cfg(out):
         return compose(*SMOKE, f"translate.diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[3,6]",
-                       "translate.num_steps=3", "translate.batch_size=3", "translate.limit=7", f"translate.out_dir={out}")
+                       "translate.num_steps=3", "translate.batch_size=3", "translate.limit=7",
+                       f"translate.out_dir={out}")
 
     export_translations(cfg(tmp_path / "full"))
 
-    real_write = tr.atomic_write_bytes
+    real_write = tr.atomic_write_png
     calls = {"n": 0}
 
     def flaky(path, data):
@@ -92,10 +93,10 @@ def test_translate_export_resumes_after_interruption(trained, compose, tmp_path,
             raise KeyboardInterrupt
         return real_write(path, data)
 
-    monkeypatch.setattr(tr, "atomic_write_bytes", flaky)
+    monkeypatch.setattr(tr, "atomic_write_png", flaky)
     with pytest.raises(KeyboardInterrupt):
         export_translations(cfg(tmp_path / "resumed"))
-    monkeypatch.setattr(tr, "atomic_write_bytes", real_write)
+    monkeypatch.setattr(tr, "atomic_write_png", real_write)
     partial = sorted(p.name for p in (tmp_path / "resumed" / "n0003" / "source" / "images").iterdir())
     assert 0 < len(partial) < 7
     export_translations(cfg(tmp_path / "resumed"))

@@ -111,7 +111,8 @@ class DASSDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_sets:
-            self.train_sets = {k: build_dataset(self.cfg, k, train=True, limit=self.limit_train) for k in self.train_domains}
+            self.train_sets = {k: build_dataset(self.cfg, k, train=True, limit=self.limit_train)
+                               for k in self.train_domains}
             self.train_sets.update(self.extra)
         if self.val_split and self.val_set is None:
             self.val_set = build_dataset(self.cfg, self.val_split, train=False, limit=self.limit_val)

@@ -9,14 +9,14 @@ from .model import IMAGENET_MEAN, IMAGENET_STD, SEGMENTER_NAMES, Segmenter, buil
 from .weights import LoadReport, WeightsError, fetch_imagenet_weights, load_weights, read_state_dict
 
 __all__ = [
-    "Segmenter",
-    "build_segmenter",
-    "SEGMENTER_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "WeightsError",
+    "SEGMENTER_NAMES",
     "LoadReport",
+    "Segmenter",
+    "WeightsError",
+    "build_segmenter",
+    "fetch_imagenet_weights",
     "load_weights",
     "read_state_dict",
-    "fetch_imagenet_weights",
 ]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ResNetBackbone", "VGG16Backbone", "mit_b5", "mit_out_channels", "SmallEncoder", "norm_layer"]
+__all__ = ["ResNetBackbone", "SmallEncoder", "VGG16Backbone", "mit_b5", "mit_out_channels", "norm_layer"]
 
 
 class ResNetBackbone(nn.Module):

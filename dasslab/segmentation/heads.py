@@ -33,7 +33,7 @@ from torch import nn
 
 from .backbones import conv_norm_act
 
-__all__ = ["DeepLabV2ASPP", "FCN8sHead", "DAFormerHead", "SmallDecoder", "bilinear_kernel"]
+__all__ = ["DAFormerHead", "DeepLabV2ASPP", "FCN8sHead", "SmallDecoder", "bilinear_kernel"]
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -36,7 +36,7 @@ from . import weights as W
 from .backbones import ResNetBackbone, SmallEncoder, VGG16Backbone, mit_b5, mit_out_channels
 from .heads import DAFormerHead, DeepLabV2ASPP, FCN8sHead, SmallDecoder
 
-__all__ = ["Segmenter", "build_segmenter", "SEGMENTER_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SEGMENTER_NAMES", "Segmenter", "build_segmenter"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

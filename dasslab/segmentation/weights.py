@@ -53,16 +53,16 @@ import torch
 from torch import nn
 
 __all__ = [
-    "WeightsError",
-    "LoadReport",
     "IMAGENET_SOURCES",
-    "offline_reason",
+    "LoadReport",
+    "WeightsError",
     "fetch_imagenet_weights",
-    "read_state_dict",
-    "load_weights",
-    "load_state_into",
     "load_imagenet",
     "load_imagenet_state",
+    "load_state_into",
+    "load_weights",
+    "offline_reason",
+    "read_state_dict",
 ]
 
 log = logging.getLogger(__name__)

@@ -26,3 +26,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def png_bytes(array) -> bytes:
+    """Encode an HxW or HxWx3 uint8 array as PNG."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def atomic_write_png(path: str | Path, array) -> Path:
+    """Write a uint8 image (HxWx3) or label map (HxW) as PNG, atomically."""
+    return atomic_write_bytes(path, png_bytes(array))
