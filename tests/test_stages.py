@@ -288,3 +288,22 @@ def test_guidance_without_a_guide_is_a_clear_error(trained, compose, tmp_path):
     with pytest.raises(ValueError, match="guide_ckpt"):
         export_translations(compose(*SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}", "guidance=gsg_only",
                                     f"translate.out_dir={tmp_path / 'x'}"))
+
+
+GUIDED = [(g, "alternate") for g in ("sgg", "lcg_only", "gsg_only", "none")] + [
+    ("sgg", a) for a in ("lcg_then_gsg", "gsg_then_lcg", "randmix")]  # arrangements matter with both on
+
+
+@pytest.mark.parametrize("guidance, arrangement", GUIDED)
+def test_every_guidance_and_arrangement_runs(trained, compose, tmp_path, guidance, arrangement):
+    from dasslab.translate import export_translations
+
+    (out,) = export_translations(compose(
+        *SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}",
+        f"guide_ckpt={trained['source'] / 'checkpoints' / 'last.ckpt'}",
+        f"guidance={guidance}", f"arrangement={arrangement}", "translate.depths=[4]", "translate.limit=2",
+        "translate.num_steps=4", "translate.grid_images=0", f"translate.out_dir={tmp_path}"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    shifts = manifest["shift_over_sigma_per_step"]
+    assert len(shifts) == 4
+    assert all(s > 0 for s in shifts) == (guidance != "none")
