@@ -45,6 +45,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.num_classes={k!r}: expected an integer in 1..254 (255 is the ignore label)")
     for key in ("lr", "batch_size", "max_steps"):
         _positive(cfg.segmenter[key], f"segmenter.{key}", integer=key != "lr")
+    if cfg.segmenter.get("optimizer", "sgd") not in ("sgd", "adamw"):
+        raise ConfigError(f"segmenter.optimizer={cfg.segmenter.optimizer!r}: expected 'sgd' or 'adamw'")
     for key in ("lr", "batch_size", "max_steps", "num_timesteps"):
         _positive(cfg.diffusion[key], f"diffusion.{key}", integer=key != "lr")
     if not 0 < cfg.diffusion.beta_start < cfg.diffusion.beta_end < 1:

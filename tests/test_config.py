@@ -84,6 +84,7 @@ def test_unknown_choice_is_a_clear_error(compose):
     ("ptl.N=2000", "ptl.N"),
     ("augment.p=1.5", "augment.p"),
     ("adapt.loss=other", "adapt.loss"),
+    ("segmenter.optimizer=adam", "segmenter.optimizer"),
     ("diffusion.beta_end=0.00001", "diffusion.beta_start"),
 ])
 def test_bad_settings_name_the_setting(compose, override, match):

@@ -279,7 +279,8 @@ def test_library_state_dicts_map_onto_backbones(model):
         assert not rep.shape_mismatch
         assert not [k for k in rep.missing if k.startswith("backbone.")], name
     with pytest.raises(WeightsError, match="does not fit"):
-        W.load_imagenet_state(model("deeplabv2_r101"), "deeplabv2_r101", {"conv1.weight": torch.zeros(64, 3, 7, 7)}, "x")
+        W.load_imagenet_state(model("deeplabv2_r101"), "deeplabv2_r101", {"conv1.weight": torch.zeros(64, 3, 7, 7)},
+                              "f")
 
 
 def test_pretrained_found_in_cache_offline(no_cache):

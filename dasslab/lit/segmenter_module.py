@@ -3,7 +3,8 @@
 Training loss: the sum over ``train_keys`` of the cross-entropy (ignore 255) on each
 batch entry, e.g. ``[source]`` (source only), ``[target_train_labeled]`` (oracle) or
 ``[translated, source]`` = L_ada + L_src (Eq. 12). Optimiser: SGD with momentum and
-weight decay, poly learning-rate decay over ``max_steps`` (Sec. 5.1). A fraction
+weight decay, poly learning-rate decay over ``max_steps`` (Sec. 5.1); ``optimizer=adamw`` for
+models trained from scratch (the digits recipe). A fraction
 of samples is noisy + masked (Appendix C, :mod:`dasslab.segmentation.augment`).
 """
 
@@ -32,7 +33,7 @@ class SegmenterModule(L.LightningModule):
         self.model = build_segmenter(backbone["name"], num_classes,
                                      pretrained=bool(backbone.get("pretrained", False)),
                                      weights=backbone.get("weights"),
-                                     freeze_bn=bool(backbone.get("freeze_bn", False)))
+                                     freeze_bn=backbone.get("freeze_bn"))
         self.class_names = list(class_names)
         self.train_keys = list(train_keys)
         self.augment = dict(augment or {"enabled": False})
@@ -104,8 +105,14 @@ class SegmenterModule(L.LightningModule):
         groups = [{"params": [p for p in g["params"] if p.requires_grad], "lr": o["lr"] * g.get("lr_mult", 1.0)}
                   for g in self.model.param_groups()]
         groups = [g for g in groups if g["params"]]
-        opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o.get("momentum", 0.9),
-                              weight_decay=o.get("weight_decay", 5e-4))
+        name = o.get("optimizer", "sgd")
+        if name == "sgd":
+            opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o.get("momentum", 0.9),
+                                  weight_decay=o.get("weight_decay", 5e-4))
+        elif name == "adamw":
+            opt = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o.get("weight_decay", 1e-2))
+        else:
+            raise ValueError(f"segmenter.optimizer={name!r}: expected 'sgd' (the paper) or 'adamw'")
         max_steps, power = max(int(self.hparams.max_steps), 1), float(o.get("poly_power", 0.9))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: max(1.0 - min(step, max_steps) / max_steps, 0.0) ** power)
