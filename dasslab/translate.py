@@ -115,7 +115,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
         lab_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(droot / "classes.txt", "\n".join(ds.class_names) + "\n")
         shift = {}
-        done = written = 0
+        done = written = skipped = 0
         bar = tqdm(total=len(indices), desc=f"translate n={depth}", dynamic_ncols=True)
         for ci, start in enumerate(range(0, len(indices), bs)):
             chunk = indices[start:start + bs]
@@ -134,6 +134,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
                                          OmegaConf.to_container(cfg.arrangement, resolve=True))
             gen = torch.Generator(device=device).manual_seed(chunk_seed(cfg.seed, depth, ci))
             xt = sampler.translate(x, depth, t.num_steps, guidance=guidance, generator=gen)
+            skipped += sampler.skipped
             for s in sampler.stats:
                 acc = shift.setdefault(s["step"], [0.0, 0])
                 acc[0] += s.get("shift_over_sigma", 0.0)
@@ -150,7 +151,10 @@ def export_translations(cfg: DictConfig) -> list[Path]:
                     "guidance": OmegaConf.to_container(cfg.guidance, resolve=True) if guide is not None else None,
                     "arrangement": OmegaConf.to_container(cfg.arrangement, resolve=True) if guide is not None
                     else None,
-                    "shift_over_sigma_per_step": [shift[k][0] / max(shift[k][1], 1) for k in steps]}
+                    "shift_over_sigma_per_step": [shift[k][0] / max(shift[k][1], 1) for k in steps],
+                    "skipped_guidance_steps": skipped}
+        if skipped:
+            log.warning("n=%d: %d reverse steps had a non-finite guidance gradient and ran unguided", depth, skipped)
         atomic_write_text(droot / "manifest.json", json.dumps(manifest, indent=2))
         if guide is not None and steps and written:
             save_curve(droot / "guidance_shift.png", steps, {"||λΣ∇L|| / σ_k (RMS)":

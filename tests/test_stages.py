@@ -307,3 +307,33 @@ def test_every_guidance_and_arrangement_runs(trained, compose, tmp_path, guidanc
     shifts = manifest["shift_over_sigma_per_step"]
     assert len(shifts) == 4
     assert all(s > 0 for s in shifts) == (guidance != "none")
+
+
+def test_nonfinite_guidance_is_skipped_counted_and_never_reaches_the_image(trained, compose, tmp_path, monkeypatch):
+    import dasslab.guidance as guidance_pkg
+    from dasslab.translate import export_translations
+
+    common = [*SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[5]", "translate.limit=4",
+              "translate.batch_size=2", "translate.num_steps=3", "translate.grid_images=0"]
+    (plain,) = export_translations(compose(*common, f"translate.out_dir={tmp_path / 'plain'}"))
+    monkeypatch.setattr(guidance_pkg, "make_guidance",
+                        lambda *a, **k: (lambda x, step, n: torch.full_like(x, float("nan"))))
+    with pytest.warns(Warning, match="non-finite|NaN|nan|finite"):
+        (bad,) = export_translations(compose(*common, "guidance=sgg",
+                                             f"guide_ckpt={trained['source'] / 'checkpoints' / 'last.ckpt'}",
+                                             f"translate.out_dir={tmp_path / 'nan'}"))
+    assert json.loads((bad / "manifest.json").read_text())["skipped_guidance_steps"] == 2 * 3
+    for a, b in zip(sorted((plain / "source" / "images").iterdir()), sorted((bad / "source" / "images").iterdir())):
+        assert a.read_bytes() == b.read_bytes()
+
+
+def test_wandb_logger_runs_offline(compose, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = tmp_path / "run"
+    run(compose("stage=diffusion", *SMOKE[:-1], "logger=wandb", "diffusion.sample_every=2",
+                f"paths.output_dir={out}"))
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert runs, list(out.iterdir())
+    assert any(p.suffix == ".wandb" for p in runs[0].iterdir())
+    assert list((out / "samples").glob("*.png"))
