@@ -96,17 +96,15 @@ def load_segmenter(path: str | Path, map_location="cpu") -> SegmenterModule:
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"segmenter checkpoint {path}: file not found; expected …/checkpoints/last.ckpt "
                                 f"of a `dasslab-train stage=source` run")
-    module = SegmenterModule.load_from_checkpoint(str(path), map_location=map_location,
-                                                  backbone=_no_download(path))
+    ckpt = torch.load(str(path), map_location=map_location, weights_only=False)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    if "backbone" not in hp or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a segmenter checkpoint (no backbone hyper-parameters or state_dict)")
+    # the checkpoint holds all weights: build without fetching ImageNet weights or reading local files
+    hp["backbone"] = {**hp["backbone"], "pretrained": False, "weights": None}
+    module = SegmenterModule(**hp)
+    module.load_state_dict(ckpt["state_dict"])
     return module.eval()
-
-
-def _no_download(path) -> dict:
-    """The checkpoint's backbone settings without pretrained/weights: its own weights are loaded next."""
-    hp = torch.load(str(path), map_location="cpu", weights_only=False).get("hyper_parameters", {})
-    bb = dict(hp.get("backbone", {}))
-    bb.update(pretrained=False, weights=None)
-    return bb
 
 
 def train_segmenter(cfg: DictConfig, stage: str, train_keys: list[str] | None = None,

@@ -144,7 +144,9 @@ class DASSDataModule(L.LightningDataModule):
         loaders = {k: self._loader(ds, True, self.batch_size) for k, ds in self.train_sets.items()}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []
         return self._loader(self.val_set, False, self.val_batch_size, collate_fn=eval_collate)
 
     def test_dataloader(self) -> DataLoader:
