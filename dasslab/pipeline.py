@@ -43,7 +43,8 @@ def stage_key(cfg: DictConfig, keys: list[str]) -> str:
 SEGMENTER_KEYS = ["dataset", "backbone", "segmenter", "augment", "seed", "diffusion.num_timesteps",
                   "diffusion.beta_start", "diffusion.beta_end", "trainer.precision"]
 DIFFUSION_KEYS = ["dataset", "diffusion", "seed", "trainer.precision"]
-ADAPT_KEYS = SEGMENTER_KEYS + DIFFUSION_KEYS + ["translate.num_steps", "ptl.N", "adapt", "guidance", "arrangement"]
+ADAPT_KEYS = SEGMENTER_KEYS + DIFFUSION_KEYS + ["translate.num_steps", "translate.limit", "ptl.N", "adapt",
+                                                   "guidance", "arrangement"]
 
 
 def cached(cfg: DictConfig, name: str, keys: list[str], fn: Callable[[DictConfig], dict]) -> dict:

@@ -31,7 +31,7 @@ from dasslab.utils.runinfo import check_effective_batch, effective_batch, write_
 log = logging.getLogger(__name__)
 
 # stage -> the dataset entries its segmenter trains on
-SEGMENTER_KEYS = {"source": ["source"], "oracle": ["target_train_labeled"]}
+TRAIN_ON = {"source": ["source"], "oracle": ["target_train_labeled"]}
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -43,7 +43,7 @@ def run_dir(cfg: DictConfig) -> Path:
 def save_config(cfg: DictConfig, out: Path) -> None:
     """The resolved config in ``out/.hydra/config.yaml`` (Hydra writes it for the top run)."""
     path = out / ".hydra" / "config.yaml"
-    if not path.exists() or Path(cfg.paths.output_dir) != out:
+    if not path.exists():
         atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -113,7 +113,7 @@ def train_segmenter(cfg: DictConfig, stage: str, train_keys: list[str] | None = 
     out = run_dir(cfg)
     save_config(cfg, out)
     L.seed_everything(cfg.seed, workers=True)
-    keys = train_keys or SEGMENTER_KEYS[stage]
+    keys = train_keys or TRAIN_ON[stage]
     extra = extra or {}
     seg = cfg.segmenter
     dm = DASSDataModule(cfg.dataset, batch_size=seg.batch_size, num_workers=cfg.data.num_workers,
@@ -205,9 +205,7 @@ def adapt_baseline(cfg: DictConfig, source_ckpt: str | None = None, diffusion_ck
     tf = build_transform(True, resize=cfg.dataset.image_size, crop=cfg.dataset.crop_size,
                          hflip=bool(cfg.dataset.get("hflip", True)))
     extra = {"translated": FolderDomain(translated, "source", transform=tf, setting="adapt.translated_dir")}
-    keys = ["translated", "source"] if cfg.adapt.loss == "ada_src" else ["translated"]
-    if cfg.adapt.loss not in ("ada_src", "ada"):
-        raise ValueError(f"adapt.loss={cfg.adapt.loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
+    keys = ["translated", "source"] if cfg.adapt.loss == "ada_src" else ["translated"]  # validated in validate.py
     return train_segmenter(cfg, "adapt", train_keys=keys, extra=extra, init_ckpt=source_ckpt)
 
 

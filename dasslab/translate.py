@@ -107,6 +107,8 @@ def export_translations(cfg: DictConfig) -> list[Path]:
     guide = _guide(cfg, device)
     sampler = module.sampler()
     bs = int(t.batch_size)
+    guidance_cfg = OmegaConf.to_container(cfg.guidance, resolve=True) if guide is not None else None
+    arrangement_cfg = OmegaConf.to_container(cfg.arrangement, resolve=True) if guide is not None else None
     folders = []
     for depth in depths:
         droot = depth_dir(out, depth)
@@ -129,9 +131,8 @@ def export_translations(cfg: DictConfig) -> list[Path]:
             y = torch.stack([it["label"] for it in items]).to(device)
             guidance = None
             if guide is not None:
-                guidance = make_guidance(guide.normalize, guide.forward_normalized, y,
-                                         OmegaConf.to_container(cfg.guidance, resolve=True),
-                                         OmegaConf.to_container(cfg.arrangement, resolve=True))
+                guidance = make_guidance(guide.normalize, guide.forward_normalized, y, guidance_cfg,
+                                         arrangement_cfg)
             gen = torch.Generator(device=device).manual_seed(chunk_seed(cfg.seed, depth, ci))
             xt = sampler.translate(x, depth, t.num_steps, guidance=guidance, generator=gen)
             skipped += sampler.skipped
@@ -148,9 +149,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
         steps = sorted(shift)
         manifest = {"depth": depth, "num_steps": t.num_steps, "split": split, "count": len(indices),
                     "written_now": written, "skipped_done": done, "seed": cfg.seed,
-                    "guidance": OmegaConf.to_container(cfg.guidance, resolve=True) if guide is not None else None,
-                    "arrangement": OmegaConf.to_container(cfg.arrangement, resolve=True) if guide is not None
-                    else None,
+                    "guidance": guidance_cfg, "arrangement": arrangement_cfg,
                     "shift_over_sigma_per_step": [shift[k][0] / max(shift[k][1], 1) for k in steps],
                     "skipped_guidance_steps": skipped}
         if skipped:
