@@ -8,11 +8,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dasslab.config import CONF_DIR
+from dasslab.cli import entry_point
 
 
 def run(cfg: DictConfig) -> dict:
@@ -21,7 +20,8 @@ def run(cfg: DictConfig) -> dict:
     from dasslab.data.base import DataError
     from dasslab.data.datamodule import build_dataset, eval_collate
     from dasslab.evaluate import evaluate_segmenter
-    from dasslab.stages import load_segmenter, save_config
+    from dasslab.checkpoints import load_segmenter
+    from dasslab.utils.runinfo import save_config
 
     out = Path(cfg.paths.output_dir)
     save_config(cfg, out)
@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> dict:
                                      "inference": OmegaConf.to_container(cfg.eval.inference)})
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@entry_point("eval")  # hydra.main + one-line errors, one folder per job (dasslab/cli.py)
 def main(cfg: DictConfig) -> None:
     record = run(cfg)
     print(f"mIoU {record['miou']} on {record['split']}; metrics: {Path(cfg.paths.output_dir) / 'metrics.json'}")

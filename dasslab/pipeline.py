@@ -1,132 +1,208 @@
-"""``stage=pipeline``: run the rows of a results table, reusing finished stage runs.
+"""``stage=pipeline``: run the jobs of a results table, reusing finished stage runs.
 
-Each stage run lives in ``paths.cache_dir/<stage>/<key>`` where ``key`` hashes the
-settings that determine its result (dataset, model, optimisation, seed, …). A run
-whose ``DONE.json`` exists is reused, so the source model and the diffusion model
-are trained once for every row and experiment that shares them.
+``pipeline.jobs`` names every job a table may need; ``pipeline.rows`` the ones it reports::
 
-Rows: ``source_only`` (train on source), ``oracle`` (train on labeled target, where
-the dataset has target labels), ``baseline`` (Table 2 (a): phi^N translation, then
-fine-tune the source model on translated + source).
+    jobs:
+      source_only: {stage: source}
+      diffusion:   {stage: diffusion}
+      baseline:    {stage: adapt, groups: {guidance: none},
+                    needs: {segmenter.init_ckpt: source_only, diffusion_ckpt: diffusion}}
+
+A job is the root config with ``stage=<stage>`` (the file ``conf/stage/<stage>.yaml``),
+other config-group options swapped in (``groups``), values set (``set``) and the
+checkpoints of upstream jobs filled in (``needs``: config key -> job). Jobs a row needs
+run first, once. A job lists the dataset entries it requires (``requires``); when the
+dataset lacks one, the row is skipped with the reason printed and recorded.
+
+Each job runs in ``paths.cache_dir/<stage>/<key>``: ``key`` is the hash of the job's
+resolved config, minus what cannot change its result (``pipeline.ignore``, and the
+sections the stage declares it does not read, ``stage.ignore``), plus the size and
+mtime of the checkpoint files it reads. Forgetting an entry in an ``ignore`` list costs
+a retrain, never a stale reuse. A job whose ``DONE.json`` exists is reused; two
+processes that want the same job at once serialise on a file lock (the second reuses).
 """
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from dasslab.config import CONF_DIR
+from dasslab.errors import ConfigError
 from dasslab.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-
-def _resolved(cfg: DictConfig, keys: list[str]) -> dict:
-    out = {}
-    for key in keys:
-        node = OmegaConf.select(cfg, key)
-        out[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    return out
+RUN_DIR = "@RUN_DIR@"          # stands for the job's own run dir while hashing
+CKPT_KEYS = ("segmenter.init_ckpt", "diffusion_ckpt", "guide_ckpt", "quality.judge_ckpt")
 
 
-def stage_key(cfg: DictConfig, keys: list[str]) -> str:
-    """A short hash of the settings ``keys`` (resolved) that determine a stage's result."""
-    blob = json.dumps(_resolved(cfg, keys), sort_keys=True, default=str)
+def load_option(group: str, option: str) -> DictConfig:
+    """The content of ``conf/<group>/<option>.yaml`` (a plain group file)."""
+    path = Path(CONF_DIR) / group / f"{option}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+        raise ConfigError(f"pipeline: {group}={option}: no such option; expected one of {choices}")
+    return OmegaConf.load(path)
+
+
+def job_config(cfg: DictConfig, name: str, done: dict[str, dict]) -> DictConfig:
+    """The config of job ``name`` (with upstream checkpoints from ``done``), output dir not yet set."""
+    job = cfg.pipeline.jobs[name]
+    sub = copy.deepcopy(cfg)
+    OmegaConf.set_struct(sub, False)
+    sub.stage = load_option("stage", job.stage)
+    for group, option in (job.get("groups") or {}).items():
+        sub[group] = load_option(group, option)
+    if job.get("set"):
+        sub.merge_with(job.set)
+    for key, upstream in (job.get("needs") or {}).items():
+        OmegaConf.update(sub, key, done[upstream]["checkpoint"], force_add=True)
+    sub.task_name = name
+    return sub
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.get(p) if isinstance(tree, dict) else None
+        if tree is None:
+            return
+    if isinstance(tree, dict):
+        tree.pop(leaf, None)
+
+
+def stage_key(sub: DictConfig) -> str:
+    """A short hash of what determines a job's result: its resolved config and its input files."""
+    probe = copy.deepcopy(sub)
+    probe.paths.output_dir = RUN_DIR
+    tree = OmegaConf.to_container(probe, resolve=True)
+    for dotted in list(sub.pipeline.get("ignore") or []) + list(sub.stage.get("ignore") or []):
+        _drop(tree, dotted)
+    inputs = {}
+    for key in CKPT_KEYS:
+        value = OmegaConf.select(sub, key)
+        if value and Path(str(value)).is_file():
+            st = Path(str(value)).stat()
+            inputs[key] = [str(value), st.st_size, st.st_mtime_ns]
+    blob = json.dumps({"config": tree, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-SEGMENTER_KEYS = ["dataset", "backbone", "segmenter", "augment", "seed", "diffusion.num_timesteps",
-                  "diffusion.beta_start", "diffusion.beta_end", "trainer.precision"]
-DIFFUSION_KEYS = ["dataset", "diffusion", "seed", "trainer.precision"]
-ADAPT_KEYS = SEGMENTER_KEYS + DIFFUSION_KEYS + ["translate.num_steps", "translate.limit", "ptl.N", "adapt",
-                                                   "guidance", "arrangement"]
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cached(cfg: DictConfig, name: str, keys: list[str], fn: Callable[[DictConfig], dict]) -> dict:
-    """Run ``fn`` on a copy of ``cfg`` whose output dir is the cache folder of (name, key), or reuse it."""
-    key = stage_key(cfg, keys)
-    out = Path(cfg.paths.cache_dir) / name / key
-    done = out / "DONE.json"
-    if cfg.pipeline.reuse and done.is_file():
-        result = json.loads(done.read_text())
-        log.info("reusing %s run %s", name, out)
-        print(f"[pipeline] {name}: reusing {out}")
-        return result
-    print(f"[pipeline] {name}: running in {out}")
-    sub = OmegaConf.merge(cfg, {"paths": {"output_dir": str(out)}, "task_name": name})
-    result = dict(fn(sub) or {})
-    result["run_dir"] = str(out)
-    atomic_write_text(done, json.dumps(result, indent=2, default=str))
+def run_job(cfg: DictConfig, name: str, done: dict[str, dict]) -> dict:
+    """Run job ``name`` in its cache folder, or reuse the finished run there."""
+    from dasslab.stages import run_stage
+    from dasslab.validate import validate_config
+
+    sub = job_config(cfg, name, done)
+    key = stage_key(sub)
+    out = Path(cfg.paths.cache_dir) / sub.stage.name / key
+    sub.paths.output_dir = str(out)
+    finished = out / "DONE.json"
+    with _locked(out.parent / f"{key}.lock"):
+        if cfg.pipeline.reuse and finished.is_file():
+            print(f"[pipeline] {name}: reusing {out}")
+            return json.loads(finished.read_text())
+        print(f"[pipeline] {name}: running stage={sub.stage.name} in {out}")
+        validate_config(sub)
+        result = dict(run_stage(sub) or {})
+        result["run_dir"] = str(out)
+        atomic_write_text(finished, json.dumps(result, indent=2, default=str))
     return result
 
 
+def _missing(cfg: DictConfig, name: str) -> str | None:
+    """Why job ``name`` (or one it needs) cannot run on this dataset, or None."""
+    job = cfg.pipeline.jobs[name]
+    for entry in job.get("requires") or []:
+        if cfg.dataset.get(entry) is None:
+            return f"needs dataset.{entry}, which dataset={cfg.dataset.name} does not have"
+    for upstream in (job.get("needs") or {}).values():
+        why = _missing(cfg, upstream)
+        if why:
+            return why
+    return None
+
+
 def run_pipeline(cfg: DictConfig) -> dict:
-    from dasslab.stages import adapt_baseline, train_diffusion, train_segmenter
+    """Run ``pipeline.rows`` (and the jobs they need); write ``results.json`` and ``results.md``."""
+    jobs = cfg.pipeline.jobs
+    done: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
 
-    rows = list(cfg.pipeline.rows)
-    results: dict[str, dict] = {}
+    def ensure(name: str, chain: tuple = ()) -> None:
+        if name in done:
+            return
+        if name in chain:
+            raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
+        if name not in jobs:
+            raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
+        for upstream in (jobs[name].get("needs") or {}).values():
+            ensure(upstream, chain + (name,))
+        done[name] = run_job(cfg, name, done)
 
-    def source(c):
-        r = train_segmenter(c, "source")
-        return {"miou": r["miou"], "record": r, "checkpoint": r["checkpoint"]}
-
-    src = None
-    if any(r in rows for r in ("source_only", "baseline", "translation_quality")):
-        src = cached(cfg, "source", SEGMENTER_KEYS, source)
-    if "source_only" in rows:
-        results["source_only"] = src
-    if "oracle" in rows:
-        if cfg.dataset.get("target_train_labeled") is None:
-            print("[pipeline] oracle: skipped (dataset.target_train_labeled is not set)")
-        else:
-            results["oracle"] = cached(cfg, "oracle", SEGMENTER_KEYS, lambda c: _seg(train_segmenter(c, "oracle")))
-    diff = None
-    if "baseline" in rows or "translation_quality" in rows:
-        diff = cached(cfg, "diffusion", DIFFUSION_KEYS, lambda c: {"checkpoint": str(train_diffusion(c))})
-    if "baseline" in rows:
-        results["baseline"] = cached(
-            cfg, "adapt_baseline", ADAPT_KEYS,
-            lambda c: _seg(adapt_baseline(c, source_ckpt=src["checkpoint"], diffusion_ckpt=diff["checkpoint"])))
+    for row in cfg.pipeline.rows:
+        why = _missing(cfg, row)
+        if why:
+            print(f"[pipeline] {row}: skipped ({why})")
+            skipped[row] = why
+            continue
+        ensure(row)
     out = Path(cfg.paths.output_dir)
-    quality = None
-    if "translation_quality" in rows:
-        if "oracle" not in results:
-            raise ValueError("pipeline row translation_quality needs the oracle row (target labels)")
-        from dasslab.analysis.translation_quality import measure
-
-        quality = measure(cfg, results["oracle"]["checkpoint"], diff["checkpoint"], src["checkpoint"], out)
-    summary = summarize(results)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {r: done[r] for r in cfg.pipeline.rows if r in done}
+    summary = summarize(rows, skipped)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
-    md = results_markdown(summary, cfg.dataset.name) + (quality_markdown(quality) if quality else "")
+    md = results_markdown(summary, cfg.dataset.name)
+    for row, result in rows.items():
+        if "markdown" in result:             # e.g. the translation-quality job
+            md += "\n" + result["markdown"]
+        for pic in Path(result.get("run_dir", "/nonexistent")).glob("*.png"):
+            shutil.copy2(pic, out / (pic.name if pic.name.startswith(row) else f"{row}_{pic.name}"))
     atomic_write_text(out / "results.md", md)
     print(md)
     print(f"run directory: {out}")
     return summary
 
 
-def _seg(record: dict) -> dict:
-    return {"miou": record["miou"], "record": record, "checkpoint": record.get("checkpoint")}
-
-
-def summarize(results: dict[str, dict]) -> dict:
-    """``{row: {miou, run_dir, [subsets], [gap_closed]}}`` with IoU in percent."""
+def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -> dict:
+    """``{row: {miou, run_dir, [subsets], [gap_closed]}}`` with IoU in percent; skipped rows say why."""
     out = {}
     for row, r in results.items():
-        rec = r.get("record", {})
         entry = {"miou": r.get("miou"), "run_dir": r.get("run_dir")}
-        for name, sub in rec.get("subsets", {}).items():
-            entry[name] = sub.get("miou")
+        for name, sub in (r.get("subsets") or {}).items():
+            entry[name] = sub.get("miou") if isinstance(sub, dict) else sub
         out[row] = entry
+    for row, why in (skipped or {}).items():
+        out[row] = {"miou": None, "skipped": why}
     so, orc = out.get("source_only", {}).get("miou"), out.get("oracle", {}).get("miou")
-    if so is not None and orc is not None and not math.isclose(orc, so):
-        for row, entry in out.items():
-            if row not in ("source_only", "oracle") and entry.get("miou") is not None:
-                entry["gap_closed"] = round((entry["miou"] - so) / (orc - so), 4)
+    if so is not None and orc is not None:
+        if orc > so and not math.isclose(orc, so):
+            for row, entry in out.items():
+                if row not in ("source_only", "oracle") and entry.get("miou") is not None:
+                    entry["gap_closed"] = round((entry["miou"] - so) / (orc - so), 4)
+        else:
+            out["oracle"]["note"] = "oracle not above source only: gap closed undefined"
     return out
 
 
@@ -135,14 +211,31 @@ def results_markdown(summary: dict, dataset: str) -> str:
     for row, e in summary.items():
         m = "n/a" if e.get("miou") is None else f"{e['miou']:.2f}"
         g = "" if e.get("gap_closed") is None else f"{100 * e['gap_closed']:.1f} %"
+        if e.get("skipped"):
+            g = f"skipped: {e['skipped']}"
         lines.append(f"| {row} | {m} | {g} |")
+    if summary.get("oracle", {}).get("note"):
+        lines += ["", f"Note: {summary['oracle']['note']}."]
     return "\n".join(lines) + "\n"
+
+
+def quality_stage(cfg: DictConfig) -> dict:
+    """The translation-quality job: :func:`dasslab.analysis.translation_quality.measure` in the run dir."""
+    from dasslab.analysis.translation_quality import measure
+
+    for key in ("quality.judge_ckpt", "diffusion_ckpt", "guide_ckpt"):
+        if not OmegaConf.select(cfg, key):
+            raise ConfigError(f"stage=quality needs {key}=PATH (the pipeline fills it from its jobs)")
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    q = measure(cfg, cfg.quality.judge_ckpt, cfg.diffusion_ckpt, cfg.guide_ckpt, out)
+    return {"markdown": quality_markdown(q), "quality": str(out / "translation_quality.json")}
 
 
 def quality_markdown(q: dict) -> str:
     """Consistency / domain score tables of :func:`dasslab.analysis.translation_quality.measure`."""
     ref = q["reference"]
-    lines = ["", f"## Translation quality ({q['num_images']} source val images, {q['num_steps']} reverse steps)", "",
+    lines = [f"## Translation quality ({q['num_images']} source val images, {q['num_steps']} reverse steps)", "",
              f"Reference: source images consistency {ref['source']['consistency']:.1f}, domain score "
              f"{ref['source']['domain_score']:.2f}; real target val consistency "
              f"{ref['target_val']['consistency']:.1f}, domain score {ref['target_val']['domain_score']:.2f}.", "",
@@ -151,7 +244,7 @@ def quality_markdown(q: dict) -> str:
         for r in s["rows"]:
             lines.append(f"| {name} (lambda={s['guidance'].get('scale', 0)}) | {r['depth']} | "
                          f"{r['consistency']:.1f} | {r['domain_score']:.2f} | {r['shift_over_sigma_mean']:.3f} |")
-    if q["lambda_sweep"]:
+    if q.get("lambda_sweep"):
         lines += ["", "| lambda sweep | n | consistency | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
         for v in q["lambda_sweep"].values():
             lines.append(f"| {v['setting']} lambda={v['scale']} | {v['depth']} | {v['consistency']:.1f} | "

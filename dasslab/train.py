@@ -1,4 +1,4 @@
-"""``dasslab-train stage=source|oracle|diffusion|adapt|pipeline …`` (Hydra entry point)."""
+"""``dasslab-train stage=<name> …`` (Hydra entry point): runs ``conf/stage/<name>.yaml`` via ``run_stage``."""
 
 from __future__ import annotations
 
@@ -6,37 +6,21 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import hydra
 from omegaconf import DictConfig
 
-from dasslab.config import CONF_DIR
+from dasslab.cli import entry_point
 
 
 def run(cfg: DictConfig):
-    """Dispatch on ``cfg.stage``; returns the stage's result (metrics record, checkpoint path, …)."""
-    from dasslab import stages
+    """Validate the config once, then run ``cfg.stage`` (``conf/stage/<name>.yaml``); returns its result."""
+    from dasslab.stages import run_stage
     from dasslab.validate import validate_config
 
     validate_config(cfg)
-    stage = cfg.stage
-    if stage in ("source", "oracle"):
-        return stages.train_segmenter(cfg, stage)
-    if stage == "diffusion":
-        return stages.train_diffusion(cfg)
-    if stage == "adapt":
-        return stages.adapt_baseline(cfg)
-    if stage == "translate":
-        from dasslab.translate import export_translations
-
-        return export_translations(cfg)
-    if stage == "pipeline":
-        from dasslab.pipeline import run_pipeline
-
-        return run_pipeline(cfg)
-    raise AssertionError(stage)
+    return run_stage(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+@entry_point("train")  # hydra.main + one-line errors, one folder per job (dasslab/cli.py)
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
     if isinstance(result, dict) and "miou" in result:

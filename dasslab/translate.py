@@ -24,19 +24,25 @@ import logging
 import os
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from dasslab.config import CONF_DIR
+from dasslab.checkpoints import load_diffusion, load_segmenter
+from dasslab.cli import entry_point
 from dasslab.data.datamodule import build_dataset
+from dasslab.errors import ConfigError, DasslabError
+from dasslab.translation import guidance_enabled, translate_images
 from dasslab.data.io import read_image
 from dasslab.utils.io import atomic_write_png, atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)
+
+
+class StaleOutputError(DasslabError):
+    """An output folder holds files made with other settings."""
 
 SPLITS = {"source": "source", "target": "target", "target_val": "target_val"}
 
@@ -52,13 +58,8 @@ def _check_writable(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise PermissionError(f"translate.out_dir={out}: not writable ({e.strerror or e}); "
+        raise ConfigError(f"translate.out_dir={out}: not writable ({e.strerror or e}); "
                               f"choose a folder you can write to") from None
-
-
-def chunk_seed(seed: int, depth: int, chunk: int) -> int:
-    """The generator seed of one chunk: fixed by (seed, depth, chunk index) alone."""
-    return (int(seed) * 1_000_003 + int(depth) * 7_919 + int(chunk)) % (2**63 - 1)
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -70,34 +71,64 @@ def _device(cfg: DictConfig) -> torch.device:
 
 def _guide(cfg: DictConfig, device: torch.device):
     """The guide segmenter when guidance is on (else None)."""
-    g = cfg.get("guidance")
-    if g is None or g.get("name", "none") == "none" or float(g.get("scale", 0)) == 0:
+    if not guidance_enabled(OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") else None):
         return None
     path = cfg.translate.get("guide_ckpt")
     if not path:
-        raise ValueError(f"guidance={g.name} needs translate.guide_ckpt=PATH (a segmenter checkpoint, e.g. the "
-                         f"source model's …/checkpoints/last.ckpt)")
-    from dasslab.stages import load_segmenter
+        raise ConfigError(f"guidance={cfg.guidance.get('name')} needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
+                          f"the source model's …/checkpoints/last.ckpt)")
+    return load_segmenter(path, setting="guide_ckpt").to(device).model.eval().requires_grad_(False)
 
-    return load_segmenter(path).to(device).model.eval().requires_grad_(False)
+
+def _file_id(path) -> dict | None:
+    """Path, size and mtime of an input file: enough to tell that it changed."""
+    if not path:
+        return None
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def fingerprint(cfg: DictConfig, depth: int, guided: bool) -> dict:
+    """Every setting that determines the images of one depth folder (the export reuses files only if equal)."""
+    t = cfg.translate
+    return {"depth": int(depth), "num_steps": t.num_steps, "split": t.split, "limit": t.limit,
+            "batch_size": int(t.batch_size), "seed": int(cfg.seed), "image_size": list(cfg.dataset.image_size),
+            "dataset": cfg.dataset.name, "diffusion_ckpt": _file_id(t.diffusion_ckpt),
+            "guide_ckpt": _file_id(t.guide_ckpt) if guided else None,
+            "guidance": OmegaConf.to_container(cfg.guidance, resolve=True) if guided else None,
+            "arrangement": OmegaConf.to_container(cfg.arrangement, resolve=True) if guided else None}
+
+
+def _check_same(droot: Path, fp: dict) -> None:
+    """Refuse to add to a folder written with other settings (stale images would pass as new)."""
+    manifest = droot / "manifest.json"
+    if not manifest.is_file():
+        if any((droot / "source" / "images").glob("*.png")):
+            raise StaleOutputError(f"translate.out_dir={droot.parent}: {droot.name} holds images but no manifest; "
+                                   f"cannot tell how they were made: choose another translate.out_dir")
+        return
+    old = json.loads(manifest.read_text()).get("settings", {})
+    diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+    if diff:
+        k = diff[0]
+        raise StaleOutputError(f"translate.out_dir={droot.parent}: {droot.name} was written with other settings "
+                               f"({k}: {old.get(k)!r} there, {fp.get(k)!r} now{' …' if len(diff) > 1 else ''}); "
+                               f"choose another translate.out_dir or delete it")
 
 
 def export_translations(cfg: DictConfig) -> list[Path]:
     """Translate ``translate.split`` at every requested depth; returns the depth folders."""
-    from dasslab.guidance import make_guidance
-    from dasslab.lit.diffusion_module import load_diffusion
-
     t = cfg.translate
     depths = [int(d) for d in (t.depths if t.get("depths") else [t.depth])]
     split = t.split
     if split not in SPLITS:
-        raise ValueError(f"translate.split={split!r}: expected one of {list(SPLITS)}")
+        raise ConfigError(f"translate.split={split!r}: expected one of {list(SPLITS)}")
     device = _device(cfg)
-    module = load_diffusion(t.diffusion_ckpt).to(device)
+    module = load_diffusion(t.diffusion_ckpt, setting="diffusion_ckpt").to(device)
     T = module.schedule.num_timesteps
     bad = [d for d in depths if not 0 <= d <= T]
     if bad:
-        raise ValueError(f"translate.depths={depths}: {bad} outside 0..{T} (the diffusion schedule's T)")
+        raise ConfigError(f"translate.depths={depths}: {bad} outside 0..{T} (the diffusion schedule's T)")
     size = list(cfg.dataset.image_size)
     module.check_data((1, 3, *size), what=f"dataset.image_size={size}")
     ds = build_dataset(cfg.dataset, SPLITS[split], train=False, resize_labels=True)
@@ -107,16 +138,20 @@ def export_translations(cfg: DictConfig) -> list[Path]:
     guide = _guide(cfg, device)
     sampler = module.sampler()
     bs = int(t.batch_size)
-    guidance_cfg = OmegaConf.to_container(cfg.guidance, resolve=True) if guide is not None else None
-    arrangement_cfg = OmegaConf.to_container(cfg.arrangement, resolve=True) if guide is not None else None
+    guidance = OmegaConf.to_container(cfg.guidance, resolve=True) if guide is not None else None
+    arrangement = OmegaConf.to_container(cfg.arrangement, resolve=True) if guide is not None else None
     folders = []
     for depth in depths:
         droot = depth_dir(out, depth)
         img_dir, lab_dir = droot / "source" / "images", droot / "source" / "labels"
+        fp = fingerprint(cfg, depth, guide is not None)
+        _check_same(droot, fp)
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(droot / "classes.txt", "\n".join(ds.class_names) + "\n")
-        shift = {}
+        manifest = {"settings": fp, "complete": False, "count": len(indices)}
+        atomic_write_text(droot / "manifest.json", json.dumps(manifest, indent=2))
+        shift: dict[int, list] = {}
         done = written = skipped = 0
         bar = tqdm(total=len(indices), desc=f"translate n={depth}", dynamic_ncols=True)
         for ci, start in enumerate(range(0, len(indices), bs)):
@@ -127,31 +162,25 @@ def export_translations(cfg: DictConfig) -> list[Path]:
                 bar.update(len(chunk))
                 continue
             items = [ds[i] for i in chunk]
-            x = torch.stack([it["image"] for it in items]).to(device)
-            y = torch.stack([it["label"] for it in items]).to(device)
-            guidance = None
-            if guide is not None:
-                guidance = make_guidance(guide.normalize, guide.forward_normalized, y, guidance_cfg,
-                                         arrangement_cfg)
-            gen = torch.Generator(device=device).manual_seed(chunk_seed(cfg.seed, depth, ci))
-            xt = sampler.translate(x, depth, t.num_steps, guidance=guidance, generator=gen)
-            skipped += sampler.skipped
-            for s in sampler.stats:
+            x = torch.stack([it["image"] for it in items])
+            y = torch.stack([it["label"] for it in items])
+            (_, tr), = translate_images(sampler, x, y, depth, t.num_steps, guide, guidance, arrangement,
+                                        batch_size=len(chunk), seed=cfg.seed, device=device, first_chunk=ci)
+            skipped += tr.skipped
+            for s in tr.stats:
                 acc = shift.setdefault(s["step"], [0.0, 0])
                 acc[0] += s.get("shift_over_sigma", 0.0)
                 acc[1] += 1
-            for it, img in zip(items, to_uint8(xt)):
+            for it, img in zip(items, to_uint8(tr.images)):
                 atomic_write_png(lab_dir / f"{it['name']}.png", it["label"].numpy().astype(np.uint8))
                 atomic_write_png(img_dir / f"{it['name']}.png", img)
             written += len(chunk)
             bar.update(len(chunk))
         bar.close()
         steps = sorted(shift)
-        manifest = {"depth": depth, "num_steps": t.num_steps, "split": split, "count": len(indices),
-                    "written_now": written, "skipped_done": done, "seed": cfg.seed,
-                    "guidance": guidance_cfg, "arrangement": arrangement_cfg,
-                    "shift_over_sigma_per_step": [shift[k][0] / max(shift[k][1], 1) for k in steps],
-                    "skipped_guidance_steps": skipped}
+        manifest.update({"complete": True, "written_now": written, "skipped_done": done,
+                         "shift_over_sigma_per_step": [shift[k][0] / max(shift[k][1], 1) for k in steps],
+                         "skipped_guidance_steps": skipped})
         if skipped:
             log.warning("n=%d: %d reverse steps had a non-finite guidance gradient and ran unguided", depth, skipped)
         atomic_write_text(droot / "manifest.json", json.dumps(manifest, indent=2))
@@ -181,9 +210,9 @@ def translation_grid(ds, indices, out: Path, depths) -> np.ndarray:
     return grid(rows, titles=["source"] + [f"n={d}" for d in depths] + ["label"], scale=max(1, 64 // h))
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="translate")
+@entry_point("translate")  # hydra.main + one-line errors, one folder per job (dasslab/cli.py)
 def main(cfg: DictConfig) -> None:
-    from dasslab.stages import save_config
+    from dasslab.utils.runinfo import save_config
     from dasslab.validate import validate_config
 
     validate_config(cfg)

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-STAGES = ("source", "oracle", "diffusion", "translate", "adapt", "pipeline")
-ROWS = ("source_only", "oracle", "baseline", "translation_quality")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the setting and what was expected."""
+from dasslab.errors import ConfigError  # noqa: F401  (re-exported: callers import it from here too)
 
 
 def _size(cfg: DictConfig, key: str) -> list[int]:
@@ -32,9 +27,10 @@ def _positive(value, key: str, integer: bool = False) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first invalid value found."""
-    stage = cfg.get("stage")
-    if stage not in STAGES:
-        raise ConfigError(f"stage={stage!r}: expected one of {', '.join(STAGES)}")
+    stage_cfg = cfg.get("stage")
+    if not isinstance(stage_cfg, DictConfig) or stage_cfg.get("kind") not in ("fit", "run"):
+        raise ConfigError(f"stage={stage_cfg!r}: expected a file of conf/stage/ (stage=source|oracle|diffusion|…)")
+    stage = stage_cfg.name
     d = cfg.dataset
     image = _size(cfg, "dataset.image_size")
     crop = _size(cfg, "dataset.crop_size")
@@ -76,8 +72,10 @@ def validate_config(cfg: DictConfig) -> None:
     if t.get("num_steps") is not None:
         _positive(t.num_steps, "translate.num_steps", integer=True)
     if stage == "pipeline":
-        bad = [r for r in cfg.pipeline.rows if r not in ROWS]
+        jobs = cfg.pipeline.get("jobs") or {}
+        bad = [r for r in cfg.pipeline.rows if r not in jobs]
         if bad:
-            raise ConfigError(f"pipeline.rows: unknown rows {bad}; expected some of {', '.join(ROWS)}")
+            raise ConfigError(f"pipeline.rows: unknown rows {bad}; expected some of {', '.join(jobs)} "
+                              f"(pipeline.jobs)")
     if cfg.adapt.loss not in ("ada_src", "ada"):
         raise ConfigError(f"adapt.loss={cfg.adapt.loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")

@@ -71,13 +71,20 @@ def test_unknown_choice_is_a_clear_error(compose):
         compose("backbone=resnet9000")
 
 
+def test_unknown_stage_lists_the_stages(compose):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="stage/finetune"):
+        compose("stage=finetune")
+
+
 @pytest.mark.parametrize("override, match", [
     ("dataset.image_size=[0,32]", "dataset.image_size"),
     ("dataset.crop_size=[64,64]", "dataset.crop_size"),
     ("dataset.num_classes=300", "dataset.num_classes"),
     ("segmenter.lr=-1", "segmenter.lr"),
     ("segmenter.batch_size=0", "segmenter.batch_size"),
-    ("stage=finetune", "stage"),
+    ("stage.kind=train", "stage"),
     ("guidance.reduction=max", "guidance.reduction"),
     ("guidance.scale=-3", "guidance.scale"),
     ("translate.depth=1001", "translate depth"),

@@ -168,14 +168,14 @@ def test_guidance_sign_moves_mean_by_minus_sigma_g(sched):
     g = torch.full_like(x, 0.7)
     for sch, j in ((sched, 300), (sched.respace([0, 100, 200, 300]), 2)):
         plain = s.reverse_step(x, j, sch, z=z)
-        guided = s.reverse_step(x, j, sch, guidance=lambda xt, step, n: g, z=z)
+        guided = s.reverse_step(x, j, sch, guidance=lambda xt, mu, var, step, n: mu - var * g, z=z)
         beta = sch.betas[j].item()
         torch.testing.assert_close(guided - plain, torch.full_like(x, -beta * 0.7), atol=1e-6, rtol=1e-5)
         assert s.stats[-1]["shift_rms"] == pytest.approx(beta * 0.7, rel=1e-5)
         assert s.stats[-1]["sigma"] == pytest.approx(beta**0.5, rel=1e-6)
         assert s.stats[-1]["shift_over_sigma"] == pytest.approx(beta**0.5 * 0.7, rel=1e-5)
     # last step: no noise, mean only
-    last = s.reverse_step(x, 0, sched, guidance=lambda xt, step, n: g, z=z)
+    last = s.reverse_step(x, 0, sched, guidance=lambda xt, mu, var, step, n: mu - var * g, z=z)
     torch.testing.assert_close(
         last, sched.p_mean(x, 0, linear_denoiser(x, torch.zeros(2))) - sched.betas[0] * g
     )
@@ -186,12 +186,12 @@ def test_guidance_descends_the_loss(sched):
     x0 = torch.zeros(2, 3, 8, 8)
     target = torch.ones_like(x0) * 0.5
 
-    def guidance(x, step, n):
+    def guidance(x, mu, var, step, n):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             loss = (xg - target).pow(2).sum()
             (grad,) = torch.autograd.grad(loss, xg)
-        return 5.0 * grad
+        return mu - var * 5.0 * grad
 
     s = Sampler(sched, oracle_for(x0, sched))
     plain = s.translate(x0, 300, num_steps=20, generator=torch.Generator().manual_seed(0))
@@ -209,9 +209,9 @@ def test_zero_guidance_reproduces_unguided_exactly(sched):
     plain = s.translate(x0, 60, num_steps=12, generator=torch.Generator().manual_seed(11))
     calls = []
 
-    def zero(x, step, n):
+    def zero(x, mu, var, step, n):
         calls.append((step, n))
-        return None if step % 3 == 0 else torch.zeros_like(x)
+        return None if step % 3 == 0 else mu - var * torch.zeros_like(x)
 
     guided = s.translate(x0, 60, num_steps=12, guidance=zero, generator=torch.Generator().manual_seed(11))
     assert torch.equal(plain, guided)
@@ -223,12 +223,12 @@ def test_nan_guidance_is_skipped_and_counted(sched):
     s = Sampler(sched, linear_denoiser)
     plain = s.translate(x0, 30, num_steps=6, generator=torch.Generator().manual_seed(2))
 
-    def bad(x, step, n):
+    def bad(x, mu, var, step, n):
         g = torch.ones_like(x)
         if step in (1, 4):
             g[0, 0, 0, 0] = float("nan") if step == 1 else float("inf")
-            return g
-        return torch.zeros_like(x)
+            return mu - var * g
+        return mu
 
     with pytest.warns(RuntimeWarning, match="not finite"):
         out = s.translate(x0, 30, num_steps=6, guidance=bad, generator=torch.Generator().manual_seed(2))
@@ -246,12 +246,12 @@ def test_nan_guidance_is_skipped_and_counted(sched):
 def test_guidance_shape_mismatch_errors(sched):
     s = Sampler(sched, linear_denoiser)
     with pytest.raises(ValueError, match="shape"):
-        s.translate(x0_fixture(), 5, guidance=lambda x, step, n: torch.zeros(1), generator=torch.Generator())
+        s.translate(x0_fixture(), 5, guidance=lambda x, mu, var, step, n: torch.zeros(1), generator=torch.Generator())
 
 
 def test_shift_summary(sched):
     s = Sampler(sched, linear_denoiser)
-    s.translate(x0_fixture(), 20, num_steps=4, guidance=lambda x, i, n: torch.ones_like(x) if i else None)
+    s.translate(x0_fixture(), 20, num_steps=4, guidance=lambda x, mu, var, i, n: mu - var if i else None)
     summ = Sampler.shift_summary(s.stats)
     assert summ["guided_steps"] == 3 and summ["shift_over_sigma_max"] > 0
 

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dasslab.errors import ConfigError
 from dasslab.guidance import (
     ARRANGEMENTS,
+    GuidanceSettings,
     SemanticGuidance,
     arrangement_plan,
     class_copies,
@@ -24,6 +26,7 @@ from dasslab.guidance import (
     lcg_loss_and_grad,
     make_guidance,
     segmentation_loss,
+    validate_guidance,
 )
 
 IGNORE = 255
@@ -200,7 +203,9 @@ def test_unlabelled_batch_gives_zero_without_calling_the_guide():
         raise AssertionError("guide must not be called")
 
     assert torch.equal(lcg_grad(x, label, imagenet_preprocess, net), torch.zeros_like(x))
-    assert torch.equal(gsg_grad(x, label, imagenet_preprocess, net), torch.zeros_like(x))
+    for kw in ({}, {"lcg": False}, {"gsg": False}, {"calibrate": True}):
+        sg = SemanticGuidance(imagenet_preprocess, net, label, **kw)
+        assert sg(x, x, torch.tensor(0.5), 0, 2) is None  # the step stays exactly unguided
 
 
 # ----------------------------------------------------------------------------------- GSG
@@ -287,18 +292,20 @@ def test_low_resolution_logits_are_upsampled():
 
 def test_bad_inputs_raise_clear_errors(guide):
     x = torch.randn(2, 3, 8, 8)
-    with pytest.raises(ValueError, match="outside"):
-        gsg_grad(x, torch.full((2, 8, 8), K + 3), imagenet_preprocess, guide)
-    with pytest.raises(ValueError, match="outside"):
-        lcg_grad(x, torch.full((2, 8, 8), K + 3), imagenet_preprocess, guide)
+    for kind in ("lcg", "gsg"):  # a label the guide has no logit for, found from shapes alone
+        sg = SemanticGuidance(imagenet_preprocess, guide, torch.full((2, 8, 8), K + 3), scale=1.0)
+        with pytest.raises(ValueError, match=f"class id {K + 3}.*K > {K + 3}"):
+            sg.gradient(x, kind)
+    with pytest.raises(ValueError, match="does not match"):
+        SemanticGuidance(imagenet_preprocess, guide, torch.zeros(2, 8, 9, dtype=torch.long)).gradient(x, "gsg")
+    with pytest.raises(ValueError, match="integer"):
+        SemanticGuidance(imagenet_preprocess, guide, torch.zeros(2, 8, 8))
     with pytest.raises(ValueError, match="N x H x W"):
         lcg_grad(x, torch.zeros(2, 8, 9, dtype=torch.long), imagenet_preprocess, guide)
     with pytest.raises(TypeError, match="integer"):
         gsg_grad(x, torch.zeros(2, 8, 8), imagenet_preprocess, guide)
     with pytest.raises(ValueError, match="reduction"):
         gsg_grad(x, torch.zeros(2, 8, 8, dtype=torch.long), imagenet_preprocess, guide, reduction="avg")
-    with pytest.raises(ValueError, match="max_batch"):
-        lcg_grad(x, torch.zeros(2, 8, 8, dtype=torch.long), imagenet_preprocess, guide, max_batch=0)
     # N x 1 x H x W labels are accepted
     lab = torch.randint(0, K, (2, 1, 8, 8))
     torch.testing.assert_close(
@@ -369,36 +376,48 @@ def test_arrangement_errors():
 
 
 # ----------------------------------------------------------------------------------- SemanticGuidance
+def mean_shift(sg, x, step, num_steps, variance=0.5):
+    """What the guided step subtracts from the mean: ``lambda * Sigma * G`` (mean = 0)."""
+    out = sg(x, torch.zeros_like(x), torch.tensor(variance), step, num_steps)
+    return None if out is None else -out
+
+
 def test_semantic_guidance_follows_plan_and_scales(guide):
     x, label = make_batch()
     sg = SemanticGuidance(imagenet_preprocess, guide, label, scale=3.0)
     assert sg.mode == "sgg" and sg.plan(4) == ["lcg", "gsg", "lcg", "gsg"]
     lcg = lcg_grad(x, label, imagenet_preprocess, guide)
     gsg = gsg_grad(x, label, imagenet_preprocess, guide)
-    torch.testing.assert_close(sg(x, 0, 4), 3.0 * lcg)
-    torch.testing.assert_close(sg(x, 1, 4), 3.0 * gsg)
-    torch.testing.assert_close(sg(x, 2, 4), 3.0 * lcg)
+    # mu_hat = mu - lambda * Sigma * G: the minus sign, Sigma and lambda in one place
+    torch.testing.assert_close(mean_shift(sg, x, 0, 4), 3.0 * 0.5 * lcg)
+    torch.testing.assert_close(mean_shift(sg, x, 1, 4), 3.0 * 0.5 * gsg)
+    torch.testing.assert_close(mean_shift(sg, x, 2, 4, variance=0.25), 3.0 * 0.25 * lcg)
     assert [s.kind for s in sg.stats] == ["lcg", "gsg", "lcg"]
     assert [s.step for s in sg.stats] == [0, 1, 2]
     st = sg.stats[0]
-    assert st.num_steps == 4 and st.loss > 0
+    assert st.num_steps == 4 and st.loss > 0 and st.scale == 3.0
     assert st.grad_norm == pytest.approx(float(lcg.flatten(1).norm(dim=1).mean()), rel=1e-5)
-    assert st.scaled_norm == pytest.approx(3.0 * st.grad_norm)
-    assert set(st.as_dict()) == {"step", "num_steps", "kind", "loss", "grad_norm", "scaled_norm"}
+    assert st.scaled_norm == pytest.approx(3.0 * st.grad_norm, rel=1e-6)
+    # shift over sigma: RMS of lambda Sigma G over each image's labelled pixels / sigma, batch mean
+    counted = (label != IGNORE).flatten(1).sum(1).clamp_min(1) * 3
+    rms = ((3.0 * 0.5 * lcg).pow(2).flatten(1).sum(1) / counted).sqrt()
+    assert st.shift_over_sigma == pytest.approx(float((rms / 0.5**0.5).mean()), rel=1e-5)
+    assert set(st.as_dict()) == {"step", "num_steps", "kind", "loss", "grad_norm", "scale", "scaled_norm",
+                                 "shift_over_sigma"}
     sg.reset_stats()
     assert sg.stats == []
-    with pytest.raises(ValueError, match="step"):
-        sg(x, 4, 4)
+    with pytest.raises(IndexError):
+        sg(x, x, torch.tensor(0.5), 4, 4)
 
 
 def test_semantic_guidance_single_kind_modes(guide):
     x, label = make_batch()
-    only_lcg = SemanticGuidance(imagenet_preprocess, guide, label, scale=2.0, use_gsg=False)
-    only_gsg = SemanticGuidance(imagenet_preprocess, guide, label, scale=2.0, use_lcg=False)
+    only_lcg = SemanticGuidance(imagenet_preprocess, guide, label, scale=2.0, gsg=False)
+    only_gsg = SemanticGuidance(imagenet_preprocess, guide, label, scale=2.0, lcg=False)
     assert only_lcg.mode == "lcg_only" and only_lcg.plan(3) == ["lcg"] * 3
     assert only_gsg.mode == "gsg_only" and only_gsg.plan(3) == ["gsg"] * 3
-    torch.testing.assert_close(only_lcg(x, 1, 3), 2.0 * lcg_grad(x, label, imagenet_preprocess, guide))
-    torch.testing.assert_close(only_gsg(x, 0, 3), 2.0 * gsg_grad(x, label, imagenet_preprocess, guide))
+    torch.testing.assert_close(mean_shift(only_lcg, x, 1, 3, 1.0), 2.0 * lcg_grad(x, label, imagenet_preprocess, guide))
+    torch.testing.assert_close(mean_shift(only_gsg, x, 0, 3, 1.0), 2.0 * gsg_grad(x, label, imagenet_preprocess, guide))
 
 
 def test_semantic_guidance_disabled_returns_none_without_calling_guide():
@@ -406,30 +425,65 @@ def test_semantic_guidance_disabled_returns_none_without_calling_guide():
         raise AssertionError("guide must not be called")
 
     x, label = make_batch()
-    for kw in ({"scale": 0.0}, {"use_lcg": False, "use_gsg": False}):
+    for kw in ({"scale": 0.0}, {"lcg": False, "gsg": False}, {"calibrate": True, "shift": 0.0}):
         sg = SemanticGuidance(imagenet_preprocess, net, label, **kw)
         assert sg.mode == "none" and not sg.enabled
-        assert sg(x, 0, 3) is None
+        assert mean_shift(sg, x, 0, 3) is None
         assert sg.stats == []
 
 
 def test_semantic_guidance_label_reuse_and_replacement(guide):
     x, label = make_batch()
-    sg = SemanticGuidance(imagenet_preprocess, guide, label.to(torch.uint8), scale=1.0, use_gsg=False)
-    torch.testing.assert_close(sg(x, 0, 2), lcg_grad(x, label, imagenet_preprocess, guide))
+    sg = SemanticGuidance(imagenet_preprocess, guide, label.to(torch.uint8), scale=1.0, gsg=False)
+    torch.testing.assert_close(mean_shift(sg, x, 0, 2, 1.0), lcg_grad(x, label, imagenet_preprocess, guide))
     new = torch.flip(label, dims=[0])
     sg.label = new
-    torch.testing.assert_close(sg(x, 1, 2), lcg_grad(x, new, imagenet_preprocess, guide))
+    torch.testing.assert_close(mean_shift(sg, x, 1, 2, 1.0), lcg_grad(x, new, imagenet_preprocess, guide))
 
 
-def test_semantic_guidance_validates_settings(guide):
-    _, label = make_batch()
-    with pytest.raises(ValueError, match="arrangement"):
-        SemanticGuidance(imagenet_preprocess, guide, label, arrangement="nope")
-    with pytest.raises(ValueError, match="reduction"):
-        SemanticGuidance(imagenet_preprocess, guide, label, reduction="avg")
-    with pytest.raises(ValueError, match="scale"):
-        SemanticGuidance(imagenet_preprocess, guide, label, scale=-1)
+def test_calibrated_lambda_sets_the_shift_per_image(guide):
+    """calibrate: lambda_i = shift * sigma / RMS_i(Sigma G), so every labelled image moves by shift * sigma."""
+    x, label = make_batch()
+    for kind, step in (("lcg", 0), ("gsg", 1)):
+        for variance in (1e-4, 0.02):
+            sg = SemanticGuidance(imagenet_preprocess, guide, label, calibrate=True, shift=0.1, scale=123.0)
+            d = mean_shift(sg, x, step, 2, variance)
+            labelled = (label != IGNORE)[:, None].expand_as(d)
+            for i in range(3):  # images 0-2 have labels; image 3 has none and must not move
+                rms = d[i][labelled[i]].pow(2).mean().sqrt()
+                assert float(rms) == pytest.approx(0.1 * variance**0.5, rel=1e-4), (kind, variance, i)
+            assert torch.equal(d[3], torch.zeros_like(d[3]))
+            assert torch.all(d[~labelled] == 0)
+            assert sg.stats[0].kind == kind
+            assert sg.stats[0].shift_over_sigma == pytest.approx(0.1 * 3 / 4, rel=1e-4)  # batch mean incl. image 3
+
+
+# ----------------------------------------------------------------------------------- settings
+def test_settings_are_validated_once_with_one_line_errors():
+    ok = validate_guidance({"name": "sgg", "scale": 5, "calibrate": True, "shift": 0.2, "max_batch": "auto",
+                            "autocast_dtype": "bf16"}, {"name": "randmix", "seed": 2})
+    assert ok == GuidanceSettings(scale=5.0, calibrate=True, shift=0.2, arrangement="randmix", seed=2,
+                                  max_batch="auto", autocast_dtype=torch.bfloat16)
+    assert validate_guidance({"max_batch": "all"}).max_batch is None
+    bad = [
+        ({"scale": -1}, None, "guidance.scale"),
+        ({"scale": float("nan")}, None, "guidance.scale"),
+        ({"shift": -0.1, "calibrate": True}, None, "guidance.shift"),
+        ({"calibrate": "yes"}, None, "guidance.calibrate"),
+        ({"reduction": "avg"}, None, "guidance.reduction"),
+        ({"lcg": 1}, None, "guidance.lcg"),
+        ({"max_batch": 0}, None, "guidance.max_batch"),
+        ({"max_batch": "some"}, None, "guidance.max_batch"),
+        ({"autocast_dtype": "int8"}, None, "guidance.autocast_dtype"),
+        ({"lamda": 3}, None, "unknown keys"),
+        ({}, {"name": "zigzag"}, "arrangement.name"),
+        ({}, {"name": "randmix", "seed": "a"}, "arrangement.seed"),
+        ({}, {"name": "alternate", "sed": 1}, "unknown keys"),
+    ]
+    for g, a, match in bad:
+        with pytest.raises(ConfigError, match=match) as err:
+            validate_guidance(g, a)
+        assert "\n" not in str(err.value)
 
 
 def test_bf16_autocast_gradient_close_to_fp32(guide):
@@ -437,7 +491,7 @@ def test_bf16_autocast_gradient_close_to_fp32(guide):
     full = SemanticGuidance(imagenet_preprocess, guide, label, scale=1.0)
     half = SemanticGuidance(imagenet_preprocess, guide, label, scale=1.0, autocast_dtype=torch.bfloat16)
     for step in (0, 1):
-        a, b = full(x, step, 2), half(x, step, 2)
+        a, b = mean_shift(full, x, step, 2), mean_shift(half, x, step, 2)
         assert b.dtype == x.dtype
         assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.98
 
@@ -452,23 +506,27 @@ def test_make_guidance_from_config(guide):
         {"name": "randmix", "seed": 3},
     )
     assert isinstance(sg, SemanticGuidance)
-    assert (sg.scale, sg.reduction, sg.arrangement, sg.seed) == (5.0, "mean", "randmix", 3)
+    s = sg.settings
+    assert (s.scale, s.reduction, s.arrangement, s.seed, s.calibrate) == (5.0, "mean", "randmix", 3, False)
     assert sg.plan(20) == arrangement_plan("randmix", 20, seed=3)
     d = make_guidance(imagenet_preprocess, guide, label, {})
-    assert (d.scale, d.reduction, d.arrangement, d.mode) == (80.0, "sum", "alternate", "sgg")
+    assert (d.settings.scale, d.settings.reduction, d.settings.arrangement, d.mode) == (80.0, "sum", "alternate", "sgg")
     assert (
         make_guidance(imagenet_preprocess, guide, label, {"lcg": True, "gsg": False}, "alternate").mode
         == "lcg_only"
     )
     assert make_guidance(imagenet_preprocess, guide, label, None) is None
     assert make_guidance(imagenet_preprocess, guide, label, {"scale": 0}) is None
+    assert make_guidance(imagenet_preprocess, guide, label, {"calibrate": True, "shift": 0}) is None
     assert make_guidance(imagenet_preprocess, guide, label, {"lcg": False, "gsg": False}) is None
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ConfigError, match="unknown keys"):
         make_guidance(imagenet_preprocess, guide, label, {"lamda": 3})
-    with pytest.raises(ValueError, match="unknown guidance arrangement"):
+    with pytest.raises(ConfigError, match="unknown guidance arrangement"):
         make_guidance(imagenet_preprocess, guide, label, {}, {"name": "zigzag"})
     bf = make_guidance(imagenet_preprocess, guide, label, {"autocast_dtype": "bf16"})
-    assert bf.autocast_dtype is torch.bfloat16
+    assert bf.settings.autocast_dtype is torch.bfloat16
+    checked = validate_guidance({"scale": 2.0})  # checked settings pass straight through
+    assert make_guidance(imagenet_preprocess, guide, label, checked).settings is checked
 
 
 def test_make_guidance_accepts_omegaconf(guide):
@@ -482,5 +540,19 @@ def test_make_guidance_accepts_omegaconf(guide):
         }
     )
     sg = make_guidance(imagenet_preprocess, guide, label, cfg.guidance, cfg.arrangement)
-    assert sg.mode == "gsg_only" and sg.scale == 2.5 and sg.arrangement == "lcg_then_gsg"
+    assert sg.mode == "gsg_only" and sg.settings.scale == 2.5 and sg.settings.arrangement == "lcg_then_gsg"
     assert make_guidance(imagenet_preprocess, guide, label, OmegaConf.create({"scale": 0.0})) is None
+
+
+def test_config_group_files_are_valid_settings():
+    """Every conf/guidance and conf/arrangement file passes validate_guidance."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    root = Path(__file__).resolve().parents[1] / "conf"
+    arrangements = sorted((root / "arrangement").glob("*.yaml"))
+    for g in sorted((root / "guidance").glob("*.yaml")):
+        for a in arrangements:
+            s = validate_guidance(OmegaConf.load(g), OmegaConf.load(a))
+            assert s.mode == OmegaConf.load(g).name, g.name

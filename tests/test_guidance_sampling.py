@@ -100,8 +100,8 @@ def test_scale_zero_reproduces_unguided_sampler_exactly(unet_sampler):
     unguided = _translate(unet_sampler, x, None, seed=7)
     for kw in (
         {"scale": 0.0},
-        {"scale": 0.0, "use_gsg": False},
-        {"scale": 5.0, "use_lcg": False, "use_gsg": False},
+        {"scale": 0.0, "gsg": False},
+        {"scale": 5.0, "lcg": False, "gsg": False},
     ):
         sg = SemanticGuidance(imagenet_preprocess, guide, label, **kw)
         assert torch.equal(_translate(unet_sampler, x, sg, seed=7), unguided)
@@ -123,7 +123,7 @@ def test_all_ignore_label_reproduces_unguided_exactly(unet_sampler):
 def test_ignore_pixels_equal_unguided_sample_one_unet_step(unet_sampler):
     """With the UNet, one LCG-guided reverse step leaves ignore pixels exactly at mu + sigma z."""
     x, label = colour_scenes(2, n=2)
-    sg = SemanticGuidance(imagenet_preprocess, colour_guide(), label, scale=2.0, use_gsg=False)
+    sg = SemanticGuidance(imagenet_preprocess, colour_guide(), label, scale=2.0, gsg=False)
     g = _translate(unet_sampler, x, sg, seed=5, depth=200, steps=1)
     u = _translate(unet_sampler, x, None, seed=5, depth=200, steps=1)
     ignore = (label == IGNORE)[:, None].expand_as(g)
@@ -139,7 +139,7 @@ def test_ignore_pixels_equal_unguided_sample_whole_chain(gauss_sampler):
     are context of labelled ones, by design.)
     """
     x, label = colour_scenes(3)
-    sg = SemanticGuidance(imagenet_preprocess, colour_guide(), label, scale=1.0, use_gsg=False)
+    sg = SemanticGuidance(imagenet_preprocess, colour_guide(), label, scale=1.0, gsg=False)
     g = _translate(gauss_sampler, x, sg, seed=11, depth=400, steps=10)
     u = _translate(gauss_sampler, x, None, seed=11, depth=400, steps=10)
     ignore = (label == IGNORE)[:, None].expand_as(g)
@@ -156,12 +156,14 @@ def _guide_ce(guide, x, label):
     "kwargs",
     [
         {},  # SGG, alternate
-        {"use_gsg": False},  # LCG only
-        {"use_lcg": False},  # GSG only
+        {"gsg": False},  # LCG only
+        {"lcg": False},  # GSG only
         {"arrangement": "randmix", "seed": 1},
         {"reduction": "mean", "scale": 0.3 * 14 * 16},  # mean = sum / counted pixels (14 labelled rows)
+        {"calibrate": True, "shift": 0.2, "scale": 1e6},  # calibrated: scale unused
+        {"calibrate": True, "shift": 0.2, "gsg": False},
     ],
-    ids=["sgg", "lcg_only", "gsg_only", "sgg_randmix", "sgg_mean"],
+    ids=["sgg", "lcg_only", "gsg_only", "sgg_randmix", "sgg_mean", "sgg_calibrated", "lcg_calibrated"],
 )
 def test_guidance_lowers_guide_ce_against_source_label(gauss_sampler, kwargs):
     guide = colour_guide()

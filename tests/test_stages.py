@@ -29,7 +29,7 @@ def trained(tmp_path_factory, digits_data_dir):
         dif = compose("train", SMOKE + ["stage=diffusion", f"paths.output_dir={root / 'diffusion'}"])
     record = run(src)
     ckpt = run(dif)
-    return {"root": root, "source": root / "source", "source_record": record, "diffusion_ckpt": Path(ckpt)}
+    return {"root": root, "source": root / "source", "source_record": record, "diffusion_ckpt": Path(ckpt["checkpoint"])}
 
 
 def test_source_stage_leaves_metrics_and_checkpoint(trained):
@@ -62,7 +62,7 @@ def test_eval_cli_reads_the_checkpoint(trained, tmp_path, digits_data_dir):
 
 def test_sliding_window_equals_whole_for_a_window_of_the_image_size(trained):
     from dasslab.segmentation.inference import predict_logits
-    from dasslab.stages import load_segmenter
+    from dasslab.checkpoints import load_segmenter
 
     model = load_segmenter(trained["source"] / "checkpoints" / "last.ckpt").model
     x = torch.rand(2, 3, 32, 64) * 2 - 1
@@ -155,7 +155,9 @@ def test_translate_unwritable_folder(trained, compose, tmp_path):
     blocker.write_text("not a folder")
     c = compose(*SMOKE, f"translate.diffusion_ckpt={trained['diffusion_ckpt']}", "translate.limit=2",
                 f"translate.out_dir={blocker / 'sub'}")
-    with pytest.raises(PermissionError, match="translate.out_dir"):
+    from dasslab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="translate.out_dir"):
         export_translations(c)
 
 
@@ -163,7 +165,9 @@ def test_missing_diffusion_checkpoint(compose, tmp_path):
     from dasslab.translate import export_translations
 
     c = compose(*SMOKE, f"translate.diffusion_ckpt={tmp_path / 'nope.ckpt'}")
-    with pytest.raises(FileNotFoundError, match="translate.diffusion_ckpt"):
+    from dasslab.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="diffusion_ckpt=.*not found"):
         export_translations(c)
 
 

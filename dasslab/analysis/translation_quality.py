@@ -118,8 +118,8 @@ def _translate_all(sampler, images, labels, depth, num_steps, guide, guidance_cf
 def measure(cfg: DictConfig, oracle_ckpt: str, diffusion_ckpt: str, guide_ckpt: str, out_dir: str | Path) -> dict:
     """Consistency and domain score over ``quality.depths`` x ``quality.settings`` + a lambda sweep."""
     from dasslab.data.datamodule import build_dataset
-    from dasslab.lit.diffusion_module import load_diffusion
-    from dasslab.stages import load_segmenter
+    from dasslab.checkpoints import load_diffusion
+    from dasslab.checkpoints import load_segmenter
 
     q = cfg.quality
     out = Path(out_dir)

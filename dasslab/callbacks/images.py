@@ -56,3 +56,70 @@ class DiffusionSampleGrid(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer, pl_module)
+
+
+# --------------------------------------------------------------------------- PTL (Sec. 4.3)
+def save_miou_curve(path, curve: list[dict], trainer=None) -> Path:
+    """The mIoU-over-n curve of a PTL run (``curve``: ``{"n", "miou"}`` items) as PNG, also logged."""
+    from dasslab.visualize import save_curve
+
+    path = save_curve(path, [c["n"] for c in curve], {"target val mIoU": [c["miou"] for c in curve]},
+                      xlabel="domain n (0 = source model)", ylabel="mIoU (%)", title="PTL: mIoU over domains")
+    if trainer is not None:
+        import numpy as np
+        from PIL import Image
+
+        log_image(trainer, "ptl/miou_over_n", np.asarray(Image.open(path).convert("RGB")), step=trainer.global_step)
+    return path
+
+
+class DomainGrid(L.Callback):
+    """Fig. 4-style grid: one source image translated in domains n = 1 … N by that domain's guide.
+
+    At the first iteration of every ``every_domains``-th domain (and of the last), rank 0 translates
+    the same source image (the first of the source set, fixed augmentation, fixed noise per depth) with
+    the domain's guide g_{n-1}; the columns (source, then each n) go to ``ptl_domains.png`` in
+    ``out_dir`` and to the loggers. The columns are kept in the checkpoint."""
+
+    def __init__(self, out_dir: str, every_domains: int = 0, index: int = 0) -> None:
+        self.out_dir = Path(out_dir)
+        self.every = int(every_domains)
+        self.index = int(index)
+        self.columns: list[tuple[int, torch.Tensor]] = []   # (n, uint8 HxWx3)
+
+    def _example(self, trainer) -> dict:
+        from torch.utils.data import default_collate
+
+        stream = trainer.datamodule.stream()
+        return default_collate([stream.items[(self.index, 0)]])
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self.every or not trainer.is_global_zero or not getattr(pl_module, "translates", False):
+            return
+        sched = pl_module.domains
+        step = trainer.global_step - 1           # the iteration that just ran
+        n = sched.domain(step)
+        if step != sched.start(step) or any(c[0] == n for c in self.columns):
+            return
+        if (n - 1) % self.every and n != sched.N:
+            return
+        ex = self._example(trainer)
+        tr = pl_module.translate(ex["image"], ex["label"], n, chunk=0, seed=pl_module.hparams.seed)
+        if not self.columns:
+            self.columns.append((0, torch.from_numpy(to_uint8(ex["image"][0]))))
+        self.columns.append((n, torch.from_numpy(to_uint8(tr.images[0]))))
+        self._save(trainer)
+
+    def _save(self, trainer) -> None:
+        imgs = [c[1].numpy() for c in self.columns]
+        titles = ["source" if n == 0 else f"n={n}" for n, _ in self.columns]
+        pic = grid([imgs], titles=titles, scale=max(1, 64 // imgs[0].shape[0]))
+        save_png(self.out_dir / "ptl_domains.png", pic)
+        log_image(trainer, "ptl/domains", pic, step=trainer.global_step)
+
+    def state_dict(self) -> dict:
+        return {"columns": [(n, img) for n, img in self.columns]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.columns = [(int(n), img) for n, img in state.get("columns", [])]

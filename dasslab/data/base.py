@@ -152,12 +152,17 @@ class SegmentationDataset(Dataset):
             f"num_classes={self.num_classes}, labels={self.has_labels})"
         )
 
-    def load_label(self, label_path: str, shape: tuple[int, int]) -> np.ndarray:
-        """Decode, check and (if needed) resize one label to ``shape``; returns ``HxW uint8``."""
+    def read_label(self, label_path: str) -> np.ndarray:
+        """Decode one label file and check it (single channel, integer values in range or 255)."""
         label = np.asarray(self.decode_label(label_path))
         if label.ndim != 2:
             raise DataError(f"{label_path}: label has shape {label.shape}; expected a single-channel HxW map")
         self._check_values(label, label_path)
+        return label
+
+    def load_label(self, label_path: str, shape: tuple[int, int]) -> np.ndarray:
+        """Decode, check and (if needed) resize one label to ``shape``; returns ``HxW uint8``."""
+        label = self.read_label(label_path)
         label = label.astype(np.uint8, copy=False)
         if label.shape != shape:
             if not self._warned_resize:

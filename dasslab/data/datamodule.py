@@ -7,6 +7,12 @@ Training batches are dicts keyed by those names (one loader per entry, cycled to
 the longest with Lightning's ``CombinedLoader``); validation runs on the labeled
 target val split.
 
+Reproducibility: a loader's order comes from a generator seeded with the run seed,
+and every augmentation pipeline is seeded too (in the main process from the run seed
+and the rank, in each worker from the worker's seed: :func:`seed_worker`). All training
+loaders share the seed, so equally long sets (source and its translation) are drawn in
+the same order.
+
 Evaluation keeps labels at their stored resolution (predictions are upsampled to
 it), as Cityscapes results are reported; images are resized to the working size.
 """
@@ -26,7 +32,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dasslab.data.base import DataError
-from dasslab.data.transforms import build_transform
+from dasslab.data.transforms import build_transform, derive_seed, process_rank, seed_transforms, seed_worker
 
 
 class ResizeImageOnly:
@@ -114,6 +120,8 @@ class DASSDataModule(L.LightningDataModule):
             self.train_sets = {k: build_dataset(self.cfg, k, train=True, limit=self.limit_train)
                                for k in self.train_domains}
             self.train_sets.update(self.extra)
+            for ds in self.train_sets.values():
+                seed_transforms(ds, derive_seed(self.seed, process_rank()))
         if self.val_split and self.val_set is None:
             self.val_set = build_dataset(self.cfg, self.val_split, train=False, limit=self.limit_val)
         self._check_classes()
@@ -136,7 +144,7 @@ class DASSDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset, shuffle: bool, batch_size: int, **kw) -> DataLoader:
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=shuffle and len(ds) >= batch_size, generator=g,
+                          drop_last=shuffle and len(ds) >= batch_size, generator=g, worker_init_fn=seed_worker,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
                           **kw)
 
@@ -151,3 +159,13 @@ class DASSDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+
+def from_config(cfg: DictConfig, train_domains: Sequence[str], batch_size: int, val: bool = True,
+                extra: Mapping[str, Dataset] | None = None) -> DASSDataModule:
+    """The datamodule a stage trains on (stage configs name it: ``conf/stage/*.yaml``)."""
+    return DASSDataModule(cfg.dataset, batch_size=batch_size, num_workers=cfg.data.num_workers,
+                          train_domains=list(train_domains), extra=extra,
+                          val_split=cfg.eval.split if val else None, val_batch_size=cfg.eval.batch_size,
+                          seed=cfg.seed, limit_train=cfg.data.get("limit_train"),
+                          limit_val=cfg.data.get("limit_val"))

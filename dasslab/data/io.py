@@ -1,10 +1,10 @@
 """Reading and writing images and label files, with errors that name the file.
 
 Every reader returns numpy arrays and raises :class:`DataError` (a
-``ValueError``) with a one-line message naming the file and what was expected
-when a file is missing, unreadable or of the wrong kind. ``DataError`` is
-defined here, the lowest module of the package, and re-exported by
-:mod:`dasslab.data.base`.
+``ValueError`` and a :class:`dasslab.errors.DasslabError`) with a one-line message
+naming the file and what was expected when a file is missing, unreadable or of the
+wrong kind. ``DataError`` lives in :mod:`dasslab.errors` and is re-exported here and
+by :mod:`dasslab.data.base`.
 
 Label formats (DESIGN §5):
 
@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from dasslab.errors import DataError
+
+__all__ = ["DataError", "list_files", "read_first_channel_label", "read_image", "read_index_label", "write_png"]
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-
-class DataError(ValueError):
-    """Bad dataset input: the message names the file or setting and what was expected."""
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

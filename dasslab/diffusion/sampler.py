@@ -4,43 +4,43 @@ A translation ``phi^n`` (Sec. 4.1) diffuses a source image ``x_0`` to ``x_n`` wi
 ``n`` reverse steps of the target model back to ``x_0``.  With 0-based timesteps the paper's
 ``x_n`` lives at index ``t = n - 1``; the reverse steps visit ``t = n-1, …, 0``.
 
-Guidance (SGG, Sec. 4.2) is a plain function passed to the sampler — see :data:`GuidanceFn`.
-
-Sign convention
----------------
-Eq. 7 of the paper prints ``mu_hat = mu + lambda Sigma grad L``.  Adding the gradient of a
-cross-entropy *increases* it, i.e. moves the image away from the label.  Following classifier
-guidance (Dhariwal & Nichol 2021: ``grad log p(y|x) = -grad CE``), this project uses
-``mu_hat = mu - Sigma * g`` with ``g = lambda * grad_x L_ce`` — gradient *descent* on the loss.
+Guidance (SGG, Sec. 4.2) is a plain function passed to the sampler — see :data:`GuidanceFn`.  It
+receives the unguided mean and ``Sigma`` and returns the guided mean; lambda, Sigma's use and the
+corrected sign of Eq. 7 (``mu_hat = mu - lambda Sigma grad L``) live with it, in
+:mod:`dasslab.guidance.sgg`, which writes the whole guided step out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from .schedule import NoiseSchedule, spaced_steps
 
-__all__ = ["GuidanceFn", "Sampler"]
+__all__ = ["GuidanceFn", "Sampler", "sampler_options"]
 
-GuidanceFn = Callable[[Tensor, int, int], Tensor | None]
-"""``guidance(x_t, step, num_steps) -> g | None``.
+GuidanceFn = Callable[[Tensor, Tensor, Tensor, int, int], Tensor | None]
+"""``guidance(x_t, mean, variance, step, num_steps) -> mean_hat | None`` (guided-diffusion's ``condition_mean``).
 
-``x_t`` is the current sample (no grad attached), ``step`` the 0-based position of this reverse step
-(0 = first, noisiest) and ``num_steps`` the number of reverse steps of the run.  Return the gradient
-of the guide's loss w.r.t. ``x_t`` *already multiplied by lambda* (same shape as ``x_t``), or
-``None`` for no guidance at this step.  The sampler moves the mean by ``-Sigma_t * g``.
+``x_t`` is the current sample (no grad attached), ``mean`` the unguided mean of Eq. 4, ``variance``
+``Sigma_t`` (a 0-d tensor), ``step`` the 0-based position of this reverse step (0 = first, noisiest)
+and ``num_steps`` the number of reverse steps of the run.  Return the guided mean (same shape as
+``x_t``), or ``None`` for no guidance at this step.  SGG's is
+:class:`dasslab.guidance.sgg.SemanticGuidance` (``mu - lambda * Sigma * grad_x L``).
 The function manages its own autograd (``with torch.enable_grad(): ...``).
 """
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 _CACHE_SIZE = 64
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 def _randn(
@@ -52,27 +52,53 @@ def _randn(
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
 
 
+def sampler_options(diffusion_cfg: Mapping | None, device: torch.device | str | None = None) -> dict:
+    """``Sampler`` keyword arguments from the ``diffusion`` config group's speed settings.
+
+    ``compile`` (bool, default false): ``torch.compile`` the denoiser; ``autocast`` (``bf16``/``fp16``
+    /null): the denoiser's autocast dtype.  Both stay off on CPU unless set explicitly for it
+    (``compile_cpu`` / ``autocast_cpu``): the measured CPU gains are in benchmarks/results.
+    """
+    cfg = dict(diffusion_cfg or {})
+    cpu = device is not None and torch.device(device).type == "cpu"
+    compile_ = cfg.get("compile_cpu", False) if cpu else cfg.get("compile", False)
+    dtype = cfg.get("autocast_cpu") if cpu else cfg.get("autocast")
+    return {"compile": bool(compile_), "autocast_dtype": dtype}
+
+
 class Sampler:
     """DDPM ancestral sampler over ``schedule`` with ``denoiser(x_t, t) -> eps``.
 
     ``denoiser`` is any callable taking images and a LongTensor ``(N,)`` of *original* timesteps.
     It is always called under ``torch.no_grad()``; put it in eval mode (and use its EMA weights)
-    before sampling.
+    before sampling.  ``autocast_dtype`` (``torch.bfloat16``, ``"bf16"``, ...) runs it under autocast
+    (eps is returned in the images' dtype); ``compile=True`` wraps it in ``torch.compile``.
 
     After each :meth:`translate` / :meth:`sample` call, ``stats`` holds one dict per reverse step
     (``step``, ``t``, ``sigma``, ``shift_rms``, ``shift_over_sigma``, ``skipped``) and ``skipped``
-    the number of steps whose guidance was dropped because it was not finite.
+    the number of steps whose guidance was dropped because it was not finite.  ``shift_rms`` is the
+    RMS of ``mu_hat - mu`` over all elements of the batch.  The loop keeps these on the device and
+    reads them back once, at the end of the call.
     """
 
-    def __init__(self, schedule: NoiseSchedule, denoiser: Denoiser, progress: bool = False):
+    def __init__(self, schedule: NoiseSchedule, denoiser: Denoiser, progress: bool = False,
+                 autocast_dtype: torch.dtype | str | None = None, compile: bool = False):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"Sampler: schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+        if isinstance(autocast_dtype, str):
+            if autocast_dtype.lower() not in _DTYPES:
+                raise ValueError(f"diffusion.autocast={autocast_dtype!r}: expected one of {sorted(_DTYPES)} or null")
+            autocast_dtype = _DTYPES[autocast_dtype.lower()]
         self.schedule = schedule
         self.denoiser = denoiser
         self.progress = progress
-        self.stats: list[dict] = []
-        self.skipped: int = 0
+        self.autocast_dtype = autocast_dtype
+        self._net = torch.compile(denoiser) if compile else denoiser
+        self._records: list[tuple[int, int, float, Tensor | float, Tensor | bool]] = []
+        self._stats: list[dict] = []
+        self._skipped = 0
         self._cache: OrderedDict[tuple, NoiseSchedule] = OrderedDict()
+        self._sigmas: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ schedules
     def respaced(self, kept: Sequence[int], device: torch.device | str | None = None) -> NoiseSchedule:
@@ -89,9 +115,45 @@ class Sampler:
             self._cache.move_to_end(key)
         return sched
 
+    def _host_sigmas(self, schedule: NoiseSchedule) -> list[float]:
+        """``sqrt(beta_j)`` of ``schedule`` as Python floats (from its CPU float64 copy), cached."""
+        sigmas = self._sigmas.get(schedule)
+        if sigmas is None:
+            sigmas = self._sigmas[schedule] = [math.sqrt(b) for b in schedule.betas64.tolist()]
+        return sigmas
+
+    # ------------------------------------------------------------------ statistics
+    @property
+    def stats(self) -> list[dict]:
+        self._read_stats()
+        return self._stats
+
+    @property
+    def skipped(self) -> int:
+        self._read_stats()
+        return self._skipped
+
     def _reset_stats(self) -> None:
-        self.stats = []
-        self.skipped = 0
+        self._records, self._stats, self._skipped = [], [], 0
+
+    def _read_stats(self) -> None:
+        """Move the per-step records to ``stats`` with one device-to-host copy; warn about skipped steps."""
+        if not self._records:
+            return
+        tensors = [(r[3], r[4]) for r in self._records if isinstance(r[3], Tensor)]
+        host = torch.stack([torch.stack([a.float(), (~b).float()]) for a, b in tensors]).tolist() if tensors else []
+        it = iter(host)
+        for step, t, sigma, rms, _ in self._records:
+            shift, skipped = (next(it) if isinstance(rms, Tensor) else (rms, 0.0))
+            skipped = bool(skipped)
+            shift = 0.0 if skipped else float(shift)
+            self._skipped += skipped
+            self._stats.append({"step": step, "t": t, "sigma": sigma, "shift_rms": shift,
+                                "shift_over_sigma": shift / sigma if sigma > 0 else 0.0, "skipped": skipped})
+            if skipped:
+                warnings.warn(f"guidance at reverse step {step} (t={t}) is not finite; guidance skipped for this "
+                              "step", RuntimeWarning, stacklevel=3)
+        self._records = []
 
     # ------------------------------------------------------------------ one step
     def reverse_step(
@@ -107,13 +169,12 @@ class Sampler:
     ) -> Tensor:
         """One reverse step ``x_j -> x_{j-1}`` at index ``j`` of ``schedule``.
 
-        ``mu = p_mean(x, j, eps_theta(x, t_j))`` (Eq. 4) with ``t_j = schedule.timesteps[j]``;
-        guided: ``mu_hat = mu - Sigma_j * g`` where ``g = guidance(x, step, num_steps)`` is
-        ``lambda * grad_x L`` — descent on the guide's cross-entropy, the corrected sign of Eq. 7.
-        Then ``x_{j-1} = mu_hat + sqrt(Sigma_j) z`` with ``Sigma_j = beta_j``; no noise at the last
-        step (``j == 0``); no clipping of ``x_0``.  ``z`` is drawn (from ``generator``) when not given.
-        A guidance gradient with any NaN/Inf is dropped for this step (warning, counted in
-        ``self.skipped``).
+        ``mu = p_mean(x, j, eps_theta(x, t_j))`` (Eq. 4) with ``t_j = schedule.timesteps[j]`` and
+        ``Sigma_j = beta_j``; guided: ``mu_hat = guidance(x, mu, Sigma_j, step, num_steps)`` (SGG:
+        :mod:`dasslab.guidance.sgg`).  Then ``x_{j-1} = mu_hat + sqrt(Sigma_j) z``; no noise at the
+        last step (``j == 0``); no clipping of ``x_0``.  ``z`` is drawn (from ``generator``) when not
+        given.  A guided mean with any NaN/Inf is dropped for this step (on the device, no sync;
+        counted in ``skipped``, with a warning when the statistics are read).
         """
         j = int(j)
         if not 0 <= j < schedule.num_timesteps:
@@ -123,52 +184,33 @@ class Sampler:
         x = x.detach()
         t_orig = schedule.timestep(j)
         t_batch = torch.full((x.shape[0],), t_orig, dtype=torch.long, device=x.device)
-        with torch.no_grad():
-            eps = self.denoiser(x, t_batch)
-        mu = schedule.p_mean(x, j, eps.to(x.dtype))
-        var = schedule.p_variance(j).to(device=x.device, dtype=x.dtype)
-        sigma = var.sqrt()
-        sigma_f = math.sqrt(float(schedule.betas64[j]))  # host copy: no device sync
+        amp = (torch.autocast(x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with torch.no_grad(), amp:
+            eps = self._net(x, t_batch)
+        mu = schedule.p_mean(x, j, eps.to(x.dtype))                      # Eq. 4
+        var = schedule.p_variance(j).to(device=x.device, dtype=x.dtype)  # Sigma_j = beta_j
+        sigma_f = self._host_sigmas(schedule)[j]  # host copy: no device sync
 
-        shift_rms = 0.0
-        skipped = False
+        shift_rms: Tensor | float = 0.0
+        finite: Tensor | bool = True
         if guidance is not None:
-            g = guidance(x, step, num_steps)
-            if g is not None:
-                g = g.detach()
-                if g.shape != x.shape:
+            guided = guidance(x, mu, var, step, num_steps)
+            if guided is not None:
+                guided = guided.detach()
+                if guided.shape != x.shape:
                     raise ValueError(
-                        f"guidance returned a gradient of shape {tuple(g.shape)}; expected {tuple(x.shape)}"
+                        f"guidance returned a mean of shape {tuple(guided.shape)}; expected {tuple(x.shape)}"
                     )
-                if not bool(torch.isfinite(g).all()):
-                    skipped = True
-                    self.skipped += 1
-                    warnings.warn(
-                        f"guidance gradient at reverse step {step}/{num_steps} (t={t_orig}) is not finite; "
-                        "guidance skipped for this step",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                else:
-                    shift = var * g.to(x.dtype)
-                    mu = mu - shift
-                    shift_rms = float(shift.float().pow(2).mean().sqrt())
-
-        self.stats.append(
-            {
-                "step": int(step),
-                "t": t_orig,
-                "sigma": sigma_f,
-                "shift_rms": shift_rms,
-                "shift_over_sigma": shift_rms / sigma_f if sigma_f > 0 else 0.0,
-                "skipped": skipped,
-            }
-        )
+                finite = torch.isfinite(guided).all()
+                shift_rms = torch.where(finite, (guided - mu).float().pow(2).mean().sqrt(), 0.0)
+                mu = torch.where(finite, guided.to(x.dtype), mu)
+        self._records.append((int(step), t_orig, sigma_f, shift_rms, finite))
         if j == 0:
             return mu
         if z is None:
             z = _randn(x.shape, generator, x.device, x.dtype)
-        return mu + sigma * z.to(device=x.device, dtype=x.dtype)
+        return mu + var.sqrt() * z.to(device=x.device, dtype=x.dtype)
 
     # ------------------------------------------------------------------ loops
     def _loop(
@@ -190,6 +232,7 @@ class Sampler:
             # seed gives the same noise sequence with and without guidance.
             z = _randn(x.shape, generator, x.device, x.dtype) if j > 0 else None
             x = self.reverse_step(x, j, sched, guidance=guidance, step=step, num_steps=K, z=z)
+        self._read_stats()  # the one device-to-host read of the run's statistics
         return x
 
     def _check_num_steps(self, num_steps: int | None) -> None:
@@ -212,8 +255,8 @@ class Sampler:
         ``depth = 0`` returns a copy of ``x0`` (phi^0 is the identity) and draws no noise.
 
         Noise order (fixed): the forward noise first, then one ``z`` per reverse step before the
-        last — independent of ``guidance``, so ``guidance`` returning zeros reproduces the
-        unguided result exactly for the same ``generator`` state.
+        last — independent of ``guidance``, so ``guidance`` returning the mean unchanged (or
+        ``None``) reproduces the unguided result exactly for the same ``generator`` state.
         """
         T = self.schedule.num_timesteps
         if isinstance(depth, bool) or int(depth) != depth or not 0 <= int(depth) <= T:

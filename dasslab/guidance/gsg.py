@@ -20,14 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dasslab.guidance.losses import (
-    Preprocess,
-    SegNet,
-    as_label,
-    check_reduction,
-    guide_mode,
-    segmentation_loss,
-)
+from dasslab.guidance.losses import Preprocess, SegNet, as_label, guide_mode, segmentation_loss
 
 
 def gsg_loss_and_grad(
@@ -40,15 +33,10 @@ def gsg_loss_and_grad(
 ) -> tuple[Tensor, Tensor]:
     """GSG gradient ``grad_x L`` (shape and dtype of ``x``) and the loss per image (N,, float32, detached).
 
-    ``x``: noisy images N x C x H x W in [-1, 1] scale; ``label``: N x H x W (or
-    N x 1 x H x W) class ids. Images without a labelled pixel get zero gradient;
-    a batch without any labelled pixel does not call the guide.
+    ``x``: noisy images N x C x H x W in [-1, 1] scale; ``label``: N x H x W int64 class ids on
+    ``x``'s device (checked once by the caller, see :class:`~dasslab.guidance.sgg.SemanticGuidance`).
+    Images without a labelled pixel get zero gradient. No host sync.
     """
-    check_reduction(reduction)
-    label = as_label(label, x)
-    n = x.shape[0]
-    if not bool((label != ignore_index).any()):
-        return torch.zeros_like(x), torch.zeros(n, device=x.device, dtype=torch.float32)
     with guide_mode(net), torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         terms = segmentation_loss(net(preprocess(x_in)), label, reduction, ignore_index)
@@ -65,5 +53,8 @@ def gsg_grad(
     reduction: str = "sum",
     ignore_index: int = 255,
 ) -> Tensor:
-    """GSG guidance gradient ``grad_x CE(g(preprocess(x)), y)`` (Eq. 10), not multiplied by lambda."""
-    return gsg_loss_and_grad(x, label, preprocess, net, reduction, ignore_index)[0]
+    """GSG guidance gradient ``grad_x CE(g(preprocess(x)), y)`` (Eq. 10), not multiplied by lambda.
+
+    A convenience wrapper that also accepts N x 1 x H x W labels and checks their shape.
+    """
+    return gsg_loss_and_grad(x, as_label(label, x), preprocess, net, reduction, ignore_index)[0]

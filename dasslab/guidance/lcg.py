@@ -40,19 +40,13 @@ eval mode for the call and restored afterwards; see
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from dasslab.guidance.losses import (
-    Preprocess,
-    SegNet,
-    as_label,
-    check_reduction,
-    guide_mode,
-    segmentation_loss,
-)
+from dasslab.guidance.losses import Preprocess, SegNet, as_label, guide_mode, segmentation_loss
 
 
 @dataclass(frozen=True)
@@ -118,23 +112,16 @@ def lcg_loss_and_grad(
 ) -> tuple[Tensor, Tensor]:
     """LCG gradient ``sum_c m_c * grad_x L_c`` (shape and dtype of ``x``) and the loss per image (N,).
 
-    ``x``: noisy images N x C x H x W in [-1, 1] scale; ``label``: N x H x W (or
-    N x 1 x H x W) class ids, ``ignore_index`` = no guidance. The per-image loss is
-    ``sum_c L_c`` of that image's classes (float32, detached).
+    ``x``: noisy images N x C x H x W in [-1, 1] scale; ``label``: N x H x W int64 class ids,
+    ``ignore_index`` = no guidance. The per-image loss is ``sum_c L_c`` of that image's classes
+    (float32, detached). ``copies`` may pass a precomputed :func:`class_copies` of ``label``
+    (then this function makes no host sync).
 
-    ``max_batch`` bounds how many masked copies go through the guide at once
-    (memory). Chunking changes nothing in the result: each copy's loss depends on
-    that copy alone, so the per-chunk gradients add up to the one-batch gradient
-    (equal up to floating-point summation order). ``None`` = all copies at once.
-    Memory grows with the number of copies: a DeepLab-V2 R101 guide keeps about
-    1.2 GB of activations per 256x512 copy for the backward pass (measured on CPU,
-    fp32), so at 512x1024 with 15+ classes per image set ``max_batch``.
-    ``copies`` may pass a precomputed :func:`class_copies` of ``label``.
+    ``max_batch`` bounds how many masked copies go through the guide at once (memory;
+    :func:`auto_max_batch` picks it from free GPU memory). Chunking changes nothing in the
+    result: each copy's loss depends on that copy alone, so the per-chunk gradients add up to
+    the one-batch gradient (equal up to floating-point summation order). ``None`` = all copies.
     """
-    check_reduction(reduction)
-    label = as_label(label, x)
-    if max_batch is not None and max_batch < 1:
-        raise ValueError(f"lcg max_batch must be a positive number of copies or None, got {max_batch}")
     if copies is None:
         copies = class_copies(label, ignore_index)
     n = x.shape[0]
@@ -143,7 +130,7 @@ def lcg_loss_and_grad(
     total = len(copies)
     if total == 0:
         return grad, loss
-    chunk = total if max_batch is None else max_batch
+    chunk = total if max_batch is None else max(1, int(max_batch))
     with guide_mode(net), torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         z = preprocess(x_in)
@@ -175,6 +162,64 @@ def lcg_grad(
 ) -> Tensor:
     """LCG guidance gradient ``sum_c m_c * grad_x L_c`` (Eq. 6-9), see :func:`lcg_loss_and_grad`.
 
-    Not multiplied by lambda; the sampler shifts the mean by ``-lambda * Sigma * grad``.
+    Not multiplied by lambda; the guided step shifts the mean by ``-lambda * Sigma * grad``.
+    A convenience wrapper that also accepts N x 1 x H x W labels and checks their shape.
     """
-    return lcg_loss_and_grad(x, label, preprocess, net, reduction, ignore_index, max_batch)[0]
+    return lcg_loss_and_grad(x, as_label(label, x), preprocess, net, reduction, ignore_index, max_batch)[0]
+
+
+# ----------------------------------------------------------------------------- max_batch: auto
+#: Fraction of the free memory that LCG copies may fill (the rest: the denoiser, allocator slack).
+AUTO_MEMORY_FRACTION = 0.7
+#: The backward pass needs about as much again as the activations a forward keeps for it.
+BACKWARD_FACTOR = 2.0
+_BYTES_PER_COPY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def copies_that_fit(free_bytes: int, bytes_per_copy: int, total: int,
+                    fraction: float = AUTO_MEMORY_FRACTION) -> int:
+    """How many LCG copies one guide pass may hold: ``floor(fraction * free / per copy)`` in [1, total]."""
+    if total < 1:
+        return 1
+    if bytes_per_copy <= 0:
+        return total
+    return max(1, min(total, int(fraction * free_bytes // bytes_per_copy)))
+
+
+def free_cuda_memory(device: torch.device) -> int:
+    """Bytes this process can still allocate on ``device``: free device memory plus the allocator's
+    cached-but-unused blocks, capped by ``torch.cuda.set_per_process_memory_fraction`` if set."""
+    free, total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    cap = torch.cuda.get_per_process_memory_fraction(device) * total - torch.cuda.memory_allocated(device)
+    return int(max(0, min(free + cached, cap)))
+
+
+def bytes_per_copy(x: Tensor, copies: ClassCopies, preprocess: Preprocess, net: SegNet) -> int:
+    """Estimated guide memory of one LCG copy (forward activations kept for backward x BACKWARD_FACTOR).
+
+    Measured once per guide and input size/dtype on CUDA by a forward of one copy, then cached.
+    """
+    owner = net if isinstance(net, torch.nn.Module) else getattr(net, "__self__", net)
+    key = (tuple(x.shape[1:]), x.dtype, torch.is_autocast_enabled(x.device.type), str(x.device))
+    try:
+        cache = _BYTES_PER_COPY.setdefault(owner, {})
+    except TypeError:  # not weak-referenceable: measure every time
+        cache = {}
+    if key not in cache:
+        with guide_mode(net), torch.enable_grad():
+            before = torch.cuda.memory_allocated(x.device)
+            x_in = x[:1].detach().requires_grad_(True)
+            out = net(preprocess(x_in) * copies.masks[:1].to(x.dtype))
+            kept = torch.cuda.memory_allocated(x.device) - before
+            del out, x_in
+        cache[key] = int(BACKWARD_FACTOR * max(kept, 1))
+    return cache[key]
+
+
+def auto_max_batch(x: Tensor, copies: ClassCopies, preprocess: Preprocess, net: SegNet) -> int:
+    """``max_batch: auto``: all copies at once on CPU; on CUDA as many as fit in free memory."""
+    if x.device.type != "cuda" or len(copies) == 0:
+        return max(1, len(copies))
+    per_copy = bytes_per_copy(x, copies, preprocess, net)
+    return copies_that_fit(free_cuda_memory(x.device), per_copy, len(copies))

@@ -32,7 +32,7 @@ the guidance an image receives must not depend on what else is in the batch
 Whatever the reduction, lambda is tied to it and to the resolution; the
 sampler-side quantity that transfers is the shift ``||lambda Sigma grad||``
 relative to ``sigma_k``, which :class:`dasslab.guidance.sgg.SemanticGuidance`
-logs for calibration.
+logs, and which its calibrated mode (``guidance.calibrate``) sets directly.
 """
 
 from __future__ import annotations
@@ -50,12 +50,6 @@ REDUCTIONS = ("sum", "mean")
 Preprocess = Callable[[Tensor], Tensor]
 #: ``net(z)``: segmenter input (N x C' x H x W) -> logits N x K x H x W.
 SegNet = Callable[[Tensor], Tensor]
-
-
-def check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"guidance reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
-    return reduction
 
 
 def as_label(label: Tensor, x: Tensor) -> Tensor:
@@ -89,21 +83,14 @@ def pixel_ce(logits: Tensor, target: Tensor, ignore_index: int = 255) -> tuple[T
     are bilinearly resized to it first (a segmenter whose head is at 1/8 scale
     still works). ``target``: N x H x W int64, ``ignore_index`` = not counted.
     Returns ``(ce, valid)``, both N x H x W; ``ce`` is 0 where not counted.
-    A label value outside ``[0, K)`` other than ``ignore_index`` raises ValueError.
+    Labels are not checked here (that would cost a host sync per reverse step):
+    :class:`~dasslab.guidance.sgg.SemanticGuidance` checks them once per batch.
     """
     if logits.dim() != 4:
         raise ValueError(f"guide logits must be N x K x H x W, got shape {tuple(logits.shape)}")
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
     valid = target != ignore_index
-    num_classes = logits.shape[1]
-    bad = valid & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
-        values = torch.unique(target[bad]).tolist()
-        raise ValueError(
-            f"guidance label holds class ids {values[:10]} outside [0, {num_classes}) of the guide's "
-            f"{num_classes} logits (ignore index is {ignore_index})"
-        )
     ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
     return ce, valid
 
@@ -113,12 +100,12 @@ def reduce_terms(ce: Tensor, valid: Tensor, reduction: str = "sum") -> Tensor:
 
     A term without counted pixels has loss 0 under both reductions.
     """
-    check_reduction(reduction)
     total = ce.flatten(1).sum(1)
     if reduction == "sum":
         return total
-    count = valid.flatten(1).sum(1)
-    return total / count.clamp_min(1).to(total.dtype)
+    if reduction == "mean":
+        return total / valid.flatten(1).sum(1).clamp_min(1).to(total.dtype)
+    raise ValueError(f"guidance reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
 
 
 def segmentation_loss(

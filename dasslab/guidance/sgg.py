@@ -1,327 +1,202 @@
-"""Semantic Gradient Guidance (SGG, Sec. 4.2): LCG and GSG arranged over the reverse steps.
+"""One SGG-guided reverse step (Sec. 4.2), all of it in this file, in the order it happens.
 
-:class:`SemanticGuidance` is the guidance function handed to the sampler,
-``guidance(x_t, step, num_steps) -> g`` with ``step`` the 0-based position of
-the reverse step (0 = first, noisiest) and ``num_steps`` the number of reverse
-steps. It returns ``g = lambda * grad_x L`` for the step's guidance kind; the
-sampler shifts the mean by ``mu_hat = mu - Sigma_k * g`` (classifier-guidance
-sign, so that guidance *lowers* the guide's cross-entropy; Eq. 7 of the paper
-prints a ``+``, which would push the image away from its label).
+The sampler (:meth:`dasslab.diffusion.sampler.Sampler.reverse_step`) computes for ``x_k``
 
-Modes (config ``guidance=sgg|lcg_only|gsg_only|none``, keys ``scale``,
-``reduction``, ``lcg``, ``gsg``):
+    mu      = (x_k - beta_k / sqrt(1 - alpha_bar_k) * eps_theta(x_k, k)) / sqrt(1 - beta_k)   (Eq. 4)
+    Sigma_k = beta_k                                      (the paper's "fixed large" variance)
 
-* ``sgg`` (``lcg=True, gsg=True``): the arrangement plan picks LCG or GSG per step
-  (``arrangement=alternate|lcg_then_gsg|gsg_then_lcg|randmix``, keys ``name``, ``seed``;
-  see :mod:`dasslab.guidance.arrangement`);
-* ``lcg_only`` / ``gsg_only``: only that kind, at every step (Table 2 (e) / (d));
-* ``none`` (or ``scale=0``, or both off): no guidance; the call returns ``None``
-  without running the guide, so the sampler's result is exactly the unguided one.
+and hands ``(x_k, mu, Sigma_k)`` to :meth:`SemanticGuidance.__call__` — guided-diffusion's
+``condition_mean`` — which returns the guided mean ``mu_hat``:
 
-Defaults: ``scale`` (lambda) = 80, the paper's value, with ``reduction="sum"``
-(per-pixel CE summed over the counted pixels of each term, see
-:mod:`dasslab.guidance.losses`). The paper states neither its reduction nor its
-input normalisation, so lambda = 80 is a starting point, not a calibrated value:
-``reduction="mean"`` with lambda acts like ``"sum"`` with lambda / (number of
-counted pixels), and the useful size of the per-pixel shift ``Sigma_k * g`` was
-a few to ~20 % of ``sigma_k`` on the digits benchmark (DESIGN §6). The sampler
-logs that ratio per step (``Sampler.stats``: ``shift_rms``, ``shift_over_sigma``);
-:attr:`SemanticGuidance.stats` adds, per guided call, the kind, the guide's loss
-and the gradient norms.
+    1. kind    = plan[step]               LCG or GSG at this step (``arrangement``, Table 5)
+    2. G       = grad_x L_kind(x_k)       :meth:`SemanticGuidance.gradient`, the ``cond_fn``:
+                                          LCG (Eq. 6-9: sum_c m_c grad L_c, one batched pass,
+                                          proof in ``lcg.py``) or GSG (Eq. 10). G = 0 on ignore
+                                          pixels (label 255), so they keep the unguided mu + sigma z.
+    3. lambda  = ``guidance.scale``       raw mode (the paper: 80), or, with ``calibrate``, per image
+                 lambda_i = shift * sigma_k / RMS_i(Sigma_k G) over its labelled pixels,
+                 so that the mean moves by ``shift * sigma_k`` (RMS) at every step and resolution
+    4. mu_hat  = mu - lambda * Sigma_k * G    the minus sign: descent on the guide's CE. Eq. 7
+                                          prints ``+``, which would push the image off its label.
+
+The sampler then draws ``x_{k-1} = mu_hat + sqrt(Sigma_k) z`` (no noise at the last step; ``z`` is
+drawn whether or not a step is guided, so a seed gives the same noise with and without guidance).
+The label is prepared and checked once per batch (here, at construction); settings are checked
+once, at config time (:func:`~dasslab.guidance.settings.validate_guidance`). Nothing in a step
+reads a value back to the host: statistics stay on the device until :attr:`SemanticGuidance.stats`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from dasslab.guidance.arrangement import ARRANGEMENTS, GSG, LCG, arrangement_plan
+from dasslab.guidance.arrangement import GSG, LCG, arrangement_plan
 from dasslab.guidance.gsg import gsg_loss_and_grad
-from dasslab.guidance.lcg import ClassCopies, class_copies, lcg_loss_and_grad
-from dasslab.guidance.losses import Preprocess, SegNet, as_label, check_reduction
-
-DEFAULT_SCALE = 80.0
-DEFAULT_REDUCTION = "sum"
-DEFAULT_ARRANGEMENT = "alternate"
+from dasslab.guidance.lcg import auto_max_batch, class_copies, lcg_loss_and_grad
+from dasslab.guidance.losses import Preprocess, SegNet, guide_mode
+from dasslab.guidance.settings import GuidanceSettings, validate_guidance
 
 
 @dataclass(frozen=True)
 class GuidanceStat:
-    """What one guided reverse step did (floats are means over the images of the batch).
-
-    ``loss``: the guided loss per image (LCG: sum over the image's classes of L_c).
-    ``grad_norm``: ||grad_x L||_2 per image, before lambda. ``scaled_norm`` =
-    lambda * grad_norm, the norm of what the sampler receives; the mean shift is
-    ``Sigma_k * g``, whose RMS over pixels the sampler logs against ``sigma_k``.
-    """
+    """One guided step, means over the batch: the guide's loss, ||G||, lambda, ||lambda G||, and the
+    RMS shift of the mean over labelled pixels relative to sigma_k (= ``shift`` when calibrated)."""
 
     step: int
     num_steps: int
     kind: str
     loss: float
     grad_norm: float
+    scale: float
     scaled_norm: float
+    shift_over_sigma: float
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 class SemanticGuidance:
-    """SGG guidance function for one batch of source labels.
+    """The SGG guidance function for one batch of source labels (``label``: N x H x W, 255 = ignore).
 
-    Args:
-        preprocess: images in [-1, 1] -> the guide's input space (e.g. ImageNet
-            normalisation); pixel-wise, keeps H x W. The LCG mask is applied after it.
-        net: the guide, ``z -> logits N x K x H x W``. An ``nn.Module`` is put in eval
-            mode during each call and restored afterwards; its weights never change
-            and never get a ``.grad``.
-        label: source labels N x H x W (or N x 1 x H x W), ``ignore_index`` = unguided.
-        scale: lambda (paper: 80, the default). 0 disables guidance.
-        use_lcg, use_gsg: which kinds are on (both: the arrangement decides per step;
-            one: that kind at every step; none: no guidance).
-        arrangement: a name from :data:`~dasslab.guidance.arrangement.ARRANGEMENTS`.
-        reduction: ``"sum"`` (default) or ``"mean"``, see :mod:`dasslab.guidance.losses`.
-        seed: the ``randmix`` arrangement's seed.
-        ignore_index: label value without guidance (255).
-        max_batch: LCG copies per guide pass (memory bound; same result), ``None`` = all.
-        autocast_dtype: e.g. ``torch.bfloat16`` to run the guide under autocast
-            (the gradient is returned in the images' dtype); ``None`` = full precision.
-        record_stats: keep a :class:`GuidanceStat` per guided call in :attr:`stats`.
+    ``preprocess``: [-1, 1] images -> the guide's input space (pixel-wise; the LCG mask is applied
+    after it). ``net``: the frozen guide, ``z -> logits``; an ``nn.Module`` runs in eval mode and
+    its weights never get a ``.grad``. ``settings`` (default :class:`GuidanceSettings`) may be
+    overridden by keyword for programmatic use, e.g. ``SemanticGuidance(p, g, y, scale=3.0, gsg=False)``.
     """
 
-    def __init__(
-        self,
-        preprocess: Preprocess,
-        net: SegNet,
-        label: Tensor,
-        scale: float = DEFAULT_SCALE,
-        use_lcg: bool = True,
-        use_gsg: bool = True,
-        arrangement: str = DEFAULT_ARRANGEMENT,
-        reduction: str = DEFAULT_REDUCTION,
-        seed: int = 0,
-        ignore_index: int = 255,
-        max_batch: int | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        record_stats: bool = True,
-    ) -> None:
-        if arrangement not in ARRANGEMENTS:
-            raise ValueError(
-                f"unknown guidance arrangement {arrangement!r}; expected one of {list(ARRANGEMENTS)}"
-            )
-        scale = float(scale)
-        if not scale >= 0 or scale == float("inf"):
-            raise ValueError(f"guidance scale (lambda) must be a finite number >= 0, got {scale}")
-        if max_batch is not None and max_batch < 1:
-            raise ValueError(
-                f"guidance max_batch must be a positive number of copies or None, got {max_batch}"
-            )
-        self.preprocess = preprocess
-        self.net = net
-        self.scale = scale
-        self.use_lcg = bool(use_lcg)
-        self.use_gsg = bool(use_gsg)
-        self.arrangement = arrangement
-        self.reduction = check_reduction(reduction)
-        self.seed = int(seed)
-        self.ignore_index = int(ignore_index)
-        self.max_batch = max_batch
-        self.autocast_dtype = autocast_dtype
-        self.record_stats = record_stats
-        self.stats: list[GuidanceStat] = []
+    def __init__(self, preprocess: Preprocess, net: SegNet, label: Tensor,
+                 settings: GuidanceSettings | None = None, **overrides: Any) -> None:
+        settings = settings or GuidanceSettings()
+        self.settings = replace(settings, **overrides) if overrides else settings
+        self.preprocess, self.net = preprocess, net
         self._plans: dict[int, list[str]] = {}
-        self._label = label
-        self._prepared_label: Tensor | None = None
-        self._copies: ClassCopies | None = None
+        self._records: list[tuple[int, int, str, Tensor]] = []
+        self._stats: list[GuidanceStat] = []
+        self._chunk: int | None = None
+        self.label = label
 
-    # -- configuration -------------------------------------------------------------------------
     @property
     def label(self) -> Tensor:
         return self._label
 
     @label.setter
     def label(self, label: Tensor) -> None:
-        """Guide a new batch with the same settings (the LCG class copies are rebuilt lazily)."""
-        self._label = label
-        self._prepared_label = None
-        self._copies = None
+        """Prepare a batch's label once: class copies (LCG), labelled-pixel counts, largest class."""
+        if label.dim() == 4 and label.shape[1] == 1:
+            label = label[:, 0]
+        if label.dim() != 3 or label.dtype.is_floating_point or label.dtype == torch.bool:
+            raise ValueError(f"guidance label must be an integer N x H x W tensor, got {label.dtype} "
+                             f"{tuple(label.shape)}")
+        ignore = self.settings.ignore_index
+        self._label = label.long()
+        self._copies = class_copies(self._label, ignore)                    # host sync, once per batch
+        self._count = (self._label != ignore).flatten(1).sum(1)            # labelled pixels per image
+        self._max_class = int(self._copies.classes.max()) if len(self._copies) else -1
+        self._chunk = None
 
     @property
     def enabled(self) -> bool:
-        return self.scale > 0 and (self.use_lcg or self.use_gsg)
+        return self.settings.enabled
 
     @property
     def mode(self) -> str:
-        """``"sgg"``, ``"lcg_only"``, ``"gsg_only"`` or ``"none"``."""
-        if not self.enabled:
-            return "none"
-        if self.use_lcg and self.use_gsg:
-            return "sgg"
-        return "lcg_only" if self.use_lcg else "gsg_only"
+        return self.settings.mode
 
     def plan(self, num_steps: int) -> list[str]:
-        """The kind used at each step position for a chain of ``num_steps`` reverse steps ([] if disabled)."""
-        if not self.enabled:
-            return []
+        """The kind (``"lcg"``/``"gsg"``) of each step position of a chain of ``num_steps`` steps."""
         if num_steps not in self._plans:
-            if self.use_lcg and self.use_gsg:
-                self._plans[num_steps] = arrangement_plan(self.arrangement, num_steps, self.seed)
-            else:
-                self._plans[num_steps] = [LCG if self.use_lcg else GSG] * num_steps
+            s = self.settings
+            both = s.lcg and s.gsg
+            self._plans[num_steps] = (arrangement_plan(s.arrangement, num_steps, s.seed) if both
+                                      else [LCG if s.lcg else GSG] * num_steps)
         return self._plans[num_steps]
 
-    def kind_at(self, step: int, num_steps: int) -> str | None:
-        if not self.enabled:
+    # ---------------------------------------------------------------------- the guided step
+    def __call__(self, x_t: Tensor, mean: Tensor, variance: Tensor, step: int, num_steps: int) -> Tensor | None:
+        """``condition_mean``: the guided mean ``mu - lambda * Sigma_k * G``; ``None`` = this step unguided."""
+        s = self.settings
+        if not s.enabled or len(self._copies) == 0:   # nothing to guide: exactly the unguided step
             return None
-        if not 0 <= step < num_steps:
-            raise ValueError(f"guidance step position must be in [0, {num_steps}), got {step}")
-        return self.plan(num_steps)[step]
+        kind = self.plan(num_steps)[step]                                        # 1. LCG or GSG
+        grad, loss = self.gradient(x_t, kind)                                    # 2. G (0 on ignore)
+        shift = variance * grad                                                  #    Sigma_k G
+        per_image = (self._count * x_t.shape[1]).clamp_min(1)
+        rms = (shift.float().pow(2).flatten(1).sum(1) / per_image).sqrt()        #    over labelled pixels
+        sigma = variance.float().sqrt()
+        if s.calibrate:                                                          # 3. lambda
+            lam = torch.where(rms > 0, s.shift * sigma / rms.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+        else:
+            lam = torch.full_like(rms, s.scale)
+        mean_hat = mean - lam.to(mean.dtype).view(-1, 1, 1, 1) * shift.to(mean.dtype)   # 4. minus sign
+        if s.record_stats:
+            g_norm = grad.detach().float().flatten(1).norm(dim=1)
+            self._records.append((step, num_steps, kind, torch.stack([
+                loss.mean(), g_norm.mean(), lam.mean(), (lam * g_norm).mean(), (lam * rms / sigma).mean()])))
+        return mean_hat
+
+    def gradient(self, x_t: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+        """``cond_fn``: ``(G, loss per image)`` of one kind, before lambda; G is 0 on ignore pixels."""
+        s = self.settings
+        if self._label.device != x_t.device:
+            self.label = self._label.to(x_t.device)
+        if tuple(self._label.shape) != (x_t.shape[0], *x_t.shape[2:]):
+            raise ValueError(f"guidance label of shape {tuple(self._label.shape)} does not match images "
+                             f"{tuple(x_t.shape)}; expected N x H x W")
+        amp = (torch.autocast(x_t.device.type, dtype=s.autocast_dtype) if s.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with guide_mode(self.net), amp:
+            if kind == LCG:
+                return lcg_loss_and_grad(x_t, self._label, self.preprocess, self._checked_net, s.reduction,
+                                         s.ignore_index, self._max_batch(x_t), copies=self._copies)
+            return gsg_loss_and_grad(x_t, self._label, self.preprocess, self._checked_net, s.reduction,
+                                     s.ignore_index)
+
+    def _checked_net(self, z: Tensor) -> Tensor:
+        logits = self.net(z)
+        if logits.dim() != 4 or logits.shape[1] <= self._max_class:   # shapes only: no host sync
+            raise ValueError(f"guidance label holds class id {self._max_class} but the guide returns logits of "
+                             f"shape {tuple(logits.shape)} (N x K x H x W with K > {self._max_class} expected)")
+        return logits
+
+    def _max_batch(self, x_t: Tensor) -> int | None:
+        mb = self.settings.max_batch
+        if mb != "auto":
+            return mb
+        if self._chunk is None:  # once per batch
+            self._chunk = auto_max_batch(x_t, self._copies, self.preprocess, self.net)
+        return self._chunk
+
+    # ---------------------------------------------------------------------- statistics
+    @property
+    def stats(self) -> list[GuidanceStat]:
+        """One :class:`GuidanceStat` per guided call so far (read from the device here, in one go)."""
+        if self._records:
+            values = torch.stack([r[3] for r in self._records]).tolist()
+            self._stats += [GuidanceStat(st, n, kind, *v) for (st, n, kind, _), v in zip(self._records, values)]
+            self._records = []
+        return self._stats
 
     def reset_stats(self) -> None:
-        self.stats.clear()
+        self._records, self._stats = [], []
 
     def __repr__(self) -> str:
-        return (
-            f"SemanticGuidance(mode={self.mode}, scale={self.scale}, arrangement={self.arrangement}, "
-            f"reduction={self.reduction}, seed={self.seed})"
-        )
-
-    # -- the guidance function -----------------------------------------------------------------
-    def _prepared(self, x_t: Tensor) -> Tensor:
-        """The label as N x H x W int64 on ``x_t``'s device, cached with its LCG class copies."""
-        cached = self._prepared_label
-        if cached is None or cached.device != x_t.device or cached.shape != (x_t.shape[0], *x_t.shape[2:]):
-            self._prepared_label = as_label(self._label, x_t)
-            self._copies = None
-        return self._prepared_label
-
-    def _class_copies(self, label: Tensor) -> ClassCopies:
-        if self._copies is None:
-            self._copies = class_copies(label, self.ignore_index)
-        return self._copies
-
-    def loss_and_grad(self, x_t: Tensor, kind: str) -> tuple[Tensor, Tensor]:
-        """``(grad_x L, loss per image)`` of one kind (``"lcg"``/``"gsg"``), before lambda."""
-        label = self._prepared(x_t)
-        amp = (
-            torch.autocast(device_type=x_t.device.type, dtype=self.autocast_dtype)
-            if self.autocast_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with amp:
-            if kind == LCG:
-                return lcg_loss_and_grad(
-                    x_t,
-                    label,
-                    self.preprocess,
-                    self.net,
-                    self.reduction,
-                    self.ignore_index,
-                    self.max_batch,
-                    copies=self._class_copies(label),
-                )
-            if kind == GSG:
-                return gsg_loss_and_grad(
-                    x_t, label, self.preprocess, self.net, self.reduction, self.ignore_index
-                )
-        raise ValueError(f"guidance kind must be {LCG!r} or {GSG!r}, got {kind!r}")
-
-    def __call__(self, x_t: Tensor, step: int, num_steps: int) -> Tensor | None:
-        """``lambda * grad_x L`` for reverse step position ``step`` of ``num_steps``, or ``None`` if disabled."""
-        kind = self.kind_at(step, num_steps)
-        if kind is None:
-            return None
-        grad, loss = self.loss_and_grad(x_t, kind)
-        if self.record_stats:
-            grad_norm = float(grad.detach().float().flatten(1).norm(dim=1).mean())
-            self.stats.append(
-                GuidanceStat(step, num_steps, kind, float(loss.mean()), grad_norm, self.scale * grad_norm)
-            )
-        return grad * self.scale
+        return f"SemanticGuidance({self.settings})"
 
 
-_GUIDANCE_KEYS = {
-    "scale",
-    "reduction",
-    "lcg",
-    "gsg",
-    "ignore_index",
-    "max_batch",
-    "autocast_dtype",
-    "record_stats",
-}
-_ARRANGEMENT_KEYS = {"name", "seed"}
-_DTYPES = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "fp32": None,
-    "float32": None,
-    "none": None,
-}
+def make_guidance(preprocess: Preprocess, net: SegNet, label: Tensor,
+                  guidance: Mapping[str, Any] | GuidanceSettings | None = None,
+                  arrangement: Mapping[str, Any] | str | None = None) -> SemanticGuidance | None:
+    """The guidance function from the ``guidance``/``arrangement`` config groups (or checked settings).
 
-
-def _settings(
-    cfg: Mapping[str, Any] | None, allowed: set[str], what: str, ignored: tuple[str, ...] = ()
-) -> dict:
-    if cfg is None:
-        return {}
-    out = {str(k): cfg[k] for k in cfg if not str(k).startswith("_") and str(k) not in ignored}
-    unknown = sorted(set(out) - allowed)
-    if unknown:
-        raise ValueError(f"{what} config has unknown keys {unknown}; expected some of {sorted(allowed)}")
-    return out
-
-
-def make_guidance(
-    preprocess: Preprocess,
-    net: SegNet,
-    label: Tensor,
-    guidance: Mapping[str, Any] | None = None,
-    arrangement: Mapping[str, Any] | str | None = None,
-) -> SemanticGuidance | None:
-    """Build the guidance function from the ``guidance`` and ``arrangement`` config groups.
-
-    ``guidance`` keys: ``scale`` (lambda, default 80), ``reduction`` (default ``"sum"``),
-    ``lcg``, ``gsg`` (default true), optional ``ignore_index``, ``max_batch``,
-    ``autocast_dtype`` (``"bf16"``/``"fp16"``/null), ``record_stats``; a ``name`` key is
-    ignored. ``arrangement``: keys ``name`` (default ``"alternate"``) and ``seed``
-    (default 0), or just the name. Returns ``None`` (no guidance: the sampler runs
-    unguided) when ``guidance`` is None, ``scale`` is 0, or both kinds are off.
+    Returns ``None`` (the sampler runs unguided) when ``guidance`` is None or asks for no guidance.
     """
     if guidance is None:
         return None
-    g = _settings(guidance, _GUIDANCE_KEYS, "guidance", ignored=("name",))
-    if isinstance(arrangement, str):
-        a: dict[str, Any] = {"name": arrangement}
-    else:
-        a = _settings(arrangement, _ARRANGEMENT_KEYS, "arrangement")
-    dtype = g.get("autocast_dtype")
-    if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPES:
-            raise ValueError(
-                f"guidance.autocast_dtype must be one of {sorted(_DTYPES)} or null, got {dtype!r}"
-            )
-        dtype = _DTYPES[dtype.lower()]
-    guide = SemanticGuidance(
-        preprocess,
-        net,
-        label,
-        scale=float(g.get("scale", DEFAULT_SCALE)),
-        use_lcg=bool(g.get("lcg", True)),
-        use_gsg=bool(g.get("gsg", True)),
-        arrangement=str(a.get("name", DEFAULT_ARRANGEMENT)),
-        reduction=str(g.get("reduction", DEFAULT_REDUCTION)),
-        seed=int(a.get("seed", 0)),
-        ignore_index=int(g.get("ignore_index", 255)),
-        max_batch=g.get("max_batch"),
-        autocast_dtype=dtype,
-        record_stats=bool(g.get("record_stats", True)),
-    )
-    return guide if guide.enabled else None
+    settings = guidance if isinstance(guidance, GuidanceSettings) else validate_guidance(guidance, arrangement)
+    return SemanticGuidance(preprocess, net, label, settings) if settings.enabled else None

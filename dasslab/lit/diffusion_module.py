@@ -49,14 +49,3 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"diffusion checkpoint (built for {self.hparams.in_channels}-channel "
                              f"{tuple(self.hparams.image_size)} images) does not fit {what}: {e}") from None
 
-
-def load_diffusion(path: str, map_location="cpu") -> DiffusionModule:
-    """Load a ``stage=diffusion`` checkpoint (EMA weights) for sampling/translation."""
-    from pathlib import Path
-
-    if not path or not Path(path).is_file():
-        raise FileNotFoundError(f"translate.diffusion_ckpt={path}: file not found; expected a checkpoint "
-                                f"written by `dasslab-train stage=diffusion` (…/checkpoints/last.ckpt)")
-    module = DiffusionModule.load_from_checkpoint(path, map_location=map_location)
-    module.eval().requires_grad_(False)
-    return module

@@ -117,3 +117,4 @@ class SegmenterModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: max(1.0 - min(step, max_steps) / max_steps, 0.0) ** power)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+

@@ -14,7 +14,7 @@ wraps, so that library ImageNet state dicts load into it unchanged (see
   recast as convolutions (7x7 with 4096 channels and 1x1 with 4096 channels), as in
   FCN (Long et al., 2015). ImageNet fc weights are reshaped into the convolutions.
 - :func:`mit_b5`: the MiT-B5 (SegFormer) encoder of segmentation-models-pytorch.
-- :class:`SmallEncoder`: a compact 4-level conv encoder for the CPU benchmark.
+- :class:`SmallEncoder`: a compact U-Net encoder (default 3 levels, GroupNorm) for the CPU benchmark.
 """
 
 from __future__ import annotations
@@ -183,26 +183,29 @@ def conv_norm_act(cin: int, cout: int, norm: str, stride: int = 1, dilation: int
 
 
 class SmallEncoder(nn.Module):
-    """Compact encoder: four levels at strides 1, 2, 4, 8 (two 3x3 convs each).
+    """Compact U-Net encoder: one level per width, at strides 1, 2, 4, ... (two 3x3 convs each).
 
-    The deepest level adds a dilated conv (dilation 2) to widen the receptive
-    field cheaply. Returns ``[e0, e1, e2, e3]``.
+    Every level after the first starts with a stride-2 conv; the deepest level's second conv
+    is dilated (dilation 2) to widen the receptive field cheaply. Returns one feature map per
+    level, shallow to deep.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), norm: str = "bn") -> None:
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), norm: str = "gn") -> None:
         super().__init__()
-        c0, c1, c2, c3 = widths
+        if len(widths) < 2:
+            raise ValueError(f"small segmenter widths={tuple(widths)}: expected at least 2 levels")
         self.out_channels = tuple(widths)
-        self.level0 = nn.Sequential(conv_norm_act(3, c0, norm), conv_norm_act(c0, c0, norm))
-        self.level1 = nn.Sequential(conv_norm_act(c0, c1, norm, stride=2), conv_norm_act(c1, c1, norm))
-        self.level2 = nn.Sequential(conv_norm_act(c1, c2, norm, stride=2), conv_norm_act(c2, c2, norm))
-        self.level3 = nn.Sequential(
-            conv_norm_act(c2, c3, norm, stride=2), conv_norm_act(c3, c3, norm, dilation=2)
-        )
+        levels, cin = [], 3
+        for i, w in enumerate(widths):
+            last = i == len(widths) - 1
+            levels.append(nn.Sequential(conv_norm_act(cin, w, norm, stride=1 if i == 0 else 2),
+                                        conv_norm_act(w, w, norm, dilation=2 if last else 1)))
+            cin = w
+        self.levels = nn.ModuleList(levels)
 
     def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
-        e0 = self.level0(z)
-        e1 = self.level1(e0)
-        e2 = self.level2(e1)
-        e3 = self.level3(e2)
-        return [e0, e1, e2, e3]
+        feats = []
+        for level in self.levels:
+            z = level(z)
+            feats.append(z)
+        return feats

@@ -180,7 +180,7 @@ class SmallDecoder(nn.Module):
     """U-Net decoder: at each finer level, bilinearly upsample, concatenate the
     skip features and apply two 3x3 conv-norm-ReLU; 1x1 classifier at stride 1."""
 
-    def __init__(self, widths: tuple[int, ...], num_classes: int, norm: str = "bn"):
+    def __init__(self, widths: tuple[int, ...], num_classes: int, norm: str = "gn"):
         super().__init__()
         blocks = []
         for deep, skip in zip(widths[:0:-1], widths[-2::-1]):

@@ -21,7 +21,7 @@ Conventions
   in DAFormer), ``fcn8s_vgg16`` False (VGG16 has no BN), ``small`` False.
 
 Parameter counts with 19 classes: deeplabv2_r101 43.9 M, fcn8s_vgg16 134.4 M,
-daformer_mitb5 85.2 M, small 0.49 M (see ``tests/test_segmentation.py``).
+daformer_mitb5 85.2 M, small 0.47 M (see ``tests/test_segmentation.py``).
 """
 
 from __future__ import annotations
@@ -160,9 +160,11 @@ def _small(
     num_classes: int,
     freeze_bn: bool | None = None,
     head_lr_mult: float | None = None,
-    widths: tuple[int, ...] = (16, 32, 64, 128),
-    norm: str = "bn",
+    widths: tuple[int, ...] = (32, 64, 128),
+    norm: str = "gn",
 ) -> Segmenter:
+    """3-level U-Net (widths 32/64/128) with GroupNorm: trained from scratch at batch sizes where
+    BatchNorm's batch statistics would differ between clean, noisy and masked inputs (App. C)."""
     freeze_bn, head_lr_mult = _or(freeze_bn, False), _or(head_lr_mult, 1.0)
     widths = tuple(int(w) for w in widths)
     backbone = SmallEncoder(widths, norm=norm)
@@ -193,7 +195,7 @@ def build_segmenter(
         **kwargs: per-model options: ``freeze_bn``, ``head_lr_mult`` (all; ``None`` = the
             model's default);
             ``dropout`` (fcn8s_vgg16); ``embed_dim``, ``drop_path_rate`` (daformer_mitb5);
-            ``widths``, ``norm`` ("bn" | "gn") (small).
+            ``widths`` (one per level, default (32, 64, 128)), ``norm`` ("gn" default | "bn") (small).
 
     Raises:
         ValueError: unknown name or bad num_classes.

@@ -27,8 +27,10 @@ that socket timeout, without retries. Every failure is a :class:`WeightsError`
 whose one-line message names both ways out: ``backbone.weights=PATH`` or
 ``backbone.pretrained=false``.
 
-Local files (``weights=PATH``): a ``.safetensors`` file, or anything
-``torch.load`` reads that is a state dict or a dict holding one under
+Local files (``weights=PATH``): a ``.safetensors`` file (e.g. written by
+``dasslab-export-weights``), or anything ``torch.load(weights_only=True)`` reads
+(tensors and plain containers: no code runs; other pickles are refused unless
+``trust_checkpoint=true``, see :mod:`dasslab.checkpoints`) that is a state dict or a dict holding one under
 ``state_dict`` / ``model`` / ``model_state_dict`` / ``module`` (Lightning and
 most training scripts). Keys may be the full Segmenter's (``backbone.*``,
 ``head.*``) or the encoder's alone (library naming); the wrapper prefixes
@@ -52,6 +54,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from dasslab.errors import CheckpointError, UnsafeCheckpointError, WeightsError
+
 __all__ = [
     "IMAGENET_SOURCES",
     "LoadReport",
@@ -74,10 +78,6 @@ _HOW_TO = (
     "put the file locally and set backbone.weights=PATH, "
     "or set backbone.pretrained=false to start from random initialisation"
 )
-
-
-class WeightsError(RuntimeError):
-    """Weights could not be obtained or do not fit the model. One-line message."""
 
 
 @dataclass(frozen=True)
@@ -241,26 +241,38 @@ def fetch_imagenet_weights(name: str) -> Path:
 # Local files
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict (possibly nested in a checkpoint) from ``path``."""
+def read_state_dict(path: str | os.PathLike, setting: str = "backbone.weights",
+                    trust: bool | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict (possibly nested in a checkpoint) from ``path`` without running code from it.
+
+    ``.safetensors`` files are read by safetensors, anything else by
+    :func:`dasslab.checkpoints.safe_torch_load` (``weights_only=True``). A file that only full
+    unpickling could read raises :class:`~dasslab.errors.UnsafeCheckpointError` naming ``setting``
+    and ``trust_checkpoint`` unless ``trust`` (or the ambient
+    :func:`~dasslab.checkpoints.trust_checkpoints`) allows it.
+    """
+    from dasslab.checkpoints import safe_torch_load
+
     p = Path(path).expanduser()
     if not p.is_file():
         raise WeightsError(
-            f"weights file {str(p)!r} does not exist: set backbone.weights to an existing file "
-            f"(a state dict or a checkpoint with 'state_dict'), or backbone.weights=null."
+            f"weights file {str(p)!r} does not exist: set {setting} to an existing file "
+            f"(a state dict or a checkpoint with 'state_dict'), or {setting}=null."
         )
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             obj = load_file(str(p), device="cpu")
-        else:
-            try:
-                obj = torch.load(p, map_location="cpu", weights_only=True)
-            except Exception:  # noqa: BLE001 - e.g. a Lightning checkpoint with pickled hparams
-                obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise WeightsError(f"weights file {str(p)!r} could not be read ({e.__class__.__name__}: {e}).") from None
+        except Exception as e:  # noqa: BLE001
+            raise WeightsError(f"weights file {str(p)!r} could not be read ({e.__class__.__name__}: {e}).") from None
+    else:
+        try:
+            obj = safe_torch_load(p, setting, map_location="cpu", trust=trust)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as e:
+            raise WeightsError(str(e)) from None
     for _ in range(4):  # unwrap {"state_dict": {...}} and similar
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in _NESTED_KEYS if isinstance(obj.get(k), dict)), None)

@@ -1,4 +1,8 @@
-"""Atomic file writes: a file is either absent or complete, never half-written."""
+"""Atomic file writes: a file is either absent or complete, never half-written.
+
+The temporary file is created by ``tempfile`` with mode 0600; it is given the mode a
+plain ``open()`` would have (0666 minus the user's umask) before it is renamed into place.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,28 @@ import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where ``/proc`` allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

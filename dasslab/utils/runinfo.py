@@ -60,3 +60,16 @@ def write_run_info(run_dir: str | Path, **fields) -> Path:
     path = Path(run_dir) / "run_info.json"
     atomic_write_text(path, json.dumps(info, indent=2, default=str))
     return path
+
+
+def save_config(cfg, out) -> None:
+    """The resolved config in ``out/.hydra/config.yaml`` (Hydra writes it itself for the top run)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from dasslab.utils.io import atomic_write_text
+
+    path = Path(out) / ".hydra" / "config.yaml"
+    if not path.exists():
+        atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,113 @@
+"""The PTL loop (Sec. 4.3) as a Lightning callback: it moves n, refreshes the guide, watches mIoU.
+
+Lightning 2.x has no loop customisation, so the domain walk lives here:
+
+* n = 1 + step // K (capped at N) is read off the global step — every DDP rank agrees and a
+  resume continues where it stopped;
+* at the first step of domain n the current segmenter is frozen into the guide g_{n-1}
+  (:meth:`PTLModule.start_domain`, which also translates the domain's pool); resuming in the
+  middle of a domain keeps the guide restored from the checkpoint (it is a submodule, ``guide.*``);
+* every ``val_every_domains`` domains (and before the first) the target-val mIoU of the current
+  segmenter is measured — each rank a shard of the val set, the confusion matrix summed across
+  ranks — and the mIoU-over-n curve is written as ``ptl_miou.png`` / ``ptl_curve.json`` in the run
+  directory and logged (``ptl/val_miou``).
+
+The callback's state (the domains whose guide it refreshed, the curve) is in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from dasslab.utils.io import atomic_write_text
+
+
+class ProgressiveTranslation(L.Callback):
+    """Walk the domains of a :class:`~dasslab.lit.ptl_module.PTLModule` (added by its ``configure_callbacks``)."""
+
+    def __init__(self, val_every_domains: int = 0) -> None:
+        self.val_every_domains = int(val_every_domains)
+        self.refreshed: list[tuple[int, int]] = []   # (n, step) of every guide refresh
+        self.curve: list[dict] = []                   # {"n", "step", "miou"} per measurement
+
+    # ------------------------------------------------------------------ the domain walk
+    def _enter(self, trainer: L.Trainer, module) -> None:
+        step = trainer.global_step
+        sched = module.domains
+        n = sched.domain(step)
+        if module.prepared_domain == n:
+            return
+        first = step == sched.start(step)  # the domain's first step: g_{n-1} := g
+        stream = trainer.datamodule.stream() if module.translates and module.ptl.get("pool_size") else None
+        module.start_domain(n, snapshot=first, stream=stream)
+        if first:
+            self.refreshed.append((n, step))
+
+    def on_train_start(self, trainer: L.Trainer, module) -> None:
+        self._enter(trainer, module)
+        if self.val_every_domains and not self.curve and trainer.global_step == 0:
+            self._measure(trainer, module, n=0)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module, batch, batch_idx: int) -> None:
+        self._enter(trainer, module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
+        every = self.val_every_domains
+        sched = module.domains
+        done = trainer.global_step  # steps completed
+        if not every or sched.mode == "none":
+            return
+        if sched.mode == "progressive" and done % sched.K == 0 and done // sched.K <= sched.N:
+            n = done // sched.K     # domain n has just ended: the segmenter is g_n
+            last = n == sched.N or done >= trainer.max_steps
+            if n % every == 0 or last:
+                self._measure(trainer, module, n)
+
+    # ------------------------------------------------------------------ mIoU over n
+    @torch.no_grad()
+    def _measure(self, trainer: L.Trainer, module, n: int) -> None:
+        from dasslab.callbacks.images import save_miou_curve
+        from dasslab.data.datamodule import eval_collate
+        from dasslab.metrics import SegmentationMetrics
+        from dasslab.segmentation.inference import upsample_to
+
+        dm = trainer.datamodule
+        if dm is None or dm.val_set is None:
+            return
+        val = dm.val_set
+        if trainer.world_size > 1:  # a shard per rank; the confusion matrix is summed on compute
+            val = Subset(val, range(trainer.global_rank, len(val), trainer.world_size))
+        loader = DataLoader(val, batch_size=dm.val_batch_size, shuffle=False, collate_fn=eval_collate)
+        metric = SegmentationMetrics(module.hparams.num_classes, module.hparams.ignore_index,
+                                     module.hparams.eval_subsets).to(module.device)
+        was_training = module.training
+        module.eval()
+        for batch in loader:
+            logits = module.predict_batch(batch["image"].to(module.device))
+            labels = batch["label"]
+            for i in range(len(logits)):
+                lab = labels[i].to(module.device)
+                metric.update(upsample_to(logits[i:i + 1], lab.shape[-2:]), lab[None])
+        module.train(was_training)
+        miou = float(metric.summary()["miou"])
+        self.curve.append({"n": int(n), "step": int(trainer.global_step), "miou": miou})
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.log_metrics({"ptl/val_miou": miou, "ptl/val_n": float(n)}, step=trainer.global_step)
+            out = Path(trainer.default_root_dir)
+            atomic_write_text(out / "ptl_curve.json", json.dumps(self.curve, indent=2))
+            save_miou_curve(out / "ptl_miou.png", self.curve, trainer)
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict:
+        return {"refreshed": [list(r) for r in self.refreshed], "curve": list(self.curve),
+                "val_every_domains": self.val_every_domains}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.refreshed = [tuple(r) for r in state.get("refreshed", [])]
+        self.curve = list(state.get("curve", []))

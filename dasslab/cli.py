@@ -1,0 +1,217 @@
+"""What every command-line entry point shares: one-line errors, one folder per job, logs once.
+
+``dasslab-train``, ``dasslab-eval`` and ``dasslab-translate`` are declared as::
+
+    @entry_point("train")
+    def main(cfg): ...
+
+which is ``hydra.main(config_name="train")`` plus:
+
+* **One-line errors.** An error the user can cause (any :class:`dasslab.errors.DasslabError`:
+  data, config, checkpoint, weights, output folder; also when Hydra's ``instantiate`` wraps
+  it, and a mandatory config value left unset) is printed as ONE line
+  ``error: <message>`` on stderr and the command exits with status 2. The full traceback
+  is printed only with ``HYDRA_FULL_ERROR=1`` or ``DASSLAB_DEBUG=1``. Other exceptions
+  (bugs) keep their traceback.
+* **One directory per job.** In a multirun (``-m``) each job writes into Hydra's own job
+  folder ``hydra.sweep.dir/<job.num>``: ``paths.output_dir`` is set to it (with an explicit
+  ``paths.output_dir=DIR`` job *k* writes ``DIR/k``), so jobs never share a folder. A
+  single run keeps ``paths.output_dir`` (which is also ``hydra.run.dir``).
+* **Checked output folder.** ``paths.output_dir`` must be a folder that can be created
+  and written, else one line naming the setting.
+* **Each log line once, and where things go.** Lightning's own console handler is
+  dropped once Hydra's logging is configured (its lines went to both), and the first
+  log line of a job says where it writes its outputs and reads/writes its data cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+from dasslab.errors import DasslabError, OutputError
+
+log = logging.getLogger("dasslab")
+
+EXIT_USER_ERROR = 2
+_DEBUG_MARK = "_DASSLAB_DEBUG_REQUESTED"  # the user's choice, kept for child processes (DDP workers)
+_job_started = False  # set when Hydra hands the config to the job (errors before it are Hydra's set-up)
+
+
+def debug_requested() -> bool:
+    """True when the user asked for full tracebacks (``HYDRA_FULL_ERROR=1`` or ``DASSLAB_DEBUG=1``)."""
+    mark = os.environ.get(_DEBUG_MARK)
+    if mark is None:
+        mark = "1" if "1" in (os.environ.get("HYDRA_FULL_ERROR"), os.environ.get("DASSLAB_DEBUG")) else "0"
+        os.environ[_DEBUG_MARK] = mark
+    return mark == "1"
+
+
+def _user_error_types() -> tuple[type, ...]:
+    types: list[type] = [DasslabError]
+    try:  # pretrained-weight errors, in case their class is not (yet) a DasslabError
+        from dasslab.segmentation.weights import WeightsError
+
+        types.append(WeightsError)
+    except Exception:  # noqa: BLE001 - an import problem must not hide the user's error
+        pass
+    return tuple(types)
+
+
+def _chain(exc: BaseException):
+    """``exc`` and its causes/contexts (what ``raise … from`` and Hydra's ``instantiate`` wrap)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined by ``; `` (messages of other libraries can span lines)."""
+    return "; ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one-line message for an error the user caused, or None for anything else (a bug)."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    user_types = _user_error_types()
+    for e in _chain(exc):
+        if isinstance(e, user_types):
+            return one_line(str(e)) or type(e).__name__
+        if isinstance(e, MissingMandatoryValue):
+            key = getattr(e, "full_key", None)
+            return f"{key}: a value is required (set {key}=… on the command line)" if key else one_line(str(e))
+    try:  # Hydra's own short errors (bad override, unknown config group option)
+        from hydra.errors import CompactHydraException, MissingConfigException
+
+        if isinstance(exc, (CompactHydraException, MissingConfigException)):
+            return one_line(str(exc))
+    except ImportError:  # pragma: no cover
+        pass
+    return None
+
+
+def check_output_dir(path: str | os.PathLike, setting: str = "paths.output_dir") -> Path:
+    """Create ``path`` if needed and make sure files can be written there; :class:`OutputError` if not."""
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{setting}={path}: cannot create the folder ({e.strerror or e}); "
+                          f"expected a writable folder") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{setting}={path}: folder is not writable; expected a writable folder")
+    return out
+
+
+def _explicit_output_dir(overrides) -> bool:
+    return any(str(o).split("=", 1)[0].lstrip("+~") == "paths.output_dir" for o in overrides)
+
+
+def job_output_dir(cfg) -> Path:
+    """Set ``cfg.paths.output_dir`` to this job's own folder in a multirun; returns the output folder."""
+    from omegaconf import open_dict
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get() if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - no Hydra job (Python API): keep the config as it is
+        hc = None
+    if hc is not None and hc.mode == RunMode.MULTIRUN and cfg.get("paths") is not None:
+        job_dir = Path(hc.runtime.output_dir)
+        if _explicit_output_dir(hc.overrides.task):
+            out = Path(cfg.paths.output_dir) / str(hc.job.num)
+        else:
+            out = job_dir
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out)
+        # Hydra saved this job's config before the task ran, with the sweep-wide output_dir.
+        from omegaconf import OmegaConf
+
+        from dasslab.utils.io import atomic_write_text
+
+        saved = job_dir / ".hydra" / "config.yaml"
+        if saved.exists():
+            atomic_write_text(saved, OmegaConf.to_yaml(cfg))
+    if cfg.get("paths") is None:
+        return Path.cwd()
+    return Path(cfg.paths.output_dir)
+
+
+def log_once() -> None:
+    """Drop Lightning's own console handlers when the root logger has handlers (Hydra's): one line each."""
+    import lightning  # noqa: F401  (its import adds the handler we remove)
+
+    root = logging.getLogger()
+    if not root.handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                lg.removeHandler(h)
+        lg.propagate = True
+
+
+def prepare_job(cfg) -> Path:
+    """Per-job set-up before the task: own output folder (checked), logging once, where things go."""
+    out = job_output_dir(cfg)
+    if cfg.get("paths") is not None:
+        check_output_dir(cfg.paths.output_dir)
+    log_once()
+    data = cfg.paths.get("data_dir") if cfg.get("paths") is not None else None
+    log.info(f"outputs: {Path(out).resolve()}" + (f"; data cache: {Path(data).resolve()}" if data else ""))
+    return out
+
+
+def report(exc: BaseException) -> None:
+    """Print one line for a user error and exit with status 2; anything else propagates."""
+    msg = user_message(exc)
+    if msg is None and not _job_started and isinstance(exc, OSError) and exc.filename:
+        # Hydra creates the run folder before the job starts
+        msg = (f"paths.output_dir={exc.filename}: cannot create the run folder ({exc.strerror}); "
+               f"expected a writable folder (hydra.run.dir / hydra.sweep.dir follow it)")
+    if msg is None or debug_requested():
+        raise exc
+    sys.stderr.write(f"error: {msg}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def entry_point(config_name: str):
+    """``hydra.main`` for ``conf/<config_name>.yaml`` with the behaviour described in the module docstring."""
+    import hydra
+
+    from dasslab.config import CONF_DIR
+
+    def decorate(task):
+        @functools.wraps(task)
+        def job(cfg):
+            global _job_started
+            _job_started = True
+            prepare_job(cfg)
+            return task(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main(*args, **kwargs):
+            debug_requested()  # remember the user's choice before we change HYDRA_FULL_ERROR
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+            try:
+                return hydra_main(*args, **kwargs)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                report(exc)
+
+        return main
+
+    return decorate

@@ -1,0 +1,258 @@
+"""Pre-scan: check every split a run will read before it trains (DESIGN §8: bad input fails early).
+
+A corrupt or mislabeled file used to be found only when a loader reached it: a corrupt
+target-val image failed *after* training, a corrupt source image in a short run was never
+noticed. :func:`prescan` opens every sample of the splits a run reads (the stage's training
+domains and the evaluation split, honouring ``data.limit_train`` / ``data.limit_val``) and
+checks, per split:
+
+* existence and pairing (building the dataset: root, folders, image/label stems, not empty),
+  and that its class list matches ``dataset.num_classes`` (``classes.txt`` mismatch);
+* decodability of every image and label (``data.prescan=full``: every pixel decoded, so a
+  truncated PNG/JPEG is caught; ``headers``: images only opened and CRC-verified, labels
+  still decoded since their values are checked);
+* label values within ``[0, num_classes)`` or 255;
+* sizes: how many labels differ in size from their image (they are nearest-resized when
+  loaded: the count the README promises) and how many distinct image sizes there are.
+
+All bad samples of a split are counted; the error names the first file and the count, on
+one line. Files are read by a small thread pool (the decoders release the GIL). A split
+already scanned in this process whose files are unchanged (same paths, sizes and mtimes)
+is not read again, so a pipeline that runs several stages pays once.
+
+:func:`run_check` is the ``stage=check`` entry (``conf/stage/check.yaml``): it scans every
+configured dataset entry and writes ``prescan.json`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+from PIL import Image
+
+from dasslab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+DATASET_KEYS = ("source", "source_val", "target", "target_train_labeled", "target_val")
+MODES = ("full", "headers", "off")
+_scanned: dict[str, "SplitScan"] = {}  # in-process memo: files' signature -> scan of an unchanged split
+
+
+@dataclass
+class SplitScan:
+    """What the pre-scan found in one dataset entry (``dataset.<key>``)."""
+
+    key: str
+    samples: int
+    labels: int
+    images_read: int
+    labels_read: int
+    label_resized: int
+    image_sizes: dict[str, int] = field(default_factory=dict)  # "HxW" -> count (the 5 most common)
+
+    def line(self) -> str:
+        sizes = ", ".join(f"{s} x{n}" for s, n in self.image_sizes.items())
+        return (f"dataset.{self.key}: {self.samples} images, {self.labels} labels"
+                f"{f', {self.label_resized} labels resized to their image' if self.label_resized else ''}"
+                f" ({sizes})")
+
+
+@dataclass
+class PrescanReport:
+    """The pre-scan of a run: one :class:`SplitScan` per split, the mode and the time it took."""
+
+    splits: list[SplitScan]
+    mode: str
+    seconds: float
+
+    @property
+    def images(self) -> int:
+        return sum(s.samples for s in self.splits)
+
+    @property
+    def label_resized(self) -> int:
+        return sum(s.label_resized for s in self.splits)
+
+    def summary(self) -> str:
+        """One line: what was checked, how many files, how long."""
+        read = sum(s.images_read + s.labels_read for s in self.splits)
+        keys = ", ".join(f"{s.key} {s.samples}" for s in self.splits)
+        resized = f"; {self.label_resized} labels differ in size from their image" if self.label_resized else ""
+        return (f"pre-scan ({self.mode}): {len(self.splits)} splits OK ({keys}); {read} files read in "
+                f"{self.seconds:.1f} s{resized}")
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "seconds": self.seconds, "images": self.images,
+                "label_resized": self.label_resized, "splits": [asdict(s) for s in self.splits]}
+
+
+def _entry_keys(cfg: DictConfig) -> list[str]:
+    """The dataset entries configured for this dataset (``dataset.<key>`` with a ``_target_``)."""
+    d = cfg.dataset
+    return [k for k in DATASET_KEYS if isinstance(d.get(k), DictConfig) and d[k].get("_target_")]
+
+
+def splits_for(cfg: DictConfig) -> list[str]:
+    """The dataset entries the run of ``cfg.stage`` reads.
+
+    A stage may list them (``stage.reads: [source, target_val]``); a ``fit`` stage reads its
+    ``datamodule.train_domains`` and, unless ``datamodule.val`` is false, ``eval.split``; any
+    other stage (pipeline, check, …) is assumed to read every configured entry.
+    """
+    stage = cfg.get("stage")
+    configured = _entry_keys(cfg)
+    if isinstance(stage, DictConfig):
+        if stage.get("reads") is not None:
+            return list(stage.reads)
+        dm = stage.get("datamodule")
+        if stage.get("kind") == "fit" and isinstance(dm, DictConfig):
+            keys = list(dm.get("train_domains") or [])
+            if dm.get("val", True) and cfg.get("eval") is not None and cfg.eval.get("split"):
+                keys.append(cfg.eval.split)
+            return list(dict.fromkeys(keys))
+    return configured
+
+
+def _limit(cfg: DictConfig, key: str, train: bool) -> int | None:
+    data = cfg.get("data") or {}
+    return data.get("limit_train" if train else "limit_val")
+
+
+def _image_size(path: str, mode: str) -> tuple[int, int]:
+    """Open (``full``: decode every pixel; ``headers``: verify the file's structure) -> (h, w)."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            if mode == "full":
+                im.load()
+            else:
+                im.verify()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except Exception as e:  # noqa: BLE001 - whatever PIL raises for a broken file
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e}); expected a PNG/JPEG file") from None
+    return size[1], size[0]
+
+
+def _check_sample(ds, image: str, label: str | None, mode: str):
+    """(image size, label size or None) of one sample; :class:`DataError` naming the file if bad."""
+    shape = _image_size(image, mode)
+    if label is None:
+        return shape, None
+    arr = ds.read_label(label)  # decodes, checks single channel and values
+    return shape, arr.shape[:2]
+
+
+def _signature(key: str, ds, mode: str) -> str:
+    """Identifies a split's files as they are now (paths, sizes, mtimes): the memo's key."""
+    h = hashlib.sha1(f"{key}|{mode}|{getattr(ds, 'num_classes', None)}".encode())
+    for image, label in getattr(ds, "samples", _base(ds).samples):
+        for p in (image, label):
+            if p is None:
+                continue
+            try:
+                st = os.stat(p)
+                h.update(f"{p}|{st.st_size}|{st.st_mtime_ns};".encode())
+            except OSError:
+                h.update(f"{p}|missing;".encode())
+    return h.hexdigest()
+
+
+def _base(ds):
+    while not hasattr(ds, "read_label") and hasattr(ds, "dataset"):
+        ds = ds.dataset
+    return ds
+
+
+def scan_split(ds, key: str, mode: str = "full", workers: int | None = None,
+               skip: set | None = None) -> SplitScan:
+    """Check every sample of ``ds`` (one dataset entry); raises one :class:`DataError` listing the count."""
+    base = _base(ds)
+    samples = list(getattr(ds, "samples", base.samples))
+    skip = set() if skip is None else skip
+    todo = [(i, lab) for i, lab in samples if (i, lab) not in skip]
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def check(sample):
+        try:
+            return _check_sample(base, sample[0], sample[1], mode), None
+        except DataError as e:
+            return None, str(e)
+
+    if workers > 1 and len(todo) > 64:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(check, todo, chunksize=64))
+    else:
+        results = [check(s) for s in todo]
+    errors = [err for _, err in results if err is not None]
+    if errors:
+        more = f" ({len(errors)} of {len(todo)} samples of dataset.{key} are bad)" if len(errors) > 1 else ""
+        raise DataError(f"{errors[0]}{more}")
+    skip.update(todo)
+    sizes = Counter(f"{s[0][0]}x{s[0][1]}" for s, _ in results)
+    resized = sum(1 for (img, lab), _ in results if lab is not None and tuple(lab) != tuple(img))
+    return SplitScan(key=key, samples=len(samples), labels=sum(1 for _, lab in samples if lab is not None),
+                     images_read=len(todo), labels_read=sum(1 for _, lab in todo if lab is not None),
+                     label_resized=resized, image_sizes=dict(sizes.most_common(5)))
+
+
+def prescan(cfg: DictConfig, keys: list[str] | None = None, mode: str | None = None,
+            quiet: bool = False) -> PrescanReport:
+    """Check the splits ``keys`` (default: :func:`splits_for`) before a run reads them; see the module docstring.
+
+    ``mode`` defaults to ``data.prescan`` (``full``); ``off`` returns an empty report at once.
+    """
+    from dasslab.data.datamodule import build_dataset
+
+    mode = mode or (cfg.get("data") or {}).get("prescan", "full") or "off"
+    if mode not in MODES:
+        raise ConfigError(f"data.prescan={mode!r}: expected one of {', '.join(MODES)}")
+    start = time.perf_counter()
+    if mode == "off":
+        return PrescanReport([], mode, 0.0)
+    keys = splits_for(cfg) if keys is None else list(keys)
+    expected = cfg.dataset.get("num_classes")
+    seen: set = set()  # samples shared by two entries (target / target_train_labeled) are read once
+    scans = []
+    for key in keys:
+        limit = _limit(cfg, key, train=key != (cfg.get("eval") or {}).get("split"))
+        ds = build_dataset(cfg.dataset, key, train=False, limit=limit)
+        k = getattr(ds, "num_classes", None)
+        if expected is not None and k is not None and k != expected:
+            raise DataError(f"dataset.{key}: {k} classes (class list of {getattr(_base(ds), 'root', '?')}) "
+                            f"but dataset.num_classes={expected}")
+        memo = _signature(key, ds, mode)
+        if memo in _scanned:
+            scans.append(_scanned[memo])
+            continue
+        scan = scan_split(ds, key, mode, skip=seen)
+        _scanned[memo] = scan
+        scans.append(scan)
+    report = PrescanReport(scans, mode, round(time.perf_counter() - start, 3))
+    if not quiet:
+        log.info(report.summary())
+    return report
+
+
+def run_check(cfg: DictConfig) -> dict:
+    """``stage=check``: pre-scan every configured dataset entry; ``prescan.json`` in the run directory."""
+    from dasslab.utils.io import atomic_write_text
+
+    mode = (cfg.get("data") or {}).get("prescan") or "full"
+    report = prescan(cfg, keys=_entry_keys(cfg), mode="full" if mode == "off" else mode, quiet=True)
+    out = Path(cfg.paths.output_dir)
+    atomic_write_text(out / "prescan.json", json.dumps(report.to_dict(), indent=2))
+    print(report.summary())
+    for s in report.splits:
+        print(f"  {s.line()}")
+    return report.to_dict()

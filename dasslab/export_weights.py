@@ -1,0 +1,114 @@
+"""``dasslab-export-weights ckpt=PATH [out=PATH.safetensors]``: a checkpoint's weights as safetensors, for sharing.
+
+A safetensors file holds tensors and a string-to-string header only; reading it runs no
+code, whoever made it. The export keeps what a reader needs and nothing else:
+
+* segmenter checkpoints (``stage=source|oracle|adapt|ptl``): the Segmenter's tensors, named as
+  in the model (``backbone.*``, ``head.*``), so ``backbone.weights=FILE.safetensors`` loads it;
+* diffusion checkpoints (``stage=diffusion``): the module's tensors (the EMA weights).
+
+The header entry ``dasslab`` is JSON: ``format``, ``kind`` (segmenter | diffusion),
+``hyper_parameters`` (how to rebuild the module; local paths removed), and for segmenters
+``class_names`` and ``backbone``. :func:`dasslab.checkpoints.load_segmenter` /
+:func:`~dasslab.checkpoints.load_diffusion` read the file like the checkpoint it came from,
+so it can be given as ``ckpt=`` (eval), ``guide_ckpt=``, ``segmenter.init_ckpt=`` or
+``diffusion_ckpt=``. Optimiser, scheduler and callback states are not exported: an export
+is for using a model, ``resume=`` needs the checkpoint.
+
+Exporting a checkpoint you trust that the safe reader refuses (``trust_checkpoint=true``)
+turns it into a file anyone can load safely.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from dasslab.cli import EXIT_USER_ERROR, one_line
+from dasslab.checkpoints import META_KEY, SAFETENSORS_SUFFIX, read_checkpoint
+from dasslab.errors import CheckpointError, DasslabError
+
+__all__ = ["FORMAT", "export_weights", "main"]
+
+FORMAT = 1
+USAGE = "usage: dasslab-export-weights ckpt=PATH [out=PATH.safetensors] [trust_checkpoint=true]"
+
+
+def _kind(hp: dict) -> str | None:
+    if "backbone" in hp and "num_classes" in hp:
+        return "segmenter"
+    if "preset" in hp:
+        return "diffusion"
+    return None
+
+
+def export_weights(ckpt: str | Path, out: str | Path | None = None, trust: bool | None = None) -> Path:
+    """Write the weights of checkpoint ``ckpt`` to ``out`` (default: next to it, ``.safetensors``)."""
+    from safetensors.torch import save_file
+
+    ckpt = Path(ckpt)
+    out = Path(out) if out else ckpt.with_suffix(SAFETENSORS_SUFFIX)
+    if out.suffix != SAFETENSORS_SUFFIX:
+        raise CheckpointError(f"out={out}: expected a file name ending in {SAFETENSORS_SUFFIX}")
+    data = read_checkpoint(ckpt, "ckpt", trust=trust)
+    hp = dict(data.get("hyper_parameters") or {})
+    kind = _kind(hp)
+    if kind is None or "state_dict" not in data:
+        raise CheckpointError(f"ckpt={ckpt}: not a dasslab segmenter or diffusion checkpoint (expected "
+                              f"…/checkpoints/last.ckpt of a `dasslab-train` run)")
+    state = data["state_dict"]
+    info: dict = {"format": FORMAT, "kind": kind}
+    if kind == "segmenter":
+        state = {k: v for k, v in state.items() if k.startswith("model.")}
+        # the weights are in the file: the reader must not fetch or look for others (nor see our paths)
+        hp["backbone"] = {**hp["backbone"], "pretrained": False, "weights": None}
+        info.update(class_names=list(hp.get("class_names") or []), backbone=hp["backbone"])
+    info["hyper_parameters"] = hp
+    try:
+        header = json.dumps(info)
+    except TypeError as e:
+        raise CheckpointError(f"ckpt={ckpt}: hyper-parameters are not plain values ({e})") from None
+    # one tensor per name, contiguous and not sharing storage: what safetensors stores
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if kind == "segmenter":
+        tensors = {k[len("model."):]: v for k, v in tensors.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(tensors, str(tmp), metadata={META_KEY: header})
+    tmp.replace(out)
+    return out
+
+
+def _parse(argv: list[str]) -> dict[str, str]:
+    args = {}
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep or key not in ("ckpt", "out", "trust_checkpoint"):
+            raise CheckpointError(f"{a}: unknown argument; {USAGE}")
+        args[key] = value
+    if not args.get("ckpt"):
+        raise CheckpointError(f"ckpt is required; {USAGE}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    try:
+        args = _parse(argv)
+        trust = args.get("trust_checkpoint", "false").strip().lower() in ("1", "true", "yes", "on")
+        out = export_weights(args["ckpt"], args.get("out"), trust=trust)
+    except DasslabError as e:  # one line, as every entry point prints it (dasslab/cli.py)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"weights: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

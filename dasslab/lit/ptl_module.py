@@ -1,0 +1,499 @@
+"""Progressive Translation Learning (Sec. 4.3-4.4): the adaptation module and its data.
+
+The segmenter g starts from the source-only model g_0 (``segmenter.init_ckpt``). For domain
+n = 1 … N (``ptl=progressive``) the guide g_{n-1} is a frozen snapshot of the segmenter taken at
+the domain's first step (:class:`dasslab.callbacks.ptl.ProgressiveTranslation` takes it), the
+source images are translated as
+
+    X^n = SGG(phi^{t_n}(X^S), g_{n-1})                                        (Eq. 11)
+
+and the segmenter is fine-tuned for K iterations on
+
+    L_ft = CE(g(X^n), Y^S) + CE(g(X^S), Y^S)                                  (Eq. 12)
+
+(``adapt.loss=ada``: the first term alone, Table 3 (a)). n = 1 + step // K, capped at N, is a
+function of the global step, so DDP ranks agree and a resume continues exactly.
+
+``ptl=direct`` is a single domain at n = N guided by the source model (Table 2 (c); with
+``guidance=none`` the phi^N baseline of Table 2 (a)); ``ptl=none`` translates nothing (the segmenter
+keeps training on the source set: a control for the extra iterations).
+
+Cost settings (DESIGN §2.4): ``translate.num_steps`` respaces the reverse chain, ``ptl.t_max``
+strides the domains over the timesteps (t_n = round(n t_max / N), :func:`domain_timestep`), and
+``ptl.pool_size`` = M translates M source images once per domain (in batches of
+``ptl.pool_batch``) from which the domain's K iterations draw; M = K x batch with
+``pool_batch`` = batch gives exactly the on-the-fly translations (``pool_size: null``).
+
+Source batches come from :class:`SourceStream`: the batch of step s on rank r is a pure function
+of (seed, s, r) — indices and augmentation seeds — so a resumed run sees the same data, and a
+domain's pool holds translations of the very images its iterations train on.
+
+The module is a :class:`SegmenterModule`: the segmenter lives under ``model.`` (what
+:func:`dasslab.checkpoints.load_segmenter` loads from an adapt checkpoint), the guide under
+``guide.``; the frozen EMA denoiser is loaded from ``diffusion_ckpt`` and is not in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from dasslab.data.datamodule import DASSDataModule
+from dasslab.data.transforms import derive_seed, seed_transforms
+from dasslab.diffusion.schedule import domain_timestep
+from dasslab.errors import ConfigError
+from dasslab.lit.segmenter_module import SegmenterModule
+from dasslab.translation import chunk_seed, guidance_enabled, translate_batch, translate_images
+
+__all__ = ["MODES", "DomainSchedule", "PTLDataModule", "PTLModule", "SourceStream", "datamodule_from_config",
+           "domain_seed", "from_config", "ptl_max_steps", "validate_ptl"]
+
+MODES = ("progressive", "direct", "none")
+
+
+# --------------------------------------------------------------------------- the domain schedule
+@dataclass(frozen=True)
+class DomainSchedule:
+    """Which domain n a global step belongs to, where that domain starts, and its depth t_n."""
+
+    mode: str = "progressive"
+    N: int = 600
+    K: int = 300
+    t_max: int | None = None
+    T: int = 1000
+
+    def domain(self, step: int) -> int:
+        """n of ``step``: ``min(1 + step // K, N)`` (progressive), N (direct), 0 (none)."""
+        if self.mode == "progressive":
+            return min(1 + int(step) // self.K, self.N)
+        return self.N if self.mode == "direct" else 0
+
+    def start(self, step: int) -> int:
+        """The first global step of the domain ``step`` belongs to."""
+        if self.mode == "progressive":
+            return (self.domain(step) - 1) * self.K
+        return 0
+
+    def depth(self, n: int) -> int:
+        """t_n: n (the paper) or round(n * t_max / N) (domain striding); 0 for n = 0."""
+        return 0 if n == 0 else domain_timestep(n, self.N, self.t_max, self.T)
+
+    @property
+    def num_domains(self) -> int:
+        return {"progressive": self.N, "direct": 1}.get(self.mode, 0)
+
+
+def domain_seed(seed: int, n: int, rank: int) -> int:
+    """Seed of domain n's translations on ``rank`` (the chunk seeds derive from it: :func:`chunk_seed`)."""
+    return chunk_seed(seed, n, rank)
+
+
+def ptl_max_steps(ptl: Mapping[str, Any]) -> int:
+    """Total adaptation iterations: ``ptl.max_steps``, or N * K when it is null."""
+    steps = ptl.get("max_steps")
+    return int(steps) if steps is not None else int(ptl["N"]) * int(ptl["K"])
+
+
+# --------------------------------------------------------------------------- source batches by step
+class _SeededItems(Dataset):
+    """``ds[(index, seed)]``: item ``index`` with every augmentation pipeline seeded by ``seed``."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        seed_transforms(self.ds, seed)
+        return self.ds[int(index)]
+
+
+class SourceStream:
+    """Source batches as a function of the step: batch(s) on ``rank`` of ``world_size``.
+
+    Stream position p = (s * world_size + rank) * B + j (j < B) takes item ``perm_e[p mod |D|]``
+    of epoch e = p // |D| (a seeded permutation per epoch), augmented with seed (seed, p): ranks
+    draw disjoint shards of every epoch, and any step can be fetched again exactly.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if len(dataset) == 0:
+            raise ConfigError("dataset.source: the source set is empty; adaptation needs labelled source images")
+        self.dataset, self.items = dataset, _SeededItems(dataset)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._perms: OrderedDict[int, Tensor] = OrderedDict()
+
+    def _perm(self, epoch: int) -> Tensor:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+            perm = self._perms[epoch] = torch.randperm(len(self.dataset), generator=g)
+            if len(self._perms) > 2:
+                self._perms.popitem(last=False)
+        return perm
+
+    def keys(self, step: int) -> list[tuple[int, int]]:
+        """(dataset index, augmentation seed) of each item of ``step``'s batch on this rank."""
+        n, B = len(self.dataset), self.batch_size
+        first = (int(step) * self.world_size + self.rank) * B
+        out = []
+        for p in range(first, first + B):
+            epoch, i = divmod(p, n)
+            out.append((int(self._perm(epoch)[i]), derive_seed(self.seed, 7, p)))
+        return out
+
+    def batch(self, step: int) -> dict:
+        """The collated batch of ``step`` (the same the training loader yields at that step)."""
+        return default_collate([self.items[k] for k in self.keys(step)])
+
+    def images(self, first_step: int, count: int) -> tuple[Tensor, Tensor]:
+        """Images and labels of the ``count`` stream items from ``first_step`` on (a domain's pool)."""
+        steps = math.ceil(count / self.batch_size)
+        batches = [self.batch(first_step + i) for i in range(steps)]
+        return (torch.cat([b["image"] for b in batches])[:count], torch.cat([b["label"] for b in batches])[:count])
+
+
+class _StepBatches:
+    """Batch sampler: the keys of steps start, start + 1, … (endless)."""
+
+    def __init__(self, stream: SourceStream, start: int) -> None:
+        self.stream, self.start = stream, int(start)
+
+    def __iter__(self):
+        step = self.start
+        while True:
+            yield self.stream.keys(step)
+            step += 1
+
+
+class StreamLoader:
+    """The training iterable: ``{"source": batch}`` for each step from the trainer's current step on.
+
+    Not a DataLoader on purpose: Lightning leaves it as it is (no sampler injection); the stream
+    already shards by rank. The start step is read when iteration begins (after a resume)."""
+
+    def __init__(self, stream: SourceStream, start: Callable[[], int], num_workers: int = 0) -> None:
+        self.stream, self.start, self.num_workers = stream, start, int(num_workers)
+
+    def __iter__(self):
+        loader = DataLoader(self.stream.items, batch_sampler=_StepBatches(self.stream, self.start()),
+                            num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        for batch in loader:
+            yield {"source": batch}
+
+
+class PTLDataModule(DASSDataModule):
+    """The source set as a :class:`SourceStream` (training) and the target val split."""
+
+    def stream(self) -> SourceStream:
+        t = self._trainer
+        rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
+        return SourceStream(self.train_sets["source"], self.batch_size, self.seed, rank, world)
+
+    def train_dataloader(self) -> StreamLoader:
+        t = self._trainer
+        return StreamLoader(self.stream(), lambda: t.global_step if t is not None else 0, self.num_workers)
+
+
+def datamodule_from_config(cfg, batch_size: int | None = None) -> PTLDataModule:
+    """The adaptation datamodule (``conf/stage/adapt.yaml``): source stream + target val."""
+    return PTLDataModule(cfg.dataset, batch_size=int(batch_size or cfg.segmenter.batch_size),
+                         num_workers=cfg.data.num_workers, train_domains=["source"], val_split=cfg.eval.split,
+                         val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
+                         limit_train=cfg.data.get("limit_train"), limit_val=cfg.data.get("limit_val"))
+
+
+# --------------------------------------------------------------------------- the module
+class PTLModule(SegmenterModule):
+    """The segmenter being adapted (``model``), its frozen guide (``guide``) and the target DDPM.
+
+    ``ptl``: ``name`` (progressive | direct | none), ``N``, ``K``, ``t_max``, ``pool_size``,
+    ``pool_batch``, ``val_every_domains``; ``num_steps``: respacing of the reverse chain;
+    ``guidance`` / ``arrangement``: the config groups; ``diffusion_ckpt``: the target DDPM.
+    """
+
+    def __init__(self, backbone: dict, num_classes: int, class_names: Sequence[str], optim: dict,
+                 max_steps: int, augment: dict | None = None, eval_subsets: dict | None = None,
+                 train_keys: Sequence[str] = ("translated", "source"), schedule: dict | None = None,
+                 inference: dict | None = None, ignore_index: int = 255, ptl: dict | None = None,
+                 guidance: dict | None = None, arrangement: dict | str | None = None,
+                 diffusion_ckpt: str | None = None, num_steps: int | None = None, seed: int = 0) -> None:
+        super().__init__(backbone, num_classes, class_names, optim, max_steps, augment, eval_subsets, train_keys,
+                         schedule, inference, ignore_index)
+        self.save_hyperparameters()
+        p = dict(ptl or {})
+        self.ptl = {"name": "progressive", "N": 1, "K": 1, "t_max": None, "pool_size": None, "pool_batch": 8,
+                    "val_every_domains": 0, **p}
+        self.guide = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self._diffusion = None
+        self.prepared_domain: int | None = None
+        self._pool: tuple[Tensor, Tensor] | None = None
+        self.last_translation_stats: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def domains(self) -> DomainSchedule:
+        T = int((self.hparams.schedule or {}).get("num_timesteps", 1000))
+        p = self.ptl
+        return DomainSchedule(p["name"], int(p["N"]), int(p["K"]), p.get("t_max"), T)
+
+    @property
+    def translates(self) -> bool:
+        return "translated" in self.train_keys and self.ptl["name"] != "none"
+
+    def set_diffusion(self, diffusion) -> None:
+        """Use this (frozen) DiffusionModule instead of loading ``diffusion_ckpt``."""
+        self.__dict__["_diffusion"] = diffusion.eval().requires_grad_(False)
+
+    def sampler(self):
+        if self._diffusion is None:
+            from dasslab.checkpoints import load_diffusion
+
+            if not self.hparams.diffusion_ckpt:
+                raise ConfigError("stage=adapt: diffusion_ckpt is not set (a `dasslab-train stage=diffusion` "
+                                  "checkpoint of the target domain)")
+            self.set_diffusion(load_diffusion(self.hparams.diffusion_ckpt, setting="diffusion_ckpt"))
+        if self._diffusion.device != self.device:
+            self._diffusion.to(self.device)
+        return self._diffusion.sampler()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.guide.eval()  # the guide always runs with running BN statistics
+        return self
+
+    def snapshot_guide(self) -> None:
+        """g_{n-1} := the current segmenter (frozen), at the start of domain n."""
+        self.guide.load_state_dict(self.model.state_dict())
+
+    def _rank(self) -> tuple[int, int]:
+        t = self._trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    @property
+    def guidance_settings(self) -> dict | None:
+        g = self.hparams.guidance
+        return dict(g) if g is not None and guidance_enabled(g) else None
+
+    @torch.no_grad()
+    def translate(self, images: Tensor, labels: Tensor, n: int, chunk: int, seed: int):
+        """SGG(phi^{t_n}(images), guide) of one chunk, noise from ``chunk_seed(seed, t_n, chunk)``."""
+        depth = self.domains.depth(n)
+        gen = torch.Generator(device=self.device).manual_seed(chunk_seed(seed, depth, chunk))
+        guidance = self.guidance_settings
+        return translate_batch(self.sampler(), images.to(self.device), labels.to(self.device), depth,
+                               self.hparams.num_steps, self.guide if guidance else None, guidance,
+                               self.hparams.arrangement, gen)
+
+    def start_domain(self, n: int, snapshot: bool, stream: SourceStream | None = None) -> None:
+        """Enter domain n: refresh the guide (at the domain's first step) and build its pool."""
+        if snapshot:
+            self.snapshot_guide()
+        self.prepared_domain = n
+        self._pool = None
+        if self.translates and self.ptl.get("pool_size"):
+            self._pool = self.build_pool(n, stream)
+
+    def build_pool(self, n: int, stream: SourceStream) -> tuple[Tensor, Tensor]:
+        """Translate the domain's first M stream images once, in chunks of ``pool_batch`` (kept on the CPU)."""
+        rank, _ = self._rank()
+        M = int(self.ptl["pool_size"])
+        start = self.domains.start(self.global_step)
+        images, labels = stream.images(start, M)
+        guidance = self.guidance_settings
+        out, stats = [], []
+        for _, tr in translate_images(self.sampler(), images, labels, self.domains.depth(n), self.hparams.num_steps,
+                                      self.guide if guidance else None, guidance, self.hparams.arrangement,
+                                      batch_size=int(self.ptl["pool_batch"]), seed=domain_seed(self.hparams.seed, n,
+                                                                                                rank),
+                                      device=self.device):
+            out.append(tr.images.detach().cpu())
+            stats.append(tr)
+        self._record_stats(stats)
+        return torch.cat(out), labels
+
+    def _record_stats(self, translations) -> None:
+        from dasslab.diffusion.sampler import Sampler
+
+        steps = [s for tr in translations for s in tr.stats]
+        summary = Sampler.shift_summary(steps) if steps else {}
+        summary["skipped"] = float(sum(tr.skipped for tr in translations))
+        self.last_translation_stats = {k: float(v) for k, v in summary.items()}
+
+    def translated_batch(self, step: int, source: dict) -> dict:
+        """X^n for ``step``: drawn from the domain's pool, or ``source`` translated on the fly."""
+        n = self.domains.domain(step)
+        i = step - self.domains.start(step)
+        B = source["image"].shape[0]
+        if self._pool is not None:
+            images, labels = self._pool
+            idx = torch.tensor([(i * B + j) % len(images) for j in range(B)])
+            return {"image": images[idx].to(self.device), "label": labels[idx].to(self.device)}
+        tr = self.translate(source["image"], source["label"], n, chunk=i,
+                            seed=domain_seed(self.hparams.seed, n, self._rank()[0]))
+        self._record_stats([tr])
+        return {"image": tr.images.detach(), "label": source["label"]}
+
+    # ------------------------------------------------------------------ Lightning
+    def configure_callbacks(self):
+        from dasslab.callbacks.ptl import ProgressiveTranslation
+
+        return [ProgressiveTranslation(val_every_domains=int(self.ptl.get("val_every_domains") or 0))]
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        step = self.global_step
+        n = self.domains.domain(step)
+        if self.prepared_domain != n:
+            raise RuntimeError(f"PTLModule: domain {n} was not prepared at step {step}; "
+                               "the ProgressiveTranslation callback must run (configure_callbacks adds it)")
+        rank, _ = self._rank()
+        # the Appendix C augmentation draws from the global RNG: seed it by (seed, rank, step) so a
+        # resumed run draws what the uninterrupted one drew
+        torch.manual_seed(derive_seed(self.hparams.seed, rank, step))
+        parts = {"source": batch["source"]}
+        if self.translates:
+            parts["translated"] = self.translated_batch(step, batch["source"])
+        total = 0.0
+        for key in self.train_keys:
+            if key not in parts:
+                continue
+            loss = self.loss_on(parts[key]["image"], parts[key]["label"])
+            self.log(f"train/loss_{key}", loss, batch_size=parts[key]["image"].shape[0])
+            total = total + loss
+        self.log("train/loss", total, prog_bar=True)
+        self.log_dict({"ptl/n": float(n), "ptl/depth": float(self.domains.depth(n))})
+        if self.translates and self.last_translation_stats:
+            self.log_dict({f"ptl/{k}": v for k, v in self.last_translation_stats.items()})
+        return total
+
+
+def train_keys_for(ptl: Mapping[str, Any], loss: str) -> list[str]:
+    """The loss terms: ``[translated, source]`` (Eq. 12), ``[translated]`` (L_ada), ``[source]`` (ptl=none)."""
+    if ptl.get("name") == "none":
+        return ["source"]
+    return ["translated", "source"] if loss == "ada_src" else ["translated"]
+
+
+def from_config(cfg, datamodule, init_ckpt: str | None = None) -> PTLModule:
+    """The adaptation module of ``conf/stage/adapt.yaml``, initialised from the source-only model."""
+    from omegaconf import OmegaConf
+
+    from dasslab.checkpoints import load_segmenter
+    from dasslab.errors import CheckpointError
+
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    init_ckpt = init_ckpt or cfg.segmenter.get("init_ckpt")
+    if not init_ckpt:
+        raise ConfigError("stage=adapt needs segmenter.init_ckpt=PATH (the source-only model to adapt)")
+    source = load_segmenter(init_ckpt, setting="segmenter.init_ckpt")
+    names = list(datamodule.class_names)
+    if list(source.class_names) != names:
+        raise CheckpointError(f"segmenter.init_ckpt={init_ckpt}: its classes {source.class_names[:4]}… differ "
+                              f"from dataset={cfg.dataset.name}'s {names[:4]}…")
+    ptl = plain(cfg.ptl)
+    module = PTLModule(
+        # the weights come from init_ckpt: never fetch ImageNet weights
+        backbone={**plain(cfg.backbone), "pretrained": False, "weights": None}, num_classes=len(names),
+        class_names=names, optim={**plain(cfg.segmenter), **(plain(cfg.adapt.get("optim")) or {})},
+        max_steps=ptl_max_steps(ptl), augment=plain(cfg.augment), eval_subsets=plain(cfg.dataset.eval_subsets),
+        train_keys=train_keys_for(ptl, cfg.adapt.loss),
+        schedule={k: cfg.diffusion[k] for k in ("num_timesteps", "beta_start", "beta_end")},
+        inference=plain(cfg.eval.get("inference")) or {"mode": "whole"}, ptl=ptl,
+        guidance=plain(cfg.get("guidance")), arrangement=plain(cfg.get("arrangement")),
+        diffusion_ckpt=cfg.get("diffusion_ckpt"), num_steps=cfg.translate.get("num_steps"), seed=int(cfg.seed))
+    module.model.load_state_dict(source.model.state_dict())
+    module.snapshot_guide()
+    return module
+
+
+# --------------------------------------------------------------------------- config-time checks
+def _checkpoint_classes(path: str, setting: str) -> list[str]:
+    from dasslab.checkpoints import read_checkpoint
+    from dasslab.errors import CheckpointError
+
+    hp = read_checkpoint(path, setting).get("hyper_parameters", {})
+    if "class_names" not in hp:
+        raise CheckpointError(f"{setting}={path}: not a segmenter checkpoint (no class names)")
+    return list(hp["class_names"])
+
+
+def validate_ptl(cfg, check_files: bool = True) -> None:
+    """Raise :class:`ConfigError` (one line) for the first bad adaptation setting.
+
+    Settings: ptl.name/N/K/t_max/max_steps/pool_size/pool_batch/val_every_domains, translate.num_steps,
+    adapt.loss; with ``check_files``: the source set size (pool), the classes of segmenter.init_ckpt
+    and guide_ckpt against the dataset's, and the diffusion checkpoint against the crop size."""
+    p, T = cfg.ptl, int(cfg.diffusion.num_timesteps)
+
+    def integer(key, value, lo=1, hi=None, null=False):
+        if value is None and null:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(f"{key}={value!r}: expected an integer {rng}{' or null' if null else ''}")
+
+    if p.get("name") not in MODES:
+        raise ConfigError(f"ptl.name={p.get('name')!r}: expected one of {', '.join(MODES)} (ptl=<name>)")
+    integer("ptl.K", p.K)
+    integer("ptl.N", p.N)
+    integer("ptl.t_max", p.get("t_max"), 1, T, null=True)
+    if p.get("t_max") is None and p.N > T:
+        raise ConfigError(f"ptl.N={p.N} exceeds diffusion.num_timesteps={T}; set ptl.t_max <= {T} to stride "
+                          f"the domains")
+    integer("ptl.max_steps", p.get("max_steps"), null=True)
+    integer("ptl.pool_size", p.get("pool_size"), null=True)
+    integer("ptl.pool_batch", p.get("pool_batch", 8))
+    integer("ptl.val_every_domains", p.get("val_every_domains", 0), lo=0)
+    integer("translate.num_steps", cfg.translate.get("num_steps"), null=True)
+    loss = cfg.adapt.get("loss")
+    if loss not in ("ada_src", "ada"):
+        raise ConfigError(f"adapt.loss={loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
+    if p.name == "none" and loss == "ada":
+        raise ConfigError("adapt.loss=ada with ptl=none: nothing is translated, L_ada is empty; use adapt.loss=ada_src")
+    if not check_files:
+        return
+    from omegaconf import OmegaConf
+
+    from dasslab.data.datamodule import build_dataset
+
+    source = build_dataset(cfg.dataset, "source", train=True, limit=cfg.data.get("limit_train"))
+    if p.get("pool_size") and p.name != "none" and p.pool_size > len(source):
+        raise ConfigError(f"ptl.pool_size={p.pool_size} is larger than the source set ({len(source)} images)")
+    names = list(source.class_names)
+    for key in ("segmenter.init_ckpt", "guide_ckpt"):
+        path = OmegaConf.select(cfg, key, default=None)
+        if key == "segmenter.init_ckpt" and not path:
+            raise ConfigError("segmenter.init_ckpt is not set; stage=adapt starts from the source-only model")
+        if path and _checkpoint_classes(path, key) != names:
+            raise ConfigError(f"{key}={path}: its classes differ from dataset={cfg.dataset.name}'s {len(names)} "
+                              f"classes ({', '.join(names[:4])}, …)")
+    if p.name == "none":
+        return
+    if not cfg.get("diffusion_ckpt"):
+        raise ConfigError("diffusion_ckpt is not set; ptl=progressive|direct translates with the target DDPM")
+    from dasslab.checkpoints import load_diffusion
+
+    diffusion = load_diffusion(cfg.diffusion_ckpt, setting="diffusion_ckpt")
+    crop = list(cfg.dataset.crop_size)
+    try:
+        diffusion.check_data((1, 3, *crop), f"dataset.crop_size={crop}")
+    except ValueError as e:
+        raise ConfigError(f"diffusion_ckpt={cfg.diffusion_ckpt}: {e}") from None
+    if int(diffusion.hparams.num_timesteps) < (p.get("t_max") or p.N):
+        raise ConfigError(f"diffusion_ckpt={cfg.diffusion_ckpt}: T={diffusion.hparams.num_timesteps} timesteps, "
+                          f"fewer than the deepest domain needs ({p.get('t_max') or p.N})")
+

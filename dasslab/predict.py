@@ -1,0 +1,303 @@
+"""``dasslab-predict ckpt=PATH input=DIR output=DIR``: segment a folder of images with a trained segmenter.
+
+For every image under ``input`` (``.png .jpg .jpeg .bmp .tif .tiff .webp``, subfolders mirrored)
+it writes, at the image's original size::
+
+    output/labels/<name>.png    class index per pixel (uint8; Cityscapes trainIds for 19-class models)
+    output/color/<name>.png     the label in the dataset's palette (dasslab.data.labels.palette)
+    output/overlay/<name>.png   the colours blended onto the image
+    output/classes.txt          class names, line i = index i
+    output/predict.json         what was done: checkpoint, resolution, counts, and the failed files
+
+The image is resized to the segmenter's training resolution (``dataset.image_size`` of the run
+that wrote the checkpoint, read from its ``.hydra/config.yaml``, or ``size=[H,W]``), segmented whole
+or with a sliding window (``mode=slide``, windows of the training crop unless ``crop`` is set), and
+the logits are resized back to the original size before the argmax — what ``dasslab-eval`` does.
+
+Resumable: an image whose outputs all exist is skipped, and every file is written atomically, so
+an interrupted run is simply started again. An unreadable image is reported on one line and
+skipped; the others are still done, and the command exits with status 1 at the end.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dasslab.cli import entry_point
+from dasslab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+KINDS = ("labels", "color", "overlay")
+
+
+# --------------------------------------------------------------------------- what to segment
+def list_images(input_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """Image files under ``input_dir`` (or the file itself), sorted; ``exclude`` (the output folder) skipped."""
+    root = Path(input_dir).expanduser()
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ConfigError(f"input={input_dir}: folder not found; expected a folder of images")
+    skip = Path(exclude).expanduser().resolve() if exclude else None
+    files = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
+            continue
+        if skip is not None and p.resolve().is_relative_to(skip):
+            continue
+        files.append(p)
+    if not files:
+        raise ConfigError(f"input={input_dir}: no images found; expected files ending in {' '.join(IMAGE_SUFFIXES)}")
+    return files
+
+
+def output_name(path: Path, input_dir: Path) -> Path:
+    """``sub/name.jpg`` -> ``sub/name.png`` (relative to the input folder)."""
+    rel = path.name if input_dir.is_file() else path.relative_to(input_dir)
+    return Path(rel).with_suffix(".png")
+
+
+# --------------------------------------------------------------------------- resolution
+@dataclass
+class Resolution:
+    """Where the segmenter reads its input: a fixed ``size`` (H, W) or the image's own size (None)."""
+
+    size: list[int] | None
+    crop: list[int] | None
+    source: str
+
+
+def _pair(value, setting: str) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        value = [value, value]
+    try:
+        pair = [int(v) for v in value]
+    except (TypeError, ValueError):
+        pair = []
+    if len(pair) != 2 or min(pair) <= 0:
+        raise ConfigError(f"{setting}={value}: expected [height, width] in pixels, or null")
+    return pair
+
+
+def _run_config(ckpt: Path):
+    """The resolved config of the run that wrote ``…/checkpoints/last.ckpt`` (``.hydra/config.yaml``), or None."""
+    for run_dir in (ckpt.parent.parent, ckpt.parent):
+        path = run_dir / ".hydra" / "config.yaml"
+        if path.is_file():
+            try:
+                return OmegaConf.load(path)
+            except Exception:  # noqa: BLE001 - a damaged config only means we know less
+                return None
+    return None
+
+
+def _select(cfg, key: str):
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except Exception:  # noqa: BLE001 - an interpolation that needs Hydra's runtime
+        return None
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def training_resolution(ckpt: str | Path, hparams: dict, size=None, crop=None) -> Resolution:
+    """The input size (H, W) and sliding-window crop the segmenter was trained at.
+
+    Order: the ``size``/``crop`` settings; the checkpoint's hyper-parameters (``image_size``,
+    ``crop_size``); the run's saved ``.hydra/config.yaml`` (``dataset.image_size``/``crop_size``);
+    ``size=native`` (or nothing known) uses each image's own size.
+    """
+    native = isinstance(size, str) and size.lower() == "native"
+    size = None if native else _pair(size, "size")
+    crop = _pair(crop, "crop")
+    if size is not None or native:
+        return Resolution(size, crop, "size setting")
+    hp_size = hparams.get("image_size")
+    if hp_size is not None:
+        return Resolution(_pair(hp_size, "checkpoint image_size"), crop or _pair(hparams.get("crop_size"), "crop"),
+                          "checkpoint hyper-parameters")
+    cfg = _run_config(Path(ckpt).expanduser())
+    if cfg is not None:
+        found = _select(cfg, "dataset.image_size")
+        if found is not None:
+            return Resolution(_pair(found, "dataset.image_size"), crop or _pair(_select(cfg, "dataset.crop_size"),
+                                                                                 "dataset.crop_size"),
+                              "training run's .hydra/config.yaml")
+    return Resolution(None, crop, "native (training resolution unknown: set size=[H,W])")
+
+
+# --------------------------------------------------------------------------- reading, in loader workers
+class ImageFiles(torch.utils.data.Dataset):
+    """Items ``{index, image (HxWx3 uint8), input (3xhxw in [-1, 1])}`` or ``{index, error}`` for a bad file."""
+
+    def __init__(self, files: Sequence[Path], size: Sequence[int] | None) -> None:
+        self.files = list(files)
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict:
+        import cv2
+
+        from dasslab.data.io import read_image
+
+        try:
+            image = read_image(self.files[i])
+        except DataError as e:
+            return {"index": i, "error": str(e)}
+        x = image
+        if self.size is not None and tuple(image.shape[:2]) != tuple(self.size):
+            x = cv2.resize(image, (int(self.size[1]), int(self.size[0])), interpolation=cv2.INTER_LINEAR)
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+        return {"index": i, "image": image, "input": x}
+
+
+def _as_list(batch: list[dict]) -> list[dict]:
+    return batch
+
+
+# --------------------------------------------------------------------------- segmenting
+@dataclass
+class Summary:
+    written: int = 0
+    existing: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def segment(module, inputs: torch.Tensor, sizes: Sequence[tuple[int, int]], mode: str = "whole",
+            crop: Sequence[int] | None = None, stride: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Label maps (HxW uint8) at the original ``sizes`` for a batch of equally sized ``inputs`` in [-1, 1]."""
+    from dasslab.segmentation.inference import predict_logits, upsample_to
+
+    logits = predict_logits(module.model, inputs, mode, crop, stride)
+    return [upsample_to(logits[i:i + 1], size).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            for i, size in enumerate(sizes)]
+
+
+def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolution: Resolution,
+                   mode: str = "whole", stride: Sequence[int] | None = None, kinds: Sequence[str] = KINDS,
+                   alpha: float = 0.5, batch_size: int = 4, num_workers: int = 0, progress: bool = True) -> Summary:
+    """Segment every image under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+    from tqdm import tqdm
+
+    from dasslab.data.labels import palette
+    from dasslab.utils.io import atomic_write_png, atomic_write_text
+    from dasslab.visualize import overlay
+
+    input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"outputs={list(kinds)}: expected a non-empty subset of {list(KINDS)}")
+    if mode not in ("whole", "slide"):
+        raise ConfigError(f"mode={mode}: expected whole or slide")
+    if mode == "slide" and resolution.crop is None:
+        raise ConfigError("crop=null: mode=slide needs the window size; set crop=[H,W] (the training crop is unknown)")
+    names = list(module.class_names)
+    colors = palette(len(names))
+    atomic_write_text(output_dir / "classes.txt", "".join(f"{n}\n" for n in names))
+
+    summary = Summary()
+    todo, targets = [], {}
+    for f in list_images(input_dir, exclude=output_dir):
+        rel = output_name(f, input_dir)
+        if rel in targets:
+            summary.failed[str(f)] = (f"{f}: same output name {rel} as {targets[rel]}; skipped "
+                                      f"(rename one of them)")
+            continue
+        targets[rel] = f
+        if all((output_dir / k / rel).is_file() for k in kinds):
+            summary.existing += 1
+        else:
+            todo.append(f)
+    for msg in summary.failed.values():
+        log.error(msg)
+
+    fixed = resolution.size is not None
+    loader = torch.utils.data.DataLoader(ImageFiles(todo, resolution.size), batch_size=batch_size if fixed else 1,
+                                         num_workers=num_workers, collate_fn=_as_list)
+    device = module.device
+    bar = tqdm(total=len(todo), desc="predict", unit="img", dynamic_ncols=True, disable=not progress)
+    for items in loader:
+        for it in items:
+            if "error" in it:
+                summary.failed[str(todo[it["index"]])] = it["error"]
+                bar.write(f"error: {it['error']}; skipped", file=sys.stderr)
+        ok = [it for it in items if "error" not in it]
+        if ok:
+            inputs = torch.stack([it["input"] for it in ok]).to(device)
+            labels = segment(module, inputs, [it["image"].shape[:2] for it in ok], mode, resolution.crop, stride)
+            for it, label in zip(ok, labels):
+                rel = output_name(todo[it["index"]], input_dir)
+                if "labels" in kinds:
+                    atomic_write_png(output_dir / "labels" / rel, label)
+                if "color" in kinds:
+                    atomic_write_png(output_dir / "color" / rel, colors[label])
+                if "overlay" in kinds:
+                    atomic_write_png(output_dir / "overlay" / rel, overlay(it["image"], label, len(names), alpha))
+                summary.written += 1
+        bar.update(len(items))
+    bar.close()
+    return summary
+
+
+# --------------------------------------------------------------------------- entry point
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run(cfg: DictConfig) -> Summary:
+    from dasslab.checkpoints import load_segmenter, trust_checkpoints
+    from dasslab.utils.io import atomic_write_text
+
+    with trust_checkpoints(cfg.get("trust_checkpoint")):
+        module = load_segmenter(cfg.ckpt, setting="ckpt")
+    module = module.to(_device(str(cfg.device)))
+    size = cfg.get("size")
+    size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
+    crop = OmegaConf.to_container(cfg.crop) if OmegaConf.is_config(cfg.get("crop")) else cfg.get("crop")
+    res = training_resolution(cfg.ckpt, dict(module.hparams), size=size, crop=crop)
+    stride = _pair(OmegaConf.to_container(cfg.stride) if OmegaConf.is_config(cfg.get("stride")) else cfg.get("stride"),
+                   "stride")
+    kinds = list(cfg.outputs)
+    log.info(f"segmenting {cfg.input} at {res.size or 'native size'} ({res.source}), mode={cfg.mode}")
+    summary = predict_folder(module, cfg.input, cfg.output, res, mode=cfg.mode, stride=stride, kinds=kinds,
+                             alpha=float(cfg.overlay_alpha), batch_size=int(cfg.batch_size),
+                             num_workers=int(cfg.num_workers), progress=bool(cfg.progress))
+    record = {"checkpoint": str(cfg.ckpt), "input": str(cfg.input), "size": res.size, "size_from": res.source,
+              "mode": cfg.mode, "crop": res.crop if cfg.mode == "slide" else None, "outputs": kinds,
+              "written": summary.written, "existing": summary.existing, "failed": summary.failed}
+    atomic_write_text(Path(cfg.output).expanduser() / "predict.json", json.dumps(record, indent=2))
+    return summary
+
+
+@entry_point("predict")
+def main(cfg: DictConfig) -> None:
+    summary = run(cfg)
+    print(f"{summary.written} segmented, {summary.existing} already done, {len(summary.failed)} failed; "
+          f"outputs in {cfg.output}")
+    if summary.failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""A real SLURM run: Hydra multirun -> hydra-submitit-launcher -> Slurm (1 node x 2 tasks) -> Lightning DDP.
+
+``scripts/slurm/start_slurm.sh`` installs (apt-get, as root) and starts a single-node Slurm with
+accounting; the test submits one small training run through ``hydra/launcher=slurm`` with
+``trainer.strategy=ddp trainer.devices=2`` on CPU (gloo), so both Slurm tasks are DDP ranks
+(Lightning's SLURMEnvironment), and checks the run's ``metrics.json``. Only daemons this test
+started are stopped afterwards (``scripts/slurm/stop_slurm.sh`` ends the pids it recorded). Where
+Slurm cannot be had (not root, no apt-get, install fails) the test is skipped with the reason.
+
+``make slurm-test`` runs only this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts" / "slurm"
+
+# What the Slurm job runs. Switch the stage here (e.g. to the adaptation stage with its inputs).
+STAGE = ["stage=source"]
+JOB = STAGE + ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv"]
+DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.num_nodes=1", "trainer.accelerator=cpu"]
+
+pytestmark = pytest.mark.slow
+
+
+def _cluster_answers() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """A running single-node Slurm; stopped afterwards only if this fixture started it."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher not installed "
+                        "(pip install -e '.[slurm]')")
+    was_running = _cluster_answers()
+    env = {**os.environ, "SLURM_WAIT_S": os.environ.get("SLURM_WAIT_S", "90")}
+    proc = subprocess.run(["bash", str(SCRIPTS / "start_slurm.sh")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if proc.returncode == 2:  # the script's "Slurm cannot be had here"
+        reason = next((ln for ln in proc.stderr.splitlines() if "UNAVAILABLE" in ln), proc.stderr.strip()[-300:])
+        print(reason)
+        pytest.skip(f"no Slurm on this machine: {reason}")
+    assert proc.returncode == 0, f"start_slurm.sh failed:\n{proc.stderr[-4000:]}"
+    try:
+        yield
+    finally:
+        if not was_running:
+            subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh")], capture_output=True, timeout=120)
+
+
+def test_slurm_multirun_runs_ddp_over_two_tasks(slurm_cluster, digits_data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "DASSLAB_DATA": str(digits_data_dir), "DASSLAB_ROOT": str(tmp_path),
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+           "DASSLAB_SLURM_TIME_MIN": "10"}
+    cmd = [sys.executable, "-m", "dasslab.train", "-m", "hydra/launcher=slurm", *JOB, *DDP,
+           f"hydra.sweep.dir={sweep}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=540)
+    except subprocess.TimeoutExpired:  # leave no job of ours behind on a cluster we did not start
+        ids = [p.name for p in (sweep / ".submitit").glob("*") if p.is_dir()]
+        subprocess.run(["scancel", *ids], capture_output=True)
+        raise
+    logs = sorted((sweep / ".submitit").glob("*/*_log.*"))
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in logs)
+    assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{tails}"
+
+    # the run's own outputs, in the sweep's job folder
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert 0.0 <= record["miou"] <= 100.0
+    assert record["split"] == "target_val"
+    assert len(record["per_class_iou"]) == 11
+    assert (sweep / "0" / ".hydra" / "config.yaml").is_file()
+    assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
+
+    # one Slurm job, two tasks, each a DDP rank of one process group that Lightning set up from SLURM
+    jobs = [p for p in (sweep / ".submitit").iterdir() if p.is_dir()]
+    assert len(jobs) == 1, jobs
+    for rank in (0, 1):
+        out = (jobs[0] / f"{jobs[0].name}_{rank}_log.out").read_text()
+        err = (jobs[0] / f"{jobs[0].name}_{rank}_log.err").read_text()
+        assert f"global_rank={rank}(2)" in out
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in out + err
+        assert "SLURM auto-requeueing enabled" in out + err  # only under Lightning's SLURMEnvironment
+    assert "distributed_backend=gloo" in (jobs[0] / f"{jobs[0].name}_0_log.out").read_text()
