@@ -17,9 +17,11 @@ dataset lacks one, the row is skipped with the reason printed and recorded.
 Each job runs in ``paths.cache_dir/<stage>/<key>``: ``key`` is the hash of the job's
 resolved config, minus what cannot change its result (``pipeline.ignore``, and the
 sections the stage declares it does not read, ``stage.ignore``), plus the size and
-mtime of the checkpoint files it reads. Forgetting an entry in an ``ignore`` list costs
-a retrain, never a stale reuse. A job whose ``DONE.json`` exists is reused; two
-processes that want the same job at once serialise on a file lock (the second reuses).
+mtime of the checkpoint files given by the user (an upstream job's checkpoint path
+already holds that job's key, so a plan can be computed before anything runs).
+Forgetting an entry in an ``ignore`` list costs a retrain, never a stale reuse.
+A job whose ``DONE.json`` exists is reused; two processes that want the same job at
+once serialise on a file lock (the second waits, then reuses).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import logging
 import math
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -55,20 +58,72 @@ def load_option(group: str, option: str) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def job_config(cfg: DictConfig, name: str, done: dict[str, dict]) -> DictConfig:
-    """The config of job ``name`` (with upstream checkpoints from ``done``), output dir not yet set."""
+@dataclass
+class Job:
+    """One planned stage run: its config, cache folder and the jobs it waits for."""
+
+    name: str
+    cfg: DictConfig
+    key: str
+    out: Path
+    needs: list[str] = field(default_factory=list)
+
+    @property
+    def stage(self) -> str:
+        return str(self.cfg.stage.name)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / "checkpoints" / "last.ckpt"
+
+
+def job_config(cfg: DictConfig, name: str, planned: dict[str, Job]) -> DictConfig:
+    """The config of job ``name`` with the checkpoints of its (planned) upstream jobs filled in."""
     job = cfg.pipeline.jobs[name]
     sub = copy.deepcopy(cfg)
     OmegaConf.set_struct(sub, False)
-    sub.stage = load_option("stage", job.stage)
+    # a stage by name (conf/stage/<name>.yaml) or written out in the job itself
+    sub.stage = job.stage if isinstance(job.stage, DictConfig) else load_option("stage", job.stage)
     for group, option in (job.get("groups") or {}).items():
         sub[group] = load_option(group, option)
     if job.get("set"):
         sub.merge_with(job.set)
     for key, upstream in (job.get("needs") or {}).items():
-        OmegaConf.update(sub, key, done[upstream]["checkpoint"], force_add=True)
+        OmegaConf.update(sub, key, str(planned[upstream].checkpoint), force_add=True)
     sub.task_name = name
+    sub.pipeline.filled = list((job.get("needs") or {}).keys())
     return sub
+
+
+def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
+    """Every job ``rows`` need, in an order where each comes after what it needs; and the skipped rows."""
+    jobs = cfg.pipeline.jobs
+    planned: dict[str, Job] = {}
+    skipped: dict[str, str] = {}
+
+    def add(name: str, chain: tuple = ()) -> None:
+        if name in planned:
+            return
+        if name in chain:
+            raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
+        if name not in jobs:
+            raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
+        needs = list((jobs[name].get("needs") or {}).values())
+        for upstream in needs:
+            add(upstream, chain + (name,))
+        sub = job_config(cfg, name, planned)
+        key = stage_key(sub)
+        out = Path(cfg.paths.cache_dir) / str(sub.stage.name) / key
+        sub.paths.output_dir = str(out)
+        planned[name] = Job(name, sub, key, out, needs)
+
+    for row in rows:
+        why = _missing(cfg, row)
+        if why:
+            skipped[row] = why
+            continue
+        add(row)
+    return planned, skipped
 
 
 def _drop(tree: dict, dotted: str) -> None:
@@ -89,8 +144,11 @@ def stage_key(sub: DictConfig) -> str:
     for dotted in list(sub.pipeline.get("ignore") or []) + list(sub.stage.get("ignore") or []):
         _drop(tree, dotted)
     inputs = {}
+    filled = set(sub.pipeline.get("filled") or [])   # upstream jobs: their path already holds their key
     for key in CKPT_KEYS:
         value = OmegaConf.select(sub, key)
+        if key in filled:
+            continue
         if value and Path(str(value)).is_file():
             st = Path(str(value)).stat()
             inputs[key] = [str(value), st.st_size, st.st_mtime_ns]
@@ -109,24 +167,20 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_job(cfg: DictConfig, name: str, done: dict[str, dict]) -> dict:
-    """Run job ``name`` in its cache folder, or reuse the finished run there."""
+def run_job(job: Job, reuse: bool = True) -> dict:
+    """Run a planned job in its cache folder, or reuse the finished run there."""
     from dasslab.stages import run_stage
     from dasslab.validate import validate_config
 
-    sub = job_config(cfg, name, done)
-    key = stage_key(sub)
-    out = Path(cfg.paths.cache_dir) / sub.stage.name / key
-    sub.paths.output_dir = str(out)
-    finished = out / "DONE.json"
-    with _locked(out.parent / f"{key}.lock"):
-        if cfg.pipeline.reuse and finished.is_file():
-            print(f"[pipeline] {name}: reusing {out}")
+    finished = job.out / "DONE.json"
+    with _locked(job.out.parent / f"{job.key}.lock"):
+        if reuse and finished.is_file():
+            print(f"[pipeline] {job.name}: reusing {job.out}")
             return json.loads(finished.read_text())
-        print(f"[pipeline] {name}: running stage={sub.stage.name} in {out}")
-        validate_config(sub)
-        result = dict(run_stage(sub) or {})
-        result["run_dir"] = str(out)
+        print(f"[pipeline] {job.name}: running stage={job.stage} in {job.out}")
+        validate_config(job.cfg)
+        result = dict(run_stage(job.cfg) or {})
+        result["run_dir"] = str(job.out)
         atomic_write_text(finished, json.dumps(result, indent=2, default=str))
     return result
 
@@ -146,28 +200,13 @@ def _missing(cfg: DictConfig, name: str) -> str | None:
 
 def run_pipeline(cfg: DictConfig) -> dict:
     """Run ``pipeline.rows`` (and the jobs they need); write ``results.json`` and ``results.md``."""
-    jobs = cfg.pipeline.jobs
-    done: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
-
-    def ensure(name: str, chain: tuple = ()) -> None:
-        if name in done:
-            return
-        if name in chain:
-            raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
-        if name not in jobs:
-            raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
-        for upstream in (jobs[name].get("needs") or {}).values():
-            ensure(upstream, chain + (name,))
-        done[name] = run_job(cfg, name, done)
-
-    for row in cfg.pipeline.rows:
-        why = _missing(cfg, row)
-        if why:
-            print(f"[pipeline] {row}: skipped ({why})")
-            skipped[row] = why
-            continue
-        ensure(row)
+    planned, skipped = plan(cfg, list(cfg.pipeline.rows))
+    for row, why in skipped.items():
+        print(f"[pipeline] {row}: skipped ({why})")
+    if cfg.pipeline.get("dry_run"):
+        print(plan_text(planned))
+        return {"plan": {n: {"stage": j.stage, "run_dir": str(j.out), "needs": j.needs} for n, j in planned.items()}}
+    done = {name: run_job(job, bool(cfg.pipeline.reuse)) for name, job in planned.items()}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = {r: done[r] for r in cfg.pipeline.rows if r in done}
@@ -250,3 +289,12 @@ def quality_markdown(q: dict) -> str:
             lines.append(f"| {v['setting']} lambda={v['scale']} | {v['depth']} | {v['consistency']:.1f} | "
                          f"{v['domain_score']:.2f} | {v['shift_over_sigma_mean']:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def plan_text(planned: dict[str, Job]) -> str:
+    """One line per job: name, stage, run folder, what it waits for."""
+    lines = []
+    for name, job in planned.items():
+        waits = ", ".join(job.needs) if job.needs else "nothing"
+        lines.append(f"{name:<22} stage={job.stage:<10} {job.out}  waits for: {waits}")
+    return "\n".join(lines)

@@ -85,8 +85,13 @@ def make_trainer(cfg: DictConfig, out: Path, max_steps: int, callbacks: list | N
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:
-    """The checkpoint ``resume=`` names, once read safely (:func:`dasslab.checkpoints.safe_torch_load`)."""
-    from dasslab.checkpoints import safe_torch_load
+    """The checkpoint ``resume=`` names, checked to load without running code (Lightning unpickles it in fit).
+
+    A file that needs more is refused in one line (:class:`~dasslab.errors.UnsafeCheckpointError`) unless
+    ``trust_checkpoint=true``. ``trainer.fit`` gets ``weights_only=not trust_checkpoint``.
+    """
+    from dasslab.checkpoints import checkpoint_trusted, safe_torch_load
+    from dasslab.errors import UnsafeCheckpointError
 
     resume = cfg.get("resume")
     if resume in (None, False, "none"):
@@ -96,12 +101,15 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
         if not last.is_file():
             print(f"resume=auto: nothing to resume in {out / 'checkpoints'}; starting from step 0")
             return None
-        safe_torch_load(last, "resume", trust=cfg.get("trust_checkpoint"), mmap=True)
-        return str(last)
-    if not Path(resume).is_file():
+        resume = str(last)
+    elif not Path(resume).is_file():
         raise ConfigError(f"resume={resume}: checkpoint not found (expected a path or 'auto')")
-    # Lightning unpickles the file in fit(): first make sure that runs no code (one-line refusal otherwise)
-    safe_torch_load(resume, "resume", trust=cfg.get("trust_checkpoint"), mmap=True)
+    try:  # mmap: the tensors stay on disk, only the pickle is read
+        safe_torch_load(resume, "resume", trust=False, mmap=True)
+    except UnsafeCheckpointError:
+        if not checkpoint_trusted(cfg.get("trust_checkpoint")):
+            raise
+        log.warning("resume=%s needs full unpickling; trusted (trust_checkpoint=true)", resume)
     return str(resume)
 
 

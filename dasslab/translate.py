@@ -32,9 +32,9 @@ from tqdm import tqdm
 from dasslab.checkpoints import load_diffusion, load_segmenter
 from dasslab.cli import entry_point
 from dasslab.data.datamodule import build_dataset
+from dasslab.data.io import read_image
 from dasslab.errors import ConfigError, DasslabError
 from dasslab.translation import guidance_enabled, translate_images
-from dasslab.data.io import read_image
 from dasslab.utils.io import atomic_write_png, atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 

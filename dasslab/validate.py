@@ -51,12 +51,10 @@ def validate_config(cfg: DictConfig) -> None:
     aug = cfg.augment
     if aug.enabled and not 0 <= aug.p <= 1:
         raise ConfigError(f"augment.p={aug.p}: expected a fraction in [0, 1]")
-    g = cfg.get("guidance")
-    if g is not None:
-        if g.scale < 0:
-            raise ConfigError(f"guidance.scale={g.scale}: expected lambda >= 0")
-        if g.reduction not in ("sum", "mean"):
-            raise ConfigError(f"guidance.reduction={g.reduction!r}: expected 'sum' or 'mean'")
+    if cfg.get("guidance") is not None:
+        from dasslab.guidance.settings import validate_guidance
+
+        validate_guidance(cfg.guidance, cfg.get("arrangement"))
     T = cfg.diffusion.num_timesteps
     _positive(cfg.ptl.N, "ptl.N", integer=True)
     t_max = cfg.ptl.get("t_max")

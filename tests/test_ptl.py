@@ -19,7 +19,7 @@ import torch
 from dasslab.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv"]
+SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv", "augment=none"]
 # a tiny adaptation: N = 3 domains of K = 2 steps, depths 10/20/30 respaced to 2 reverse steps
 TINY = ["ptl.N=3", "ptl.K=2", "ptl.t_max=30", "translate.num_steps=2", "segmenter.batch_size=2",
         "guidance=sgg", "guidance.scale=1.0", "data.limit_val=8"]

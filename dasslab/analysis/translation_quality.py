@@ -1,178 +1,154 @@
-"""Label consistency and domain score of translated images (DESIGN §6).
+"""Translation quality: label consistency and domain score of phi^n, guided and not (DESIGN §6).
 
-Where target labels exist (the digits benchmark, or any dataset with an oracle),
-translation itself can be measured:
+Where target labels exist (the digits benchmark, or a folder pair with a labeled target
+train split), translation itself can be measured on labeled source images:
 
-* **label consistency** — mIoU (%) of the *target oracle* on translated images
-  scored against the *source* labels: does each pixel still show its class?
-* **domain score** — the fraction of translated images that a small
-  source-vs-target classifier (trained here on real source and real target
-  images) calls *target*: how target-like are they?
+* **label consistency** (:mod:`dasslab.analysis.judge`) — mIoU (%) of the *judge* (a
+  segmenter trained on labeled source and target) on translated images against the
+  *source* labels, over the foreground classes (``consistency``) and all classes
+  (``consistency_all``);
+* **domain score** (:mod:`dasslab.analysis.domain_score`) — mean probability of "target"
+  under a source-vs-target classifier trained with Eq. 2 noise on both domains, so that
+  left-over noise does not read as "target".
 
-Baseline phi^n trades one for the other as n grows; SGG should keep consistency
-while the images still move to the target. :func:`measure` evaluates a grid of
-depths x guidance settings (all from the same noise, so differences come from the
-guidance alone) and a lambda sweep, writes ``translation_quality.json`` and
-pictures (curves over n, a grid of examples).
+:func:`measure` runs each setting of ``quality.settings`` at its depths (a setting may list
+its own ``depths``; default ``quality.depths``) through :func:`dasslab.translation.translate_images`
+— the one seed rule, so every setting at one depth starts from the same noise and differences
+come from the guidance alone — plus an optional lambda sweep; it writes
+``translation_quality.json`` and pictures (curves over n, a grid of examples).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from tqdm import tqdm
 
-from dasslab.metrics import SegmentationMetrics
+from dasslab.analysis.domain_score import domain_score, train_domain_classifier
+from dasslab.analysis.judge import foreground_classes, label_consistency
+from dasslab.translation import translate_images
 from dasslab.utils.io import atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 
-
-class DomainClassifier(nn.Module):
-    """A small CNN: image in [-1, 1] -> logit of 'target domain'."""
-
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        layers, c = [], 3
-        for w in (width, 2 * width, 2 * width):
-            layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            c = w
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(c, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean((2, 3))).squeeze(1)
+__all__ = ["measure", "setting_plan"]
 
 
-def _stack(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(ds) if limit is None else min(limit, len(ds))
+def _stack(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    n = len(ds) if limit is None else min(int(limit), len(ds))
     items = [ds[i] for i in range(n)]
-    return torch.stack([it["image"] for it in items]), torch.stack([it["label"] for it in items])
+    labels = [it.get("label") for it in items]
+    y = torch.stack(labels) if labels and all(isinstance(v, torch.Tensor) for v in labels) else None
+    return torch.stack([it["image"] for it in items]), y
 
 
-def train_domain_classifier(source: torch.Tensor, target: torch.Tensor, steps: int = 300, batch_size: int = 64,
-                            seed: int = 0, device: str | torch.device = "cpu") -> DomainClassifier:
-    """Fit source (0) vs target (1) on real images; returns the classifier in eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    clf = DomainClassifier().to(device)
-    opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
-    half = batch_size // 2
-    for _ in range(steps):
-        i = torch.randint(len(source), (half,), generator=g)
-        j = torch.randint(len(target), (half,), generator=g)
-        x = torch.cat([source[i], target[j]]).to(device)
-        y = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
-        loss = F.binary_cross_entropy_with_logits(clf(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return clf.eval()
+def setting_plan(q) -> list[tuple[str, dict, int]]:
+    """``(name, guidance, depth)`` for every setting and each of its depths, in config order."""
+    plan = []
+    for name, s in q.settings.items():
+        s = dict(OmegaConf.to_container(s, resolve=True)) if not isinstance(s, dict) else dict(s)
+        depths = s.pop("depths", None) or list(q.depths)
+        plan += [(str(name), s, int(d)) for d in depths]
+    return plan
 
 
-@torch.no_grad()
-def domain_score(clf: nn.Module, images: torch.Tensor, batch_size: int = 256) -> float:
-    """Fraction of ``images`` classified as target."""
-    dev = next(clf.parameters()).device
-    calls = [clf(images[i:i + batch_size].to(dev)) > 0 for i in range(0, len(images), batch_size)]
-    return float(torch.cat(calls).float().mean())
+def _translate(sampler, images, labels, depth, q, guide, guidance, arrangement, seed, device):
+    """All ``images`` through translate_images; returns (images, mean shift/sigma, skipped steps)."""
+    outs, shifts, skipped = [], [], 0
+    for _, tr in translate_images(sampler, images, labels, depth, q.num_steps, guide=guide, guidance=guidance,
+                                  arrangement=arrangement, batch_size=q.batch_size, seed=seed, device=device):
+        outs.append(tr.images.detach().cpu())
+        shifts += tr.shift_over_sigma
+        skipped += tr.skipped
+    return torch.cat(outs), (sum(shifts) / len(shifts) if shifts else 0.0), skipped
 
 
-@torch.no_grad()
-def label_consistency(oracle: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                      batch_size: int = 256) -> float:
-    """mIoU (%) of the target oracle on ``images`` against ``labels`` (the source labels)."""
-    dev = next(oracle.parameters()).device
-    metric = SegmentationMetrics(num_classes).to(dev)
-    for i in range(0, len(images), batch_size):
-        metric.update(oracle(images[i:i + batch_size].to(dev)), labels[i:i + batch_size].to(dev))
-    return metric.summary()["miou"]
-
-
-def _translate_all(sampler, images, labels, depth, num_steps, guide, guidance_cfg, arrangement_cfg, batch_size,
-                   seed) -> tuple[torch.Tensor, list[float]]:
-    """phi^depth of every image (same noise for every guidance setting); returns images and shift/sigma."""
-    from dasslab.guidance import make_guidance
-
-    dev = next(guide.parameters()).device if guide is not None else images.device
-    outs, shifts = [], []
-    for ci, start in enumerate(range(0, len(images), batch_size)):
-        x = images[start:start + batch_size].to(dev)
-        y = labels[start:start + batch_size].to(dev)
-        fn = None
-        if guidance_cfg is not None and guide is not None:
-            fn = make_guidance(guide.normalize, guide.forward_normalized, y, guidance_cfg, arrangement_cfg)
-        gen = torch.Generator(device=dev).manual_seed(seed * 100_003 + depth * 101 + ci)
-        outs.append(sampler.translate(x, depth, num_steps, guidance=fn, generator=gen).cpu())
-        shifts += [s["shift_over_sigma"] for s in sampler.stats if s["shift_rms"] > 0]
-    return torch.cat(outs), shifts
-
-
-def measure(cfg: DictConfig, oracle_ckpt: str, diffusion_ckpt: str, guide_ckpt: str, out_dir: str | Path) -> dict:
-    """Consistency and domain score over ``quality.depths`` x ``quality.settings`` + a lambda sweep."""
+def measure(cfg: DictConfig, judge_ckpt: str, diffusion_ckpt: str, guide_ckpt: str, out_dir: str | Path) -> dict:
+    """Consistency and domain score for every (setting, depth) of ``cfg.quality``; see the module docstring."""
+    from dasslab.checkpoints import load_diffusion, load_segmenter
     from dasslab.data.datamodule import build_dataset
-    from dasslab.checkpoints import load_diffusion
-    from dasslab.checkpoints import load_segmenter
 
     q = cfg.quality
     out = Path(out_dir)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
     src_x, src_y = _stack(build_dataset(cfg.dataset, q.source_split, train=False, limit=q.num_images,
-                                                 resize_labels=True))
-    tgt_x, _ = _stack(build_dataset(cfg.dataset, "target", train=False, limit=max(q.num_images, 500)))
-    src_train_x, _ = _stack(build_dataset(cfg.dataset, "source", train=False, limit=max(q.num_images, 500)))
+                                        resize_labels=True))
     val_x, val_y = _stack(build_dataset(cfg.dataset, "target_val", train=False, limit=q.num_images,
-                                         resize_labels=True))
-    if src_x.shape[-2:] != src_y.shape[-2:]:
-        raise ValueError("quality: labels must have the working image size (dataset.image_size)")
-    oracle = load_segmenter(oracle_ckpt).model.to(dev).eval()
-    guide = load_segmenter(guide_ckpt).model.to(dev).eval().requires_grad_(False)
-    k = oracle.num_classes
-    clf = train_domain_classifier(src_train_x, tgt_x, steps=q.classifier_steps, seed=cfg.seed, device=dev)
-    sampler = load_diffusion(diffusion_ckpt).to(dev).sampler()
-    arrangement = OmegaConf.to_container(cfg.arrangement, resolve=True)
+                                        resize_labels=True))
+    n_clf = int(q.get("classifier_images", 1000))
+    tgt_x, _ = _stack(build_dataset(cfg.dataset, "target", train=False, resize_labels=True, limit=n_clf))
+    src_train_x, _ = _stack(build_dataset(cfg.dataset, "source", train=False, resize_labels=True, limit=n_clf))
+    if src_y is None or src_x.shape[-2:] != src_y.shape[-2:]:
+        raise ValueError(f"quality.source_split={q.source_split}: needs labels at the working size")
+    judge_module = load_segmenter(judge_ckpt, setting="quality.judge_ckpt")
+    judge = judge_module.model.to(dev).eval()
+    guide = load_segmenter(guide_ckpt, setting="guide_ckpt").model.to(dev).eval().requires_grad_(False)
+    k = judge.num_classes
+    fg = foreground_classes(judge_module.class_names, q.get("background_classes", ["background"]))
+    diffusion = load_diffusion(diffusion_ckpt, setting="diffusion_ckpt").to(dev)
+    sampler = diffusion.sampler()
+    schedule = diffusion.schedule.cpu()
+    depths_all = {d for _, _, d in setting_plan(q)}
+    if q.get("lambda_sweep") and q.lambda_sweep.scales:
+        depths_all.add(int(q.lambda_sweep.depth))
+    clf = train_domain_classifier(src_train_x, tgt_x, schedule.q_sample, t_max=max(depths_all),
+                                  steps=int(q.classifier_steps), seed=int(cfg.seed), device=dev)
+    noise_t = int(q.get("noise_check_t", 300))
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    noisy_src = schedule.q_sample(src_x, torch.full((len(src_x),), noise_t - 1),
+                                  torch.randn(src_x.shape, generator=g))
+
+    def consistency(images, labels):
+        c = label_consistency(judge, images, labels, k, foreground=fg)
+        return {"consistency": c["miou_fg"], "consistency_all": c["miou"]}
+
     result = {
-        "reference": {"source": {"consistency": label_consistency(oracle, src_x, src_y, k),
-                                 "domain_score": domain_score(clf, src_x)},
-                      "target_val": {"consistency": label_consistency(oracle, val_x, val_y, k),
-                                     "domain_score": domain_score(clf, val_x)}},
-        "depths": list(q.depths), "num_steps": q.num_steps, "num_images": len(src_x), "settings": {},
-        "lambda_sweep": {},
+        "judge_ckpt": str(judge_ckpt), "foreground_classes": fg,
+        "domain_score": "mean P(target) of a CNN trained on source vs target with Eq. 2 noise "
+                        f"(t < {max(depths_all)}) on both domains",
+        "reference": {
+            "source": {**consistency(src_x, src_y), "domain_score": domain_score(clf, src_x)},
+            "target_val": {**consistency(val_x, val_y), "domain_score": domain_score(clf, val_x)},
+            f"source_noise_t{noise_t}": {**consistency(noisy_src, src_y), "domain_score": domain_score(clf, noisy_src)},
+        },
+        "depths": sorted({d for _, _, d in setting_plan(q)}), "num_steps": q.num_steps, "num_images": len(src_x),
+        "settings": {}, "lambda_sweep": {},
     }
-    settings = {name: OmegaConf.to_container(s, resolve=True) for name, s in q.settings.items()}
-    examples = {}
-    total = len(settings) * len(q.depths) + len(q.lambda_sweep.scales)
-    bar = tqdm(total=total, desc="translation quality", dynamic_ncols=True)
-    for name, gcfg in settings.items():
-        rows = []
-        for depth in q.depths:
-            imgs, shifts = _translate_all(sampler, src_x, src_y, int(depth), q.num_steps, guide,
-                                          None if gcfg.get("scale", 0) == 0 else gcfg, arrangement,
-                                          q.batch_size, cfg.seed)
-            rows.append({"depth": int(depth), "consistency": label_consistency(oracle, imgs, src_y, k),
-                         "domain_score": domain_score(clf, imgs),
-                         "shift_over_sigma_mean": sum(shifts) / len(shifts) if shifts else 0.0})
-            examples[(name, int(depth))] = imgs[: q.grid_images]
-            bar.update()
-        result["settings"][name] = {"guidance": gcfg, "rows": rows}
-    sw = q.lambda_sweep
-    base = settings[sw.setting]
-    for scale in sw.scales:
-        imgs, shifts = _translate_all(sampler, src_x, src_y, int(sw.depth), q.num_steps, guide,
-                                      {**base, "scale": float(scale)}, arrangement, q.batch_size, cfg.seed)
-        result["lambda_sweep"][str(scale)] = {
-            "setting": sw.setting, "depth": int(sw.depth), "scale": float(scale),
-            "consistency": label_consistency(oracle, imgs, src_y, k), "domain_score": domain_score(clf, imgs),
-            "shift_over_sigma_mean": sum(shifts) / len(shifts) if shifts else 0.0}
+    arrangement = OmegaConf.to_container(cfg.arrangement, resolve=True)
+    plan = setting_plan(q)
+    sw = q.get("lambda_sweep")
+    scales = list(sw.scales) if sw else []
+    examples: dict[tuple[str, int], torch.Tensor] = {}
+    bar = tqdm(total=len(plan) + len(scales), desc="translation quality", dynamic_ncols=True)
+    for name, gcfg, depth in plan:
+        t1 = time.perf_counter()
+        imgs, shift, skipped = _translate(sampler, src_x, src_y, depth, q, guide, gcfg, arrangement,
+                                          int(cfg.seed), dev)
+        entry = result["settings"].setdefault(name, {"guidance": gcfg, "rows": []})
+        entry["rows"].append({"depth": depth, **consistency(imgs, src_y), "domain_score": domain_score(clf, imgs),
+                              "shift_over_sigma_mean": shift, "skipped_steps": skipped,
+                              "seconds": round(time.perf_counter() - t1, 1)})
+        examples[(name, depth)] = imgs[: q.grid_images]
         bar.update()
+    if scales:
+        base = {k2: v for k2, v in dict(OmegaConf.to_container(q.settings[sw.setting], resolve=True)).items()
+                if k2 != "depths"}
+        for scale in scales:
+            imgs, shift, skipped = _translate(sampler, src_x, src_y, int(sw.depth), q, guide,
+                                              {**base, "scale": float(scale)}, arrangement, int(cfg.seed), dev)
+            result["lambda_sweep"][str(scale)] = {
+                "setting": sw.setting, "depth": int(sw.depth), "scale": float(scale), **consistency(imgs, src_y),
+                "domain_score": domain_score(clf, imgs), "shift_over_sigma_mean": shift, "skipped_steps": skipped}
+            bar.update()
     bar.close()
+    result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out / "translation_quality.json", json.dumps(result, indent=2))
     _pictures(result, examples, src_x, src_y, k, q, out)
     return result
@@ -180,9 +156,12 @@ def measure(cfg: DictConfig, oracle_ckpt: str, diffusion_ckpt: str, guide_ckpt: 
 
 def _pictures(result, examples, src_x, src_y, k, q, out: Path) -> None:
     depths = result["depths"]
-    for metric, label in (("consistency", "label consistency (oracle mIoU %)"),
-                          ("domain_score", "domain score (fraction called target)")):
-        series = {name: [r[metric] for r in s["rows"]] for name, s in result["settings"].items()}
+    for metric, label in (("consistency", "label consistency (judge fg mIoU %)"),
+                          ("domain_score", "domain score (mean P(target))")):
+        series = {}
+        for name, s in result["settings"].items():
+            by_depth = {r["depth"]: r[metric] for r in s["rows"]}
+            series[name] = [by_depth.get(d, float("nan")) for d in depths]
         save_curve(out / f"quality_{metric}.png", depths, series, "translation depth n", label)
     sw = result["lambda_sweep"]
     if sw:
@@ -191,15 +170,14 @@ def _pictures(result, examples, src_x, src_y, k, q, out: Path) -> None:
                    {"consistency / 100": [v["consistency"] / 100 for v in sw.values()],
                     "domain score": [v["domain_score"] for v in sw.values()]},
                    "lambda (guidance.scale)", "score", title=f"{q.lambda_sweep.setting} at n={q.lambda_sweep.depth}")
-    names = list(result["settings"])
-    depth = depths[len(depths) // 2]
+    cols = sorted(examples, key=lambda nd: (nd[1], list(result["settings"]).index(nd[0])))
     rows = []
     for i in range(min(q.grid_images, len(src_x))):
         src = to_uint8(src_x[i])
-        row = [src] + [to_uint8(examples[(n, depth)][i]) for n in names]
+        row = [src] + [to_uint8(examples[c][i]) for c in cols]
         row.append(overlay(src * 0, src_y[i].numpy(), k, alpha=1.0))
         rows.append(row)
     if rows:
         save_png(out / "quality_examples.png",
-                 grid(rows, titles=["source"] + [f"{n} n={depth}" for n in names] + ["label"],
+                 grid(rows, titles=["source"] + [f"{n} n={d}" for n, d in cols] + ["label"],
                       scale=max(1, 96 // rows[0][0].shape[0])))

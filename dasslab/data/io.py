@@ -47,8 +47,14 @@ def read_index_label(path: str | os.PathLike, lut: np.ndarray | None = None) -> 
     """Read an 8-bit index label (mode ``L`` or ``P``) as ``HxW uint8``; map through ``lut`` if given.
 
     Colour (RGB) label files are refused: their pixels are colours, not class ids.
+    A plain greyscale PNG is decoded by OpenCV (several times faster than PIL on small
+    files); palette PNGs and anything else go through PIL, which returns palette indices.
     """
     path = str(path)
+    if path.lower().endswith(".png"):
+        arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.ndim == 2:  # greyscale: the values are the indices
+            return lut[arr] if lut is not None else arr
     try:
         with Image.open(path) as im:
             mode = im.mode

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -128,8 +129,28 @@ def _limit(cfg: DictConfig, key: str, train: bool) -> int | None:
     return data.get("limit_train" if train else "limit_val")
 
 
+def _jpeg_complete(path: str) -> bool:
+    """A JPEG ends with the EOI marker (OpenCV decodes a truncated JPEG with only a warning)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(f.tell() - 64, 0))
+        return b"\xff\xd9" in f.read()
+
+
 def _image_size(path: str, mode: str) -> tuple[int, int]:
-    """Open (``full``: decode every pixel; ``headers``: verify the file's structure) -> (h, w)."""
+    """Open (``full``: decode every pixel; ``headers``: verify the file's structure) -> (h, w).
+
+    ``full`` decodes with OpenCV, the decoder the loaders use (and much faster than PIL per
+    file); PIL only supplies the reason when OpenCV cannot decode a file.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: image file not found")
+    if mode == "full":
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if img is not None:
+            if path.lower().endswith((".jpg", ".jpeg")) and not _jpeg_complete(path):
+                raise DataError(f"{path}: truncated JPEG (no end-of-image marker); expected a complete JPEG file")
+            return img.shape[0], img.shape[1]
     try:
         with Image.open(path) as im:
             size = im.size
@@ -137,10 +158,10 @@ def _image_size(path: str, mode: str) -> tuple[int, int]:
                 im.load()
             else:
                 im.verify()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
     except Exception as e:  # noqa: BLE001 - whatever PIL raises for a broken file
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e}); expected a PNG/JPEG file") from None
+    if mode == "full":  # PIL could, OpenCV (the loaders) cannot
+        raise DataError(f"{path}: OpenCV cannot decode this image; expected a PNG/JPEG file")
     return size[1], size[0]
 
 

@@ -198,12 +198,12 @@ class PTLDataModule(DASSDataModule):
     """The source set as a :class:`SourceStream` (training) and the target val split."""
 
     def stream(self) -> SourceStream:
-        t = self._trainer
+        t = self.trainer
         rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
         return SourceStream(self.train_sets["source"], self.batch_size, self.seed, rank, world)
 
     def train_dataloader(self) -> StreamLoader:
-        t = self._trainer
+        t = self.trainer
         return StreamLoader(self.stream(), lambda: t.global_step if t is not None else 0, self.num_workers)
 
 

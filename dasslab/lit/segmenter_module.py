@@ -51,11 +51,10 @@ class SegmenterModule(L.LightningModule):
         """Cross-entropy on one batch entry, with the Appendix C augmentation when enabled."""
         keep = None
         aug = self.augment
-        if self.training and aug.get("enabled") and aug.get("p", 0) > 0:
+        if self.training and aug.get("enabled") and (aug.get("p", 0) > 0 or aug.get("mask_p", 0) > 0):
             image, label, keep = noisy_masked(image, label, self.schedule.q_sample, self.schedule.num_timesteps,
-                                              p=float(aug["p"]), t_max=aug.get("t_max"),
-                                              mask=bool(aug.get("mask", True)),
-                                              ignore_index=self.hparams.ignore_index)
+                                              p=float(aug["p"]), mask_p=float(aug.get("mask_p", 0.0)),
+                                              t_max=aug.get("t_max"), ignore_index=self.hparams.ignore_index)
         z = self.model.normalize(image)
         if keep is not None:
             z = z * keep

@@ -1,0 +1,578 @@
+"""``dasslab-tables runs=DIR[,DIR…]|GLOB out=DIR``: run directories -> the paper's result tables.
+
+Input: run directories (``.hydra/config.yaml`` + ``metrics.json``), Hydra multirun sweep folders
+(``multirun.yaml`` + ``0/``, ``1/`` …), ``dasslab-train stage=pipeline`` folders (``results.json``
+naming each row's run), or any folder holding such directories (searched recursively); globs
+are expanded. Runs of stages that report no mIoU (diffusion, translate, …) are not table rows.
+
+Output (``out``): one Markdown table and one CSV per (paper table, dataset) — the paper table
+is read from the experiment name (``task_name: table2a_…`` -> Table 2), other runs go to
+"runs" — plus ``tables.md`` with all of them. Columns as DASS papers print them: the IoU of
+every class, then mIoU; for SYNTHIA -> Cityscapes the 16 scored classes, mIoU over 16 and
+mIoU* over 13. Runs whose configs differ only in ``seed`` (and in paths, loggers, …: see
+``IGNORE``) are one row: mean ± sample std (n - 1) over the seeds, with the number of runs.
+A failed run (a run folder without a readable ``metrics.json``) or a missing one (a sweep
+job whose folder does not exist, a skipped pipeline row) is shown as such in its row, never
+dropped. The paper's numbers (``dasslab/paper_results.yaml``) are printed beside ours.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import math
+import re
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dasslab.errors import ConfigError, DasslabError
+
+# config keys that do not make two runs different settings (besides `seed`)
+IGNORE = ("seed", "paths", "hydra", "logger", "callbacks", "resume", "task_name", "pipeline", "data.num_workers",
+          "trainer.enable_progress_bar", "trust_checkpoint", "eval.overlays", "translate.out_dir", "device")
+PATH_LIKE = re.compile(r"(_ckpt|_dir|(^|\.)root|(^|\.)out_dir|(^|\.)translated_dir|(^|\.)weights)$")
+NO_MIOU_STAGES = {"diffusion", "translate", "quality", "check", "judge", "pipeline"}
+SHORT = {"sidewalk": "sidew.", "building": "build.", "traffic light": "light", "traffic sign": "sign",
+         "vegetation": "veg.", "terrain": "terr.", "motorcycle": "mbike", "bicycle": "bike"}
+PAPER_FILE = Path(__file__).with_name("paper_results.yaml")
+
+
+# --------------------------------------------------------------------------- one run
+@dataclass
+class Run:
+    path: Path
+    status: str                                   # ok | failed | missing
+    reason: str = ""
+    config: dict = field(default_factory=dict)    # flattened "a.b.c" -> value
+    describe: dict = field(default_factory=dict)  # the choices/overrides that name the setting
+    metrics: dict | None = None
+    row: str | None = None                        # pipeline row name
+
+    @property
+    def stage(self) -> str | None:
+        s = self.config.get("stage.name", self.config.get("stage"))
+        return s if isinstance(s, str) else None
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists kept as values)."""
+    out = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    else:
+        out[prefix] = node
+    return out
+
+
+def _resolve(cfg) -> dict:
+    """A saved config as plain data; interpolations that cannot be resolved here stay as text."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    try:
+        from hydra.core.utils import setup_globals
+
+        setup_globals()  # Hydra's resolvers (now, hydra) so saved configs resolve like at run time
+    except Exception:  # noqa: BLE001
+        pass
+
+    def walk(node):
+        if isinstance(node, DictConfig):
+            out = {}
+            for k in node.keys():
+                try:
+                    v = node[k]
+                except Exception:  # noqa: BLE001 - e.g. ${hydra:…} outside a Hydra job
+                    v = OmegaConf.to_container(node, resolve=False).get(k)
+                out[str(k)] = walk(v)
+            return out
+        if isinstance(node, ListConfig):
+            try:
+                return OmegaConf.to_container(node, resolve=True)
+            except Exception:  # noqa: BLE001
+                return OmegaConf.to_container(node, resolve=False)
+        return node
+
+    return walk(cfg)
+
+
+def read_config(run_dir: Path) -> dict:
+    from omegaconf import OmegaConf
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        return flatten(_resolve(OmegaConf.load(path)))
+    except Exception:  # noqa: BLE001 - an unreadable config: the run is still listed
+        return {}
+
+
+def read_describe(run_dir: Path) -> dict:
+    """The config-group choices and command-line overrides of a Hydra job (what names its setting)."""
+    out = {}
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        try:
+            h = yaml.safe_load(hydra_yaml.read_text()) or {}
+            for k, v in ((h.get("hydra") or {}).get("runtime") or {}).get("choices", {}).items():
+                if not str(k).startswith("hydra/") and k not in ("paths", "logger", "callbacks"):
+                    out[str(k)] = v
+        except Exception:  # noqa: BLE001
+            pass
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        try:
+            for o in yaml.safe_load(overrides.read_text()) or []:
+                k, _, v = str(o).lstrip("+~").partition("=")
+                out[k] = v
+        except Exception:  # noqa: BLE001
+            pass
+    return out
+
+
+def load_run(run_dir: Path, row: str | None = None) -> Run:
+    """A run folder: ok with its metrics, or failed with the reason."""
+    config, describe = read_config(run_dir), read_describe(run_dir)
+    run = Run(run_dir, "ok", config=config, describe=describe, row=row)
+    mpath = run_dir / "metrics.json"
+    if not run_dir.is_dir():
+        run.status, run.reason = "missing", "run folder not found"
+    elif not mpath.is_file():
+        run.status, run.reason = "failed", "no metrics.json (failed or unfinished)"
+    else:
+        try:
+            run.metrics = json.loads(mpath.read_text())
+            if "miou" not in run.metrics:
+                raise ValueError("no 'miou'")
+        except (OSError, ValueError) as e:
+            run.status, run.reason, run.metrics = "failed", f"unreadable metrics.json ({e})", None
+    return run
+
+
+# --------------------------------------------------------------------------- finding runs
+def sweep_jobs(sweep_dir: Path) -> list[list[str]]:
+    """The override lists of a multirun's jobs in job-number order (what Hydra's basic sweeper made)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()) or {}
+    h = cfg.get("hydra") or {}
+    params = (h.get("sweeper") or {}).get("params") or {}
+    args = [f"{k}={v}" for k, v in params.items()] + list((h.get("overrides") or {}).get("task") or [])
+    overrides = OverridesParser.create().parse_overrides(args)
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def _missing_job(sweep_dir: Path, num: int, overrides: list[str]) -> Run:
+    from omegaconf import OmegaConf
+
+    base = flatten(_resolve(OmegaConf.load(sweep_dir / "multirun.yaml")))
+    base = {k: v for k, v in base.items() if not k.startswith("hydra.")}
+    describe = {}
+    for o in overrides:
+        k, _, v = o.lstrip("+~").partition("=")
+        describe[k] = v
+        base[k] = yaml.safe_load(v) if v else v
+    return Run(sweep_dir / str(num), "missing", "job folder not found (not run, or lost)", base, describe)
+
+
+def runs_in_sweep(sweep_dir: Path) -> list[Run]:
+    try:
+        jobs = sweep_jobs(sweep_dir)
+    except Exception:  # noqa: BLE001 - an odd sweep file: fall back to the job folders found
+        jobs = []
+    found = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    nums = sorted(set(range(len(jobs))) | {int(p.name) for p in found})
+    runs = []
+    for n in nums:
+        job_dir = sweep_dir / str(n)
+        if job_dir.is_dir():
+            runs.extend(runs_in_run_dir(job_dir))
+        else:
+            runs.append(_missing_job(sweep_dir, n, jobs[n]))
+    return runs
+
+
+def runs_in_pipeline(run_dir: Path) -> list[Run]:
+    """The rows of a ``stage=pipeline`` run (``results.json``: row -> {miou, run_dir} or {skipped})."""
+    results = json.loads((run_dir / "results.json").read_text())
+    root = read_config(run_dir).get("paths.root_dir")
+    runs = []
+    for row, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        if r.get("skipped") or not r.get("run_dir"):
+            runs.append(Run(run_dir, "missing", f"row skipped: {r.get('skipped', 'no run')}", row=row,
+                            config=read_config(run_dir), describe={"row": row}))
+            continue
+        where = Path(r["run_dir"])
+        for cand in (where, Path(root) / where if root else None, run_dir / where):
+            if cand is not None and cand.is_dir():
+                where = cand
+                break
+        run = load_run(where, row=row)
+        if run.status == "missing":
+            run.reason = f"row {row}: run folder {r['run_dir']} not found"
+        runs.append(run)
+    return runs
+
+
+def runs_in_run_dir(run_dir: Path) -> list[Run]:
+    if (run_dir / "results.json").is_file() and not (run_dir / "metrics.json").is_file():
+        return runs_in_pipeline(run_dir)
+    return [load_run(run_dir)]
+
+
+def _is_run(d: Path) -> bool:
+    return (d / ".hydra" / "config.yaml").is_file() or (d / "metrics.json").is_file() or (d / "results.json").is_file()
+
+
+def find_runs(inputs: Iterable[str | Path]) -> list[Run]:
+    """Every run under ``inputs`` (folders or globs), each once, in the order given."""
+    dirs: list[Path] = []
+    for item in inputs:
+        item = str(item)
+        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
+        if not matches:
+            raise ConfigError(f"runs={item}: nothing matches this pattern")
+        for m in matches:
+            p = Path(m).expanduser()
+            if not p.is_dir():
+                if glob.has_magic(item):
+                    continue
+                raise ConfigError(f"runs={item}: folder not found; expected run folders or sweep folders")
+            dirs.append(p)
+    runs: list[Run] = []
+    seen: set[Path] = set()
+
+    def visit(d: Path) -> None:
+        key = d.resolve()
+        if key in seen:
+            return
+        seen.add(key)
+        if (d / "multirun.yaml").is_file():
+            runs.extend(runs_in_sweep(d))
+            seen.update(p.resolve() for p in d.iterdir() if p.is_dir())
+        elif _is_run(d):
+            runs.extend(runs_in_run_dir(d))
+        else:
+            for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                visit(sub)
+
+    for d in dirs:
+        visit(d)
+    return [r for r in runs if r.row is not None or r.stage not in NO_MIOU_STAGES]
+
+
+# --------------------------------------------------------------------------- grouping
+def ignored(key: str, extra: Sequence[str] = ()) -> bool:
+    for pat in (*IGNORE, *extra):
+        if key == pat or key.startswith(pat + "."):
+            return True
+    return bool(PATH_LIKE.search(key))
+
+
+def setting_key(run: Run, extra_ignore: Sequence[str] = ()) -> tuple:
+    items = {k: v for k, v in run.config.items() if not ignored(k, extra_ignore)}
+    if run.row:
+        items["row"] = run.row
+    if not items:  # no config at all: a setting of its own
+        items["path"] = str(run.path)
+    return tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in items.items()))
+
+
+@dataclass
+class Row:
+    runs: list[Run]
+    label: str = ""
+    paper: dict | None = None
+
+    @property
+    def ok(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "ok"]
+
+    @property
+    def first(self) -> Run:
+        return (self.ok or self.runs)[0]
+
+    def values(self, metric: str) -> list[float]:
+        out = []
+        for r in self.ok:
+            v = metric_value(r.metrics, metric)
+            if v is not None:
+                out.append(v)
+        return out
+
+    def status(self) -> str:
+        bad = [r for r in self.runs if r.status != "ok"]
+        if not bad:
+            return "ok"
+        kinds = sorted({r.status for r in bad})
+        return ", ".join(f"{sum(r.status == k for r in bad)} {k}" for k in kinds)
+
+
+def metric_value(metrics: dict | None, name: str) -> float | None:
+    """``miou``, ``miou16``/``miou13`` (top level or under ``subsets``), or ``iou:<class>``."""
+    if not metrics:
+        return None
+    if name.startswith("iou:"):
+        v = (metrics.get("per_class_iou") or {}).get(name[4:])
+    else:
+        v = metrics.get(name)
+        if v is None and isinstance((metrics.get("subsets") or {}).get(name), dict):
+            v = metrics["subsets"][name].get("miou")
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def table_id(run: Run) -> str:
+    name = str(run.config.get("task_name") or "")
+    m = re.match(r"table(\d+)", name)
+    return f"Table {m.group(1)}" if m else "runs"
+
+
+def dataset_of(run: Run) -> str:
+    return str(run.config.get("dataset.name") or (run.metrics or {}).get("dataset") or "unknown dataset")
+
+
+def group(runs: Sequence[Run], extra_ignore: Sequence[str] = ()) -> dict[tuple[str, str], list[Row]]:
+    """``{(table, dataset): [Row, …]}``; rows in the order their first run was found."""
+    tables: dict[tuple[str, str], dict[tuple, Row]] = {}
+    for run in runs:
+        t = tables.setdefault((table_id(run), dataset_of(run)), {})
+        t.setdefault(setting_key(run, extra_ignore), Row([])).runs.append(run)
+    out = {}
+    for key, rows in tables.items():
+        rows = list(rows.values())
+        _label(rows, extra_ignore)
+        out[key] = rows
+    return out
+
+
+def _label(rows: list[Row], extra_ignore: Sequence[str]) -> None:
+    """Name each row by what differs between the rows of its table (choices/overrides, else config keys)."""
+    def desc(row: Row) -> dict:
+        d = {}
+        for r in row.runs:
+            for k, v in r.describe.items():
+                if k != "seed" and not ignored(k, extra_ignore):
+                    d.setdefault(k, v)
+        return d
+
+    descs = [desc(r) for r in rows]
+    keys = sorted({k for d in descs for k in d})
+    varying = [k for k in keys if len({str(d.get(k)) for d in descs}) > 1]
+    if len(rows) > 1 and not varying:  # fall back to the config keys that differ
+        cfgs = [{k: v for k, v in r.first.config.items() if not ignored(k, extra_ignore)} for r in rows]
+        ckeys = sorted({k for c in cfgs for k in c})
+        varying_cfg = [k for k in ckeys if len({json.dumps(c.get(k), default=str) for c in cfgs}) > 1]
+        descs, varying = cfgs, varying_cfg[:6]
+    for row, d in zip(rows, descs):
+        parts = [row.first.row] if row.first.row else []
+        parts += [f"{k}={d.get(k)}" for k in varying if k != "row" and d.get(k) is not None]
+        row.label = ", ".join(parts) or str(row.first.config.get("task_name") or row.first.path.name)
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+def load_paper(path: str | Path = PAPER_FILE) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = yaml.safe_load(path.read_text()) or {}
+    return list(data.get("rows") or [])
+
+
+def _matches(run: Run, match: dict) -> bool:
+    for key, want in match.items():
+        have = run.row if key == "row" and run.row else run.config.get(key)
+        if key == "row" and not run.row:
+            have = run.config.get("task_name")
+        options = want if isinstance(want, list) else [want]
+        if str(have) not in {str(o) for o in options}:
+            return False
+    return True
+
+
+def attach_paper(tables: dict[tuple[str, str], list[Row]], paper: list[dict]) -> None:
+    for rows in tables.values():
+        for row in rows:
+            for entry in paper:
+                if entry.get("match") and _matches(row.first, entry["match"]):
+                    row.paper = entry
+                    break
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass
+class Layout:
+    classes: list[str]
+    summary: list[tuple[str, str]]  # (metric key, column title)
+
+
+def layout(rows: Sequence[Row]) -> Layout:
+    """Per-class columns + summary columns, as DASS papers print them for this dataset."""
+    metrics = [r.metrics for row in rows for r in row.ok if r.metrics]
+    if not metrics:
+        return Layout([], [("miou", "mIoU")])
+    m = metrics[0]
+    classes = list(m.get("classes") or (m.get("per_class_iou") or {}).keys())
+    subsets = m.get("subsets") or {}
+    if "miou16" in subsets or "miou16" in m:  # SYNTHIA -> Cityscapes: 16 classes, mIoU (16) and mIoU* (13)
+        sub = subsets.get("miou16", {}).get("classes") if isinstance(subsets.get("miou16"), dict) else None
+        return Layout(list(sub or classes), [("miou16", "mIoU"), ("miou13", "mIoU*")])
+    return Layout(classes, [("miou", "mIoU")])
+
+
+def _fmt(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _paper_cell(row: Row, lay: Layout) -> str:
+    if not row.paper:
+        return ""
+    vals = [row.paper.get(k) for k, _ in lay.summary]
+    return " / ".join("—" if v is None else f"{float(v):.1f}" for v in vals)
+
+
+def _runs_cell(row: Row) -> str:
+    n_ok = len(row.values(row_metric(row)))
+    cell = f"{n_ok}/{len(row.runs)}"
+    status = row.status()
+    return cell if status == "ok" else f"{cell} ({status})"
+
+
+def row_metric(row: Row) -> str:
+    return "miou16" if any(metric_value(r.metrics, "miou16") is not None for r in row.ok) else "miou"
+
+
+def markdown(title: str, rows: Sequence[Row], lay: Layout) -> str:
+    head = ["setting", "runs", *[SHORT.get(c, c) for c in lay.classes], *[t for _, t in lay.summary],
+            "paper " + " / ".join(t for _, t in lay.summary)]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
+             "|" + "|".join([":--", "--:"] + ["--:"] * (len(head) - 2)) + "|"]
+    for row in rows:
+        if not row.ok:
+            reason = "; ".join(sorted({r.reason for r in row.runs}))
+            cells = [row.label, _runs_cell(row)] + ["—"] * len(lay.classes)
+            cells += [f"**{row.runs[0].status}**" if i == 0 else "—" for i in range(len(lay.summary))]
+            cells += [_paper_cell(row, lay)]
+            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(f"|   ↳ {reason} |" + " |" * (len(head) - 1))
+            continue
+        cells = [row.label, _runs_cell(row)]
+        cells += [_fmt(row.values(f"iou:{c}")) for c in lay.classes]
+        cells += [_fmt(row.values(k)) for k, _ in lay.summary]
+        cells += [_paper_cell(row, lay)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "IoU in percent; mean ± sample std over seeds; runs = finished/all."]
+    if any(r.paper for r in rows):
+        sources = sorted({str(r.paper.get("source", "")) for r in rows if r.paper} - {""})
+        lines.append("Paper: " + "; ".join(sources) if sources else "Paper: dasslab/paper_results.yaml")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(title: str, rows: Sequence[Row], lay: Layout) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    metrics = [(f"iou:{c}", c) for c in lay.classes] + [(k, t) for k, t in lay.summary]
+    w.writerow(["table", "setting", "runs_ok", "runs", "status", *[x for _, t in metrics for x in (t, f"{t} std")],
+                *[f"paper {t}" for _, t in lay.summary], "run_dirs"])
+    for row in rows:
+        vals = []
+        for key, _ in metrics:
+            v = row.values(key)
+            vals += [f"{statistics.fmean(v):.4f}" if v else "", f"{statistics.stdev(v):.4f}" if len(v) > 1 else ""]
+        paper = [("" if not row.paper or row.paper.get(k) is None else row.paper[k]) for k, _ in lay.summary]
+        w.writerow([title, row.label, len(row.ok), len(row.runs), row.status(), *vals, *paper,
+                    ";".join(str(r.path) for r in row.runs)])
+    return buf.getvalue()
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def write_tables(runs: Sequence[Run], out_dir: str | Path, paper_file: str | Path = PAPER_FILE,
+                 extra_ignore: Sequence[str] = ()) -> dict[str, str]:
+    """Write ``<table>_<dataset>.md/.csv`` and ``tables.md`` into ``out_dir``; returns {title: markdown}."""
+    from dasslab.utils.io import atomic_write_text
+
+    if not runs:
+        raise ConfigError("runs=…: no run folders found (expected .hydra/config.yaml, metrics.json, "
+                          "results.json or multirun.yaml inside)")
+    out = Path(out_dir).expanduser()
+    tables = group(runs, extra_ignore)
+    attach_paper(tables, load_paper(paper_file))
+    order = sorted(tables, key=lambda k: (k[0] == "runs", k[0], k[1]))
+    result = {}
+    for tid, dataset in order:
+        rows = tables[(tid, dataset)]
+        lay = layout(rows)
+        title = f"{tid} — {dataset}"
+        md = markdown(title, rows, lay)
+        atomic_write_text(out / f"{slug(tid)}_{slug(dataset)}.md", md)
+        atomic_write_text(out / f"{slug(tid)}_{slug(dataset)}.csv", csv_text(title, rows, lay))
+        result[title] = md
+    atomic_write_text(out / "tables.md", "\n".join(result.values()))
+    return result
+
+
+# --------------------------------------------------------------------------- command line
+USAGE = ("usage: dasslab-tables runs=DIR[,DIR…] [runs=GLOB …] out=DIR [paper=FILE] [ignore=KEY,…]\n"
+         "  DIR: a run folder, a multirun sweep folder, a pipeline run, or a folder holding any of them")
+
+
+def parse_args(argv: Sequence[str]) -> dict:
+    """``key=value`` arguments (``runs`` may repeat, hold a comma list or ``[a,b]``); bare words are runs."""
+    args: dict = {"runs": [], "out": None, "paper": str(PAPER_FILE), "ignore": []}
+    for a in argv:
+        if a in ("-h", "--help"):
+            raise SystemExit(USAGE)
+        key, eq, value = a.partition("=")
+        if not eq:
+            key, value = "runs", a
+        if key not in args:
+            raise ConfigError(f"{key}={value}: unknown setting; expected runs=, out=, paper= or ignore=")
+        if key in ("runs", "ignore"):
+            args[key] += [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        else:
+            args[key] = value
+    if not args["runs"]:
+        raise ConfigError("runs: a value is required (runs=DIR, a comma list or a glob)")
+    if not args["out"]:
+        raise ConfigError("out: a value is required (out=DIR, where the tables go)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        runs = find_runs(args["runs"])
+        tables = write_tables(runs, args["out"], args["paper"], args["ignore"])
+    except DasslabError as e:
+        sys.stderr.write(f"error: {e}\n")
+        raise SystemExit(2) from None
+    for md in tables.values():
+        print(md)
+    n_bad = sum(r.status != "ok" for r in runs)
+    print(f"{len(runs)} runs ({n_bad} failed or missing) -> {len(tables)} tables in {args['out']}")
+
+
+if __name__ == "__main__":
+    main()

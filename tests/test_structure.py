@@ -1,0 +1,226 @@
+"""The shape of the code: no import cycles; stages are data (a new stage is a config file); the pipeline plans."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "dasslab"
+TESTS = Path(__file__).resolve().parent
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the package modules it imports (module- and function-level imports alike)."""
+    mods = {}
+    for f in root.rglob("*.py"):
+        rel = f.relative_to(root.parent).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        mods[".".join(parts)] = f
+    graph = {m: set() for m in mods}
+    for m, f in mods.items():
+        is_pkg = f.name == "__init__.py"
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = m.split(".")
+                if node.level:
+                    base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module or ""
+                targets = [prefix] + [f"{prefix}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in mods and t != m and not m.startswith(t + ".") and t != root.name:
+                    graph[m].add(t)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg import a\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    assert cycles(import_graph(pkg)) == [["pkg.a", "pkg.b"]]
+
+
+def test_no_import_cycles_in_dasslab():
+    assert cycles(import_graph(PKG)) == []
+
+
+def test_lower_layers_do_not_import_upper_ones():
+    graph = import_graph(PKG)
+    upper = ("dasslab.lit", "dasslab.callbacks", "dasslab.stages", "dasslab.pipeline", "dasslab.train")
+    for low in ("dasslab.diffusion", "dasslab.guidance", "dasslab.data"):
+        for m, deps in graph.items():
+            if m.startswith(low):
+                bad = [d for d in deps if d.startswith(upper)]
+                assert not bad, f"{m} imports {bad}"
+    assert not any(d.startswith(("dasslab.segmentation", "dasslab.lit")) for m, deps in graph.items()
+                   if m.startswith("dasslab.diffusion") for d in deps)
+
+
+STAGE = """\
+# @package stage
+name: both_domains
+kind: fit
+datamodule:
+  _target_: dasslab.data.datamodule.from_config
+  train_domains: [source, target_train_labeled]
+  batch_size: 4
+module:
+  _target_: dasslab.lit.build.segmenter
+  train_keys: [source, target_train_labeled]
+  augment: {enabled: false}
+max_steps: 2
+val_every: null
+paper_batch_size: 2
+checkpoint_every: null
+callbacks: {}
+evaluate: true
+ignore: []
+"""
+
+
+def test_a_stage_defined_only_in_a_test_config_runs_through_run_stage(compose, tmp_path):
+    from dasslab.train import run
+
+    extra = tmp_path / "extra_conf"
+    (extra / "stage").mkdir(parents=True)
+    (extra / "stage" / "both_domains.yaml").write_text(STAGE)
+    out = tmp_path / "run"
+    cfg = compose("debug=smoke", "stage=both_domains", f"hydra.searchpath=[file://{extra}]",
+                  f"paths.output_dir={out}")
+    rec = run(cfg)
+    assert rec["stage"] == "both_domains" and rec["train_on"] == ["source", "target_train_labeled"]
+    assert rec["steps"] == 2
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["miou"] == rec["miou"] and (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def _pipeline_args(tmp_path, log, sleep=0.0):
+    job = "{stage:{name:counted,kind:run,ignore:[],run:{_target_:stage_fixtures.slow_count,_partial_:true}}}"
+    return ["debug=smoke", "stage=pipeline", "pipeline.rows=[counted]",
+            f"+pipeline.jobs.counted={job}",
+            f"+pipeline_test.log={log}", f"+pipeline_test.sleep={sleep}"]
+
+
+def test_pipeline_runs_a_job_once_and_reuses_it(compose, tmp_path, monkeypatch, capsys):
+    from dasslab.train import run
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    log = tmp_path / "runs.log"
+    first = run(compose(*_pipeline_args(tmp_path, log), f"paths.output_dir={tmp_path / 'a'}"))
+    second = run(compose(*_pipeline_args(tmp_path, log), f"paths.output_dir={tmp_path / 'b'}"))
+    assert len(log.read_text().splitlines()) == 1
+    assert "reusing" in capsys.readouterr().out
+    assert first["counted"]["run_dir"] == second["counted"]["run_dir"]
+    # a setting the job reads changes its key: a new run
+    run(compose(*_pipeline_args(tmp_path, log), "seed=3", f"paths.output_dir={tmp_path / 'c'}"))
+    assert len(log.read_text().splitlines()) == 2
+    # what cannot change the result (pipeline.ignore) does not
+    run(compose(*_pipeline_args(tmp_path, log), "data.num_workers=1", f"paths.output_dir={tmp_path / 'd'}"))
+    assert len(log.read_text().splitlines()) == 2
+
+
+def test_two_processes_wanting_one_job_run_it_once(tmp_path, digits_data_dir):
+    log = tmp_path / "runs.log"
+    env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir),
+               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-m", "dasslab.train", *_pipeline_args(tmp_path, log, sleep=2.0),
+                               f"paths.output_dir={tmp_path / f'job{i}'}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert len(log.read_text().splitlines()) == 1
+    assert sum("reusing" in o for o in outs) == 1
+    for i in range(2):
+        assert json.loads((tmp_path / f"job{i}" / "results.json").read_text())["counted"]["run_dir"]
+
+
+def test_dry_run_plans_without_running(compose, tmp_path, capsys):
+    from dasslab.train import run
+
+    out = run(compose("debug=smoke", "stage=pipeline", "pipeline.rows=[source_only,baseline]",
+                      "pipeline.dry_run=true", f"paths.output_dir={tmp_path / 'plan'}"))
+    plan = out["plan"]
+    assert list(plan) == ["source_only", "diffusion", "baseline"]
+    assert plan["baseline"]["needs"] == ["source_only", "diffusion"]
+    assert not any(Path(p["run_dir"]).exists() for p in plan.values())
+    text = capsys.readouterr().out
+    assert "waits for: source_only, diffusion" in text
+
+
+def test_rows_needing_target_labels_are_skipped_with_the_reason(compose, tmp_path, capsys):
+    from dasslab.train import run
+
+    cfg = compose("debug=smoke", "stage=pipeline", "pipeline.rows=[oracle]", "pipeline.dry_run=true",
+                  "~dataset.target_train_labeled", f"paths.output_dir={tmp_path / 'p'}")
+    run(cfg)
+    assert "oracle: skipped (needs dataset.target_train_labeled" in capsys.readouterr().out
+
+
+def test_pipeline_job_config_swaps_groups_and_fills_upstream_checkpoints(compose, tmp_path):
+    from dasslab.pipeline import plan
+
+    cfg = compose("debug=smoke", "stage=pipeline", "guidance=sgg", f"paths.output_dir={tmp_path}")
+    planned, skipped = plan(cfg, ["baseline"])
+    job = planned["baseline"].cfg
+    assert job.guidance.name == "none" and job.stage.name == "adapt"
+    assert job.segmenter.init_ckpt == str(planned["source_only"].checkpoint)
+    assert job.diffusion_ckpt == str(planned["diffusion"].checkpoint)
+    assert skipped == {}
+
+
+@pytest.mark.parametrize("bad, match", [
+    ("pipeline.rows=[nope]", "nope"),
+])
+def test_unknown_rows_are_config_errors(compose, tmp_path, bad, match):
+    from dasslab.errors import ConfigError
+    from dasslab.validate import validate_config
+
+    with pytest.raises(ConfigError, match=match):
+        validate_config(compose("debug=smoke", "stage=pipeline", bad, f"paths.output_dir={tmp_path}"))
