@@ -16,7 +16,7 @@ start-up is reported separately as ``first_batch_s``):
 Ratios within one run (``speedup_2_vs_0``) are comparable across machines;
 absolute rates are for this machine only (recorded under ``machine``).
 
-Usage: ``python benchmarks/bench_data.py [--quick] [--out PATH]``.
+Usage: ``python benchmarks/bench_data.py [--quick] [--device cuda] [--out PATH]``.
 ``--quick`` uses fewer samples (a smoke run in a few seconds).
 """
 
@@ -48,18 +48,27 @@ GTA_SIZE = (1052, 1914)  # (h, w)
 GTA_IDS = np.array([7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33, 0, 1])
 
 
-def loader_rate(dataset, batch_size: int, workers: int, n_samples: int) -> dict:
-    """Iterate ``n_samples`` (cycling epochs); return samples/s after the first batch."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+def loader_rate(dataset, batch_size: int, workers: int, n_samples: int, device: str = "cpu") -> dict:
+    """Iterate ``n_samples`` (cycling epochs); return samples/s after the first batch.
+
+    On CUDA the loader pins memory and every batch's tensors are copied to the device (non-blocking,
+    synchronised before the clock stops), as in training.
+    """
+    cuda = torch.device(device).type == "cuda"
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=cuda,
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
     seen, t0, t_first = 0, time.perf_counter(), None
     while seen < n_samples:
         for batch in loader:
+            if cuda:
+                _ = [v.to(device, non_blocking=True) for v in batch.values() if isinstance(v, torch.Tensor)]
             seen += len(batch["name"])
             if t_first is None:
                 t_first, seen_first = time.perf_counter(), seen
             if seen >= n_samples:
                 break
+    if cuda:
+        torch.cuda.synchronize(device)
     t1 = time.perf_counter()
     timed = seen - seen_first
     return {"workers": workers, "batch_size": batch_size, "samples": seen,
@@ -108,11 +117,12 @@ def stage_times(ds: GTA5, n: int) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small run (smoke test)")
+    ap.add_argument("--device", default="cpu", help="where batches go: cpu, or cuda (pinned memory + copy)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "data.json"))
     args = ap.parse_args(argv)
     quick = args.quick
     result = {
-        "benchmark": "data", "quick": quick,
+        "benchmark": "data", "quick": quick, "device": args.device,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
                     "torch_threads": torch.get_num_threads(),
@@ -125,7 +135,7 @@ def main(argv=None) -> dict:
         make_digits(tmp / "digits", n_train=n_train, n_val=100 if quick else 600)
         gen_s = time.perf_counter() - t0
         ds = Digits(tmp / "digits", "source", "train", n_train=n_train, n_val=100 if quick else 600)
-        runs = [loader_rate(ds, 64, w, 1000 if quick else 6000) for w in (0, 2)]
+        runs = [loader_rate(ds, 64, w, 1000 if quick else 6000, args.device) for w in (0, 2)]
         result["digits"] = {"size": 32, "n_train": n_train, "generate_s": round(gen_s, 3), "loaders": runs,
                             "speedup_2_vs_0": _ratio(runs)}
         print(f"digits: generated in {gen_s:.2f} s; " + _fmt(runs), flush=True)
@@ -134,7 +144,7 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         root = make_gta5_tree(tmp / "gta5", n_img)
         ds = GTA5(root, transform=build_transform(True, resize=(512, 1024), seed=0))
-        runs = [loader_rate(ds, 2, w, 8 if quick else 48) for w in (0, 2)]
+        runs = [loader_rate(ds, 2, w, 8 if quick else 48, args.device) for w in (0, 2)]
         result["gta5"] = {"source_size_hw": list(GTA_SIZE), "resize_hw": [512, 1024], "images": n_img,
                           "tree_write_s": round(time.perf_counter() - t0, 2), "loaders": runs,
                           "speedup_2_vs_0": _ratio(runs), "stage_ms_per_sample": stage_times(ds, n_img)}

@@ -30,6 +30,8 @@ if str(ROOT) not in sys.path:
 
 from dasslab.diffusion import Denoiser, NoiseSchedule, Sampler
 
+SAMPLER_OPTIONS: dict = {}  # --autocast / --compile, set in main()
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -90,7 +92,7 @@ def bench_small(device, quick: bool, log) -> dict:
     out["train_step"] = timeit(make_train_step(den, schedule, x0), repeats, device)
     log(f"small train step: {out['train_step']['median_s'] * 1e3:.1f} ms")
     den.eval()
-    sampler = Sampler(schedule, den)
+    sampler = Sampler(schedule, den, **SAMPLER_OPTIONS)
     out["reverse_step"] = timeit(make_reverse_step(sampler, schedule, x0, 300), repeats, device)
     log(f"small reverse step: {out['reverse_step']['median_s'] * 1e3:.1f} ms")
 
@@ -128,7 +130,7 @@ def bench_paper(device, quick: bool, log) -> dict:
     x0 = torch.rand(batch, 3, h, w, device=device) * 2 - 1
     out: dict = {"preset": "ddpm_paper", "image_size": [h, w], "batch": batch, "params": n_params(den)}
     den.eval()
-    sampler = Sampler(schedule, den)
+    sampler = Sampler(schedule, den, **SAMPLER_OPTIONS)
     out["reverse_step"] = timeit(
         make_reverse_step(sampler, schedule, x0, 300), 1, device, warmup=0 if quick else 1
     )
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats and depths; skip the paper train step")
     p.add_argument("--no-paper", action="store_true", help="skip the 113 M-parameter ddpm_paper preset")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--autocast", default=None, help="the sampler's denoiser autocast dtype (bf16/fp16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the denoiser in the sampler")
     p.add_argument(
         "--threads",
         type=int,
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
+    SAMPLER_OPTIONS.update(autocast_dtype=args.autocast, compile=args.compile)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_start": list(os.getloadavg()),
+        "sampler_options": dict(SAMPLER_OPTIONS),
     }
     t0 = time.perf_counter()
     result["small"] = bench_small(device, args.quick, log)

@@ -77,7 +77,7 @@ class Job:
         return self.out / "checkpoints" / "last.ckpt"
 
 
-def job_config(cfg: DictConfig, name: str, planned: dict[str, Job]) -> DictConfig:
+def job_config(cfg: DictConfig, name: str, planned: dict[str, Job], seed: int | None = None) -> DictConfig:
     """The config of job ``name`` with the checkpoints of its (planned) upstream jobs filled in."""
     job = cfg.pipeline.jobs[name]
     sub = copy.deepcopy(cfg)
@@ -91,6 +91,8 @@ def job_config(cfg: DictConfig, name: str, planned: dict[str, Job]) -> DictConfi
     for key, upstream in (job.get("needs") or {}).items():
         OmegaConf.update(sub, key, str(planned[upstream].checkpoint), force_add=True)
     sub.task_name = name
+    if seed is not None:
+        sub.seed = int(seed)
     sub.pipeline.filled = list((job.get("needs") or {}).keys())
     return sub
 
@@ -101,8 +103,9 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
     planned: dict[str, Job] = {}
     skipped: dict[str, str] = {}
 
-    def add(name: str, chain: tuple = ()) -> None:
-        if name in planned:
+    def add(name: str, chain: tuple = (), seed: int | None = None) -> None:
+        label = name if seed is None else f"{name}@seed{seed}"
+        if label in planned:
             return
         if name in chain:
             raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
@@ -111,18 +114,23 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
         needs = list((jobs[name].get("needs") or {}).values())
         for upstream in needs:
             add(upstream, chain + (name,))
-        sub = job_config(cfg, name, planned)
+        sub = job_config(cfg, name, planned, seed)
         key = stage_key(sub)
         out = Path(cfg.paths.cache_dir) / str(sub.stage.name) / key
         sub.paths.output_dir = str(out)
-        planned[name] = Job(name, sub, key, out, needs)
+        planned[label] = Job(label, sub, key, out, needs)
 
+    seeds = list(cfg.pipeline.get("seeds") or [])
     for row in rows:
         why = _missing(cfg, row)
         if why:
             skipped[row] = why
             continue
-        add(row)
+        if seeds and jobs[row].get("per_seed") and row in jobs:
+            for seed in seeds:           # repeated with other seeds; what it needs is not
+                add(row, seed=int(seed))
+        else:
+            add(row)
     return planned, skipped
 
 
@@ -209,7 +217,7 @@ def run_pipeline(cfg: DictConfig) -> dict:
     done = {name: run_job(job, bool(cfg.pipeline.reuse)) for name, job in planned.items()}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {r: done[r] for r in cfg.pipeline.rows if r in done}
+    rows = {r: done[r] for r in done if r.split("@seed")[0] in cfg.pipeline.rows}
     summary = summarize(rows, skipped)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     md = results_markdown(summary, cfg.dataset.name)
@@ -225,13 +233,31 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
 
 def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -> dict:
-    """``{row: {miou, run_dir, [subsets], [gap_closed]}}`` with IoU in percent; skipped rows say why."""
+    """``{row: {miou, run_dir, [subsets], [gap_closed]}}`` with IoU in percent; skipped rows say why.
+
+    A row run with several seeds (``row@seedS`` results) reports the mean, ``std`` (sample standard
+    deviation), ``seeds`` and each seed's value under ``per_seed``.
+    """
+    grouped: dict[str, dict[str, dict]] = {}
+    for label, r in results.items():
+        row, _, seed = label.partition("@seed")
+        grouped.setdefault(row, {})[seed] = r
     out = {}
-    for row, r in results.items():
-        entry = {"miou": r.get("miou"), "run_dir": r.get("run_dir")}
-        for name, sub in (r.get("subsets") or {}).items():
-            entry[name] = sub.get("miou") if isinstance(sub, dict) else sub
-        out[row] = entry
+    for row, by_seed in grouped.items():
+        entries = []
+        for r in by_seed.values():
+            entry = {"miou": r.get("miou"), "run_dir": r.get("run_dir")}
+            for name, sub in (r.get("subsets") or {}).items():
+                entry[name] = sub.get("miou") if isinstance(sub, dict) else sub
+            entries.append(entry)
+        if len(entries) == 1 and "" in by_seed:
+            out[row] = entries[0]
+            continue
+        vals = [e["miou"] for e in entries if e["miou"] is not None]
+        mean = sum(vals) / len(vals) if vals else None
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        out[row] = {"miou": mean, "std": std, "seeds": [int(s) for s in by_seed],
+                    "per_seed": {s: e for s, e in zip(by_seed, entries)}}
     for row, why in (skipped or {}).items():
         out[row] = {"miou": None, "skipped": why}
     so, orc = out.get("source_only", {}).get("miou"), out.get("oracle", {}).get("miou")
@@ -249,6 +275,8 @@ def results_markdown(summary: dict, dataset: str) -> str:
     lines = [f"# Results on {dataset} (target val, mIoU %)", "", "| row | mIoU | gap closed |", "|---|---:|---:|"]
     for row, e in summary.items():
         m = "n/a" if e.get("miou") is None else f"{e['miou']:.2f}"
+        if e.get("seeds"):
+            m += f" ± {e['std']:.2f} ({len(e['seeds'])} seeds)"
         g = "" if e.get("gap_closed") is None else f"{100 * e['gap_closed']:.1f} %"
         if e.get("skipped"):
             g = f"skipped: {e['skipped']}"

@@ -361,27 +361,33 @@ def group(runs: Sequence[Run], extra_ignore: Sequence[str] = ()) -> dict[tuple[s
 
 
 def _label(rows: list[Row], extra_ignore: Sequence[str]) -> None:
-    """Name each row by what differs between the rows of its table (choices/overrides, else config keys)."""
+    """Name each row by what differs between the rows of its table: the pipeline row name, then the
+    choices/overrides that differ; where that leaves two rows alike, the config keys that differ."""
     def desc(row: Row) -> dict:
         d = {}
         for r in row.runs:
             for k, v in r.describe.items():
-                if k != "seed" and not ignored(k, extra_ignore):
+                if k not in ("seed", "row") and not ignored(k, extra_ignore):
                     d.setdefault(k, v)
         return d
 
-    descs = [desc(r) for r in rows]
-    keys = sorted({k for d in descs for k in d})
-    varying = [k for k in keys if len({str(d.get(k)) for d in descs}) > 1]
-    if len(rows) > 1 and not varying:  # fall back to the config keys that differ
-        cfgs = [{k: v for k, v in r.first.config.items() if not ignored(k, extra_ignore)} for r in rows]
-        ckeys = sorted({k for c in cfgs for k in c})
-        varying_cfg = [k for k in ckeys if len({json.dumps(c.get(k), default=str) for c in cfgs}) > 1]
-        descs, varying = cfgs, varying_cfg[:6]
-    for row, d in zip(rows, descs):
-        parts = [row.first.row] if row.first.row else []
-        parts += [f"{k}={d.get(k)}" for k in varying if k != "row" and d.get(k) is not None]
-        row.label = ", ".join(parts) or str(row.first.config.get("task_name") or row.first.path.name)
+    def labels(descs: list[dict], limit: int | None = None) -> list[str]:
+        keys = sorted({k for d in descs for k in d})
+        varying = [k for k in keys if len({str(d[k]) for d in descs if k in d}) > 1][:limit]  # among rows that say
+        out = []
+        for row, d in zip(rows, descs):
+            parts = [row.first.row] if row.first.row else []
+            parts += [f"{k}={d[k]}" for k in varying if k in d]
+            out.append(", ".join(parts))
+        return out
+
+    names = labels([desc(r) for r in rows])
+    if len(set(names)) < len(names):  # the choices do not tell the rows apart: the config does
+        cfgs = [{k: json.dumps(v, default=str) for k, v in r.first.config.items() if not ignored(k, extra_ignore)}
+                for r in rows]
+        names = labels(cfgs, limit=6)
+    for row, name in zip(rows, names):
+        row.label = name or str(row.first.config.get("task_name") or row.first.path.name)
 
 
 # --------------------------------------------------------------------------- the paper's numbers

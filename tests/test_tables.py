@@ -1,0 +1,194 @@
+"""``dasslab-tables`` on synthetic run folders: seeds averaged, sweeps expanded, failures kept, paper beside."""
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dasslab.data.labels import CITYSCAPES_CLASSES, SYNTHIA_13, SYNTHIA_16
+from dasslab.errors import ConfigError
+from dasslab.tables import find_runs, main, sweep_jobs, write_tables
+
+DIGITS = ["background"] + [str(i) for i in range(10)]
+
+
+def metrics(classes, values, subsets=None):
+    per = dict(zip(classes, values))
+    rec = {"miou": round(statistics.fmean(values), 4), "per_class_iou": per, "classes": list(classes),
+           "subsets": {}, "split": "target_val"}
+    for name, idx in (subsets or {}).items():
+        m = round(statistics.fmean(values[i] for i in idx), 4)
+        rec["subsets"][name] = {"classes": [classes[i] for i in idx], "miou": m}
+        rec[name] = m
+    return rec
+
+
+def make_run(path: Path, config: dict, record: dict | None, overrides=(), choices=None) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    (path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices or {}}}}))
+    if record is not None:
+        (path / "metrics.json").write_text(json.dumps(record))
+    return path
+
+
+def cfg(task, dataset, seed, out, **extra):
+    c = {"task_name": task, "seed": seed, "stage": {"name": "adapt"}, "dataset": {"name": dataset},
+         "backbone": {"name": "deeplabv2_r101"}, "paths": {"output_dir": str(out)},
+         "segmenter": {"lr": 2.5e-4, "init_ckpt": f"{out}/../source/seed{seed}/last.ckpt"}}
+    for k, v in extra.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return c
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    rng = __import__("numpy").random.default_rng(0)
+    root = tmp_path / "outputs"
+    # Table 1 row over three seeds (GTA5 -> Cityscapes), and one seed whose run died
+    gta_values = {}
+    for seed in range(3):
+        vals = [round(float(v), 2) for v in rng.uniform(10, 90, 19)]
+        gta_values[seed] = vals
+        out = root / "table1_full" / f"seed{seed}"
+        make_run(out, cfg("table1_full", "gta5_cityscapes", seed, out), metrics(CITYSCAPES_CLASSES, vals),
+                 overrides=[f"seed={seed}"])
+    out = root / "table1_full" / "seed3"
+    make_run(out, cfg("table1_full", "gta5_cityscapes", 3, out), None, overrides=["seed=3"])
+    # a source-only row of the same table that failed on its only seed
+    out = root / "table1_source_only" / "seed0"
+    make_run(out, cfg("table1_full", "gta5_cityscapes", 0, out, **{"adapt.mode": "none"}), None,
+             overrides=["adapt.mode=none"])
+    # SYNTHIA -> Cityscapes: 16/13-class subsets
+    vals = [round(float(v), 2) for v in rng.uniform(10, 90, 19)]
+    out = root / "table1_synthia" / "seed0"
+    make_run(out, cfg("table1_full", "synthia_cityscapes", 0, out),
+             metrics(CITYSCAPES_CLASSES, vals, {"miou16": SYNTHIA_16, "miou13": SYNTHIA_13}))
+    # a diffusion run: no mIoU by design, not a row
+    out = root / "diffusion" / "run"
+    make_run(out, {"task_name": "diffusion", "stage": {"name": "diffusion"}, "dataset": {"name": "digits"}}, None)
+    return root, gta_values, vals
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """A multirun over lambda x N on digits: job 2 failed, job 3 never ran."""
+    d = tmp_path / "sweep"
+    d.mkdir()
+    task = ["guidance.scale=0.1,1.0", "ptl.N=10,20", "seed=0"]
+    (d / "multirun.yaml").write_text(yaml.safe_dump({
+        "task_name": "lambda_sweep", "seed": 0, "stage": {"name": "adapt"}, "dataset": {"name": "digits"},
+        "guidance": {"scale": 1.0}, "ptl": {"N": 600},
+        "hydra": {"sweeper": {"params": None}, "overrides": {"task": task}}}))
+    values = {}
+    for num, (scale, n) in enumerate([(0.1, 10), (0.1, 20), (1.0, 10)]):
+        vals = [float(num * 10 + i) for i in range(11)]
+        values[(scale, n)] = vals
+        c = {"task_name": "lambda_sweep", "seed": 0, "stage": {"name": "adapt"}, "dataset": {"name": "digits"},
+             "guidance": {"scale": scale}, "ptl": {"N": n}, "paths": {"output_dir": str(d / str(num))}}
+        make_run(d / str(num), c, metrics(DIGITS, vals) if num != 2 else None,
+                 overrides=[f"guidance.scale={scale}", f"ptl.N={n}", "seed=0"], choices={"guidance": "sgg"})
+    return d, values
+
+
+def test_seeds_are_averaged_failures_kept_and_paper_beside(runs_root, tmp_path):
+    root, gta_values, synthia_values = runs_root
+    runs = find_runs([root])
+    assert all(r.stage != "diffusion" for r in runs)
+    out = tmp_path / "tables"
+    tables = write_tables(runs, out)
+    assert set(tables) == {"Table 1 — gta5_cityscapes", "Table 1 — synthia_cityscapes"}
+
+    rows = read_csv(out / "table_1_gta5_cityscapes.csv")
+    assert len(rows) == 2  # the seeds of one setting, and the failed setting
+    full = next(r for r in rows if r["runs"] == "4")
+    assert full["runs_ok"] == "3" and full["status"] == "1 failed"
+    for j, name in enumerate(CITYSCAPES_CLASSES):
+        seeds = [gta_values[s][j] for s in range(3)]
+        assert float(full[name]) == pytest.approx(statistics.fmean(seeds), abs=1e-3)
+        assert float(full[f"{name} std"]) == pytest.approx(statistics.stdev(seeds), abs=1e-3)
+    assert float(full["mIoU"]) == pytest.approx(statistics.fmean(statistics.fmean(v) for v in gta_values.values()),
+                                                abs=1e-3)
+    assert float(full["paper mIoU"]) == 61.9  # dasslab/paper_results.yaml, row "full"
+    dead = next(r for r in rows if r["runs"] == "1")
+    assert dead["status"] == "1 failed" and dead["mIoU"] == "" and "adapt.mode=none" in dead["setting"]
+
+    md = tables["Table 1 — gta5_cityscapes"]
+    assert "| sidew. |" in md and "**failed**" in md and "no metrics.json" in md
+    assert " ± " in md and "3/4 (1 failed)" in md
+
+    syn = read_csv(out / "table_1_synthia_cityscapes.csv")[0]
+    assert "terrain" not in syn and "truck" not in syn and "train" not in syn  # 16 columns as papers print
+    assert float(syn["mIoU"]) == pytest.approx(statistics.fmean(synthia_values[i] for i in SYNTHIA_16), abs=1e-3)
+    assert float(syn["mIoU*"]) == pytest.approx(statistics.fmean(synthia_values[i] for i in SYNTHIA_13), abs=1e-3)
+    assert (out / "tables.md").read_text().count("###") == 2
+
+
+def test_a_sweep_becomes_a_table_with_failed_and_missing_jobs(sweep, tmp_path):
+    d, values = sweep
+    assert [sorted(j) for j in sweep_jobs(d)] == [sorted(["guidance.scale=0.1", "ptl.N=10", "seed=0"]),
+                                                  sorted(["guidance.scale=0.1", "ptl.N=20", "seed=0"]),
+                                                  sorted(["guidance.scale=1.0", "ptl.N=10", "seed=0"]),
+                                                  sorted(["guidance.scale=1.0", "ptl.N=20", "seed=0"])]
+    runs = find_runs([str(d)])
+    assert [r.status for r in runs] == ["ok", "ok", "failed", "missing"]
+    out = tmp_path / "t"
+    write_tables(runs, out)
+    rows = read_csv(out / "runs_digits.csv")
+    by_setting = {r["setting"]: r for r in rows}
+    assert set(by_setting) == {f"guidance.scale={s}, ptl.N={n}" for s in (0.1, 1.0) for n in (10, 20)}
+    for (s, n), vals in values.items():
+        row = by_setting[f"guidance.scale={s}, ptl.N={n}"]
+        if (s, n) == (1.0, 10):
+            assert row["status"] == "1 failed" and row["mIoU"] == ""
+        else:
+            assert float(row["mIoU"]) == pytest.approx(statistics.fmean(vals), abs=1e-3)
+            assert float(row["9"]) == vals[10]
+    assert by_setting["guidance.scale=1.0, ptl.N=20"]["status"] == "1 missing"
+
+
+def test_pipeline_results_rows_and_skipped_rows(runs_root, tmp_path):
+    root, gta_values, _ = runs_root
+    pipe = tmp_path / "pipe"
+    make_run(pipe, {"task_name": "table1_full", "stage": {"name": "pipeline"}, "dataset": {"name": "gta5_cityscapes"}},
+             None)
+    (pipe / "results.json").write_text(json.dumps({
+        "full": {"miou": 1.0, "run_dir": str(root / "table1_full" / "seed0")},
+        "oracle": {"miou": None, "skipped": "dataset has no target_train_labeled"}}))
+    runs = find_runs([pipe])
+    assert [(r.row, r.status) for r in runs] == [("full", "ok"), ("oracle", "missing")]
+    tables = write_tables(runs, tmp_path / "t")
+    md = tables["Table 1 — gta5_cityscapes"]
+    assert "| full |" in md and "| oracle |" in md and "row skipped: dataset has no target_train_labeled" in md
+    assert "61.9" in md
+
+
+def test_cli_globs_and_one_line_errors(sweep, runs_root, tmp_path, capsys):
+    d, _ = sweep
+    root, _, _ = runs_root
+    main([f"runs={root}/table1_*", f"runs={d}", f"out={tmp_path / 'cli'}"])
+    printed = capsys.readouterr().out
+    assert "Table 1 — gta5_cityscapes" in printed and "runs — digits" in printed
+    assert "(3 failed or missing)" in printed or "failed or missing" in printed
+    with pytest.raises(SystemExit) as e:
+        main([f"runs={tmp_path / 'nope'}", f"out={tmp_path / 'x'}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: runs={tmp_path / 'nope'}: folder not found; expected run " \
+                                               "folders or sweep folders"
+    with pytest.raises(ConfigError, match="^out: a value is required"):
+        from dasslab.tables import parse_args
+
+        parse_args([f"runs={d}"])
