@@ -32,8 +32,8 @@ test-fast: $(STAMP)  ## the tests not marked slow
 demo: $(STAMP)  ## the pipeline on the built-in digits benchmark: source only, oracle, baseline (ARGS='…' adds overrides)
 	$(VENV)/bin/dasslab-train stage=pipeline experiment=demo $(ARGS)
 
-bench: $(STAMP)  ## speed benchmarks, one JSON per benchmark in benchmarks/results/
-	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+bench: $(STAMP)  ## speed benchmarks (DEVICE=cpu|cuda), JSON per benchmark + PTL projection in benchmarks/results/
+	$(PY) benchmarks/run_all.py --device $(or $(DEVICE),cpu) $(BENCH_ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check dasslab tests benchmarks

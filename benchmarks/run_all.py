@@ -1,7 +1,9 @@
-"""`make bench`: run every benchmark; each writes one JSON file into benchmarks/results/.
+"""`make bench [DEVICE=cuda]`: run every benchmark on one device; each writes one JSON file into
+benchmarks/results/, then benchmarks/projection.py turns the measured step costs into PTL wall times.
 
-    python benchmarks/run_all.py            # full (tens of minutes on a 2-core CPU)
-    python benchmarks/run_all.py --quick    # small sizes only (about two minutes)
+    python benchmarks/run_all.py                      # CPU, full (tens of minutes on a 2-core CPU)
+    python benchmarks/run_all.py --quick              # small sizes only (a few minutes)
+    python benchmarks/run_all.py --device cuda        # every benchmark on the GPU, paper sizes
     python benchmarks/run_all.py --only data segmenter
 """
 
@@ -14,17 +16,29 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["data", "segmenter", "diffusion", "guidance"]
+BENCHES = ["data", "segmenter", "diffusion", "guidance", "projection"]
+
+
+def command(name: str, device: str, quick: bool) -> list[str]:
+    if name == "projection":
+        return [sys.executable, str(HERE / "projection.py")]
+    cmd = [sys.executable, str(HERE / f"bench_{name}.py"), "--device", device]
+    if quick:
+        cmd.append("--quick")
+    if name == "segmenter" and device.startswith("cuda"):
+        cmd += ["--batches", "2", "8", "32"]
+    return cmd
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: where every benchmark runs")
     ap.add_argument("--only", nargs="*", choices=BENCHES, default=BENCHES)
     args = ap.parse_args()
     failed = []
     for name in args.only:
-        cmd = [sys.executable, str(HERE / f"bench_{name}.py")] + (["--quick"] if args.quick else [])
+        cmd = command(name, args.device, args.quick)
         t0 = time.time()
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         rc = subprocess.call(cmd)

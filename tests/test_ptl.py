@@ -71,7 +71,11 @@ def build(cfg):
 
 
 def trainer(root, max_steps, callbacks=(), **kw):
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False,
+                     enable_checkpointing=checkpointing,
                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                      num_sanity_val_steps=0, default_root_dir=str(root), callbacks=list(callbacks), **kw)
 

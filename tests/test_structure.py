@@ -206,10 +206,14 @@ def test_rows_needing_target_labels_are_skipped_with_the_reason(compose, tmp_pat
 def test_pipeline_job_config_swaps_groups_and_fills_upstream_checkpoints(compose, tmp_path):
     from dasslab.pipeline import plan
 
-    cfg = compose("debug=smoke", "stage=pipeline", "guidance=sgg", f"paths.output_dir={tmp_path}")
-    planned, skipped = plan(cfg, ["baseline"])
+    cfg = compose("debug=smoke", "stage=pipeline", "guidance=sgg", "guidance.shift=0.2", "ptl.N=7",
+                  f"paths.output_dir={tmp_path}")
+    planned, skipped = plan(cfg, ["baseline", "wo_lcg"])
     job = planned["baseline"].cfg
-    assert job.guidance.name == "none" and job.stage.name == "adapt"
+    assert job.guidance.name == "none" and job.stage.name == "adapt" and job.ptl.name == "direct"
+    assert job.ptl.N == 7                                  # the experiment's settings carry over
+    wo_lcg = planned["wo_lcg"].cfg.guidance
+    assert (wo_lcg.lcg, wo_lcg.gsg, wo_lcg.shift) == (False, True, 0.2)
     assert job.segmenter.init_ckpt == str(planned["source_only"].checkpoint)
     assert job.diffusion_ckpt == str(planned["diffusion"].checkpoint)
     assert skipped == {}
