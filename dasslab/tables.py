@@ -179,8 +179,11 @@ def _missing_job(sweep_dir: Path, num: int, overrides: list[str]) -> Run:
     from omegaconf import OmegaConf
 
     base = flatten(_resolve(OmegaConf.load(sweep_dir / "multirun.yaml")))
+    prefix = "hydra.runtime.choices."
+    describe = {k[len(prefix):]: v for k, v in base.items()
+                if k.startswith(prefix) and not k.startswith(prefix + "hydra/") and k[len(prefix):] not in
+                ("paths", "logger", "callbacks")}
     base = {k: v for k, v in base.items() if not k.startswith("hydra.")}
-    describe = {}
     for o in overrides:
         k, _, v = o.lstrip("+~").partition("=")
         describe[k] = v
@@ -373,7 +376,7 @@ def _label(rows: list[Row], extra_ignore: Sequence[str]) -> None:
 
     def labels(descs: list[dict], limit: int | None = None) -> list[str]:
         keys = sorted({k for d in descs for k in d})
-        varying = [k for k in keys if len({str(d[k]) for d in descs if k in d}) > 1][:limit]  # among rows that say
+        varying = [k for k in keys if len({str(d.get(k)) for d in descs}) > 1][:limit]
         out = []
         for row, d in zip(rows, descs):
             parts = [row.first.row] if row.first.row else []
@@ -468,8 +471,9 @@ def row_metric(row: Row) -> str:
 
 
 def markdown(title: str, rows: Sequence[Row], lay: Layout) -> str:
-    head = ["setting", "runs", *[SHORT.get(c, c) for c in lay.classes], *[t for _, t in lay.summary],
-            "paper " + " / ".join(t for _, t in lay.summary)]
+    with_paper = any(r.paper for r in rows)
+    head = ["setting", "runs", *[SHORT.get(c, c) for c in lay.classes], *[t for _, t in lay.summary]]
+    head += ["paper " + " / ".join(t for _, t in lay.summary)] if with_paper else []
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join([":--", "--:"] + ["--:"] * (len(head) - 2)) + "|"]
     for row in rows:
@@ -477,17 +481,17 @@ def markdown(title: str, rows: Sequence[Row], lay: Layout) -> str:
             reason = "; ".join(sorted({r.reason for r in row.runs}))
             cells = [row.label, _runs_cell(row)] + ["—"] * len(lay.classes)
             cells += [f"**{row.runs[0].status}**" if i == 0 else "—" for i in range(len(lay.summary))]
-            cells += [_paper_cell(row, lay)]
+            cells += [_paper_cell(row, lay)] if with_paper else []
             lines.append("| " + " | ".join(cells) + " |")
             lines.append(f"|   ↳ {reason} |" + " |" * (len(head) - 1))
             continue
         cells = [row.label, _runs_cell(row)]
         cells += [_fmt(row.values(f"iou:{c}")) for c in lay.classes]
         cells += [_fmt(row.values(k)) for k, _ in lay.summary]
-        cells += [_paper_cell(row, lay)]
+        cells += [_paper_cell(row, lay)] if with_paper else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "IoU in percent; mean ± sample std over seeds; runs = finished/all."]
-    if any(r.paper for r in rows):
+    if with_paper:
         sources = sorted({str(r.paper.get("source", "")) for r in rows if r.paper} - {""})
         lines.append("Paper: " + "; ".join(sources) if sources else "Paper: dasslab/paper_results.yaml")
     return "\n".join(lines) + "\n"

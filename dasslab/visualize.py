@@ -90,8 +90,26 @@ def save_curve(path: str | Path, xs: Sequence[float], series: dict[str, Sequence
     return path
 
 
+def as_uint8(image) -> np.ndarray:
+    """A picture as ``HxW[x3] uint8``, what W&B and TensorBoard show as it is (W&B draws float images black).
+
+    uint8 passes through; a torch tensor is taken as images in [-1, 1] (:func:`to_uint8`); a
+    float or bool array is taken as values in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        return to_uint8(image) if image.dim() == 3 and image.shape[0] in (1, 3) else as_uint8(image.cpu().numpy())
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == bool or np.issubdtype(image.dtype, np.floating):
+        return (np.clip(image.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
 def log_image(trainer, key: str, image: np.ndarray, step: int | None = None) -> None:
-    """Send a uint8 picture to every logger that takes images (W&B, TensorBoard)."""
+    """Send a picture, as uint8 (:func:`as_uint8`), to every logger that takes images (W&B, TensorBoard)."""
+    image = as_uint8(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
     for lg in getattr(trainer, "loggers", []) or []:
         name = type(lg).__name__
         try:

@@ -349,3 +349,39 @@ def test_export_refuses_what_is_not_a_model(tmp_path, runs):
     torch.save({"state_dict": {"w": torch.zeros(1)}}, plain)
     with pytest.raises(CheckpointError, match="not a dasslab segmenter or diffusion checkpoint"):
         export_weights(plain, tmp_path / "x.safetensors")
+
+
+# --------------------------------------------------------------------------- adaptation with PTL
+
+
+def test_ptl_checkpoint_with_guide_and_callback_state_loads_and_resumes_safely(runs, compose, tmp_path):
+    """The PTL module (guide weights, ProgressiveTranslation state) saves only tensors and plain containers."""
+    import lightning.pytorch as L
+
+    from dasslab.lit.ptl_module import datamodule_from_config, from_config
+
+    cfg = compose(*SMOKE, "augment=none", "ptl=progressive", "ptl.N=2", "ptl.K=1", "ptl.t_max=4",
+                  "translate.num_steps=1", "segmenter.batch_size=2", "guidance=sgg", "guidance.scale=1.0",
+                  f"segmenter.init_ckpt={runs['source']}", f"diffusion_ckpt={runs['diffusion']}",
+                  f"paths.output_dir={tmp_path}")
+
+    def fit(max_steps, ckpt_path=None):
+        L.seed_everything(0)
+        dm = datamodule_from_config(cfg)
+        dm.setup("fit")
+        module = from_config(cfg, dm)
+        t = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+        t.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        return t
+
+    fit(1).save_checkpoint(tmp_path / "ptl.ckpt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "ptl.ckpt")) == []
+    data = safe_torch_load(tmp_path / "ptl.ckpt", "ckpt", trust=False)
+    assert any(k.startswith("guide.") for k in data["state_dict"])
+    assert any("ProgressiveTranslation" in k for k in data["callbacks"])
+    seg = load_segmenter(tmp_path / "ptl.ckpt", trust=False)
+    _assert_equal(seg.model.state_dict(), {k[len("model."):]: v for k, v in data["state_dict"].items()
+                                           if k.startswith("model.")}, "ptl model")
+    assert fit(2, ckpt_path=tmp_path / "ptl.ckpt").global_step == 2

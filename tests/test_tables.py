@@ -70,7 +70,7 @@ def runs_root(tmp_path):
     make_run(out, cfg("table1_full", "gta5_cityscapes", 3, out), None, overrides=["seed=3"])
     # a source-only row of the same table that failed on its only seed
     out = root / "table1_source_only" / "seed0"
-    make_run(out, cfg("table1_full", "gta5_cityscapes", 0, out, **{"adapt.mode": "none"}), None,
+    make_run(out, cfg("table1_source_only", "gta5_cityscapes", 0, out, **{"adapt.mode": "none"}), None,
              overrides=["adapt.mode=none"])
     # SYNTHIA -> Cityscapes: 16/13-class subsets
     vals = [round(float(v), 2) for v in rng.uniform(10, 90, 19)]
@@ -92,7 +92,8 @@ def sweep(tmp_path):
     (d / "multirun.yaml").write_text(yaml.safe_dump({
         "task_name": "lambda_sweep", "seed": 0, "stage": {"name": "adapt"}, "dataset": {"name": "digits"},
         "guidance": {"scale": 1.0}, "ptl": {"N": 600},
-        "hydra": {"sweeper": {"params": None}, "overrides": {"task": task}}}))
+        "hydra": {"sweeper": {"params": None}, "overrides": {"task": task},
+                  "runtime": {"choices": {"guidance": "sgg", "hydra/launcher": "basic"}}}}))
     values = {}
     for num, (scale, n) in enumerate([(0.1, 10), (0.1, 20), (1.0, 10)]):
         vals = [float(num * 10 + i) for i in range(11)]
@@ -125,6 +126,7 @@ def test_seeds_are_averaged_failures_kept_and_paper_beside(runs_root, tmp_path):
     assert float(full["paper mIoU"]) == 61.9  # dasslab/paper_results.yaml, row "full"
     dead = next(r for r in rows if r["runs"] == "1")
     assert dead["status"] == "1 failed" and dead["mIoU"] == "" and "adapt.mode=none" in dead["setting"]
+    assert dead["paper mIoU"] == ""  # the paper's "full" row is not the source-only row
 
     md = tables["Table 1 — gta5_cityscapes"]
     assert "| sidew. |" in md and "**failed**" in md and "no metrics.json" in md
@@ -182,7 +184,8 @@ def test_cli_globs_and_one_line_errors(sweep, runs_root, tmp_path, capsys):
     main([f"runs={root}/table1_*", f"runs={d}", f"out={tmp_path / 'cli'}"])
     printed = capsys.readouterr().out
     assert "Table 1 — gta5_cityscapes" in printed and "runs — digits" in printed
-    assert "(3 failed or missing)" in printed or "failed or missing" in printed
+    assert "runs (4 failed or missing)" in printed  # 2 in Table 1, 2 in the sweep
+    assert "paper" not in (tmp_path / "cli" / "runs_digits.md").read_text()
     with pytest.raises(SystemExit) as e:
         main([f"runs={tmp_path / 'nope'}", f"out={tmp_path / 'x'}"])
     assert e.value.code == 2
