@@ -176,8 +176,8 @@ def report(exc: BaseException) -> None:
     msg = user_message(exc)
     if msg is None and not _job_started and isinstance(exc, OSError) and exc.filename:
         # Hydra creates the run folder before the job starts
-        msg = (f"paths.output_dir={exc.filename}: cannot create the run folder ({exc.strerror}); "
-               f"expected a writable folder (hydra.run.dir / hydra.sweep.dir follow it)")
+        msg = (f"{exc.filename}: cannot create the run folder ({exc.strerror}); expected a writable place "
+               f"for paths.output_dir (multirun: hydra.sweep.dir)")
     if msg is None or debug_requested():
         raise exc
     sys.stderr.write(f"error: {msg}\n")
@@ -203,6 +203,8 @@ def entry_point(config_name: str):
 
         @functools.wraps(task)
         def main(*args, **kwargs):
+            global _job_started
+            _job_started = False
             debug_requested()  # remember the user's choice before we change HYDRA_FULL_ERROR
             os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
             try:

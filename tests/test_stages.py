@@ -341,3 +341,23 @@ def test_wandb_logger_runs_offline(compose, tmp_path, monkeypatch):
     assert runs, list(out.iterdir())
     assert any(p.suffix == ".wandb" for p in runs[0].iterdir())
     assert list((out / "samples").glob("*.png"))
+
+
+def test_translate_rerun_with_other_settings_refuses_stale_images(trained, compose, tmp_path):
+    from dasslab.translate import StaleOutputError, export_translations
+
+    out = tmp_path / "t"
+    base = [*SMOKE, f"translate.diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[4]",
+            "translate.num_steps=2", "translate.limit=4", f"translate.out_dir={out}"]
+    export_translations(compose(*base))
+    manifest = json.loads((out / "n0004" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["settings"]["diffusion_ckpt"]["size"] > 0
+    before = {p.name: p.read_bytes() for p in (out / "n0004" / "source" / "images").iterdir()}
+    for other in ("seed=1", "translate.num_steps=3",
+                  f"guide_ckpt={trained['source'] / 'checkpoints' / 'last.ckpt'}"):
+        extra = [other] + (["guidance=sgg"] if other.startswith("guide_ckpt") else [])
+        with pytest.raises(StaleOutputError, match="translate.out_dir=.*other settings"):
+            export_translations(compose(*base, *extra))
+    after = {p.name: p.read_bytes() for p in (out / "n0004" / "source" / "images").iterdir()}
+    assert after == before
+    export_translations(compose(*base))          # the same settings: resumes (nothing to do)

@@ -1,9 +1,7 @@
 """W&B (offline): project/group/tags from the experiment, pictures logged as uint8 that are not black."""
 
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

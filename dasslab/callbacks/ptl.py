@@ -94,7 +94,8 @@ class ProgressiveTranslation(L.Callback):
                 lab = labels[i].to(module.device)
                 metric.update(upsample_to(logits[i:i + 1], lab.shape[-2:]), lab[None])
         module.train(was_training)
-        miou = float(metric.summary()["miou"])
+        with metric.sync_context():  # SegmentationMetrics.iou reads the unsynced parent compute: sum ranks here
+            miou = float(metric.summary()["miou"])
         self.curve.append({"n": int(n), "step": int(trainer.global_step), "miou": miou})
         if trainer.is_global_zero:
             for lg in trainer.loggers:

@@ -7,6 +7,10 @@ Training batches are dicts keyed by those names (one loader per entry, cycled to
 the longest with Lightning's ``CombinedLoader``); validation runs on the labeled
 target val split.
 
+Before training, ``setup`` pre-scans every file of every split it will read
+(:mod:`dasslab.data.prescan`, ``data.prescan=full|headers|off``): a corrupt or mislabeled
+file fails with one line before the first step, not when a loader reaches it.
+
 Reproducibility: a loader's order comes from a generator seeded with the run seed,
 and every augmentation pipeline is seeded too (in the main process from the run seed
 and the rank, in each worker from the worker's seed: :func:`seed_worker`). All training
@@ -19,6 +23,7 @@ it), as Cityscapes results are reported; images are resized to the working size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import albumentations as A
@@ -33,6 +38,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dasslab.data.base import DataError
 from dasslab.data.transforms import build_transform, derive_seed, process_rank, seed_transforms, seed_worker
+
+log = logging.getLogger(__name__)
 
 
 class ResizeImageOnly:
@@ -101,7 +108,8 @@ class DASSDataModule(L.LightningDataModule):
     def __init__(self, dataset: DictConfig, batch_size: int, num_workers: int = 2,
                  train_domains: Sequence[str] = ("source",), extra: Mapping[str, Dataset] | None = None,
                  val_split: str | None = "target_val", val_batch_size: int | None = None,
-                 seed: int = 0, limit_train: int | None = None, limit_val: int | None = None) -> None:
+                 seed: int = 0, limit_train: int | None = None, limit_val: int | None = None,
+                 prescan: str = "full") -> None:
         super().__init__()
         self.cfg = dataset
         self.batch_size = int(batch_size)
@@ -112,6 +120,8 @@ class DASSDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size or batch_size)
         self.seed = seed
         self.limit_train, self.limit_val = limit_train, limit_val
+        self.prescan = prescan
+        self.prescan_report = None
         self.train_sets: dict[str, Dataset] = {}
         self.val_set: Dataset | None = None
 
@@ -125,6 +135,20 @@ class DASSDataModule(L.LightningDataModule):
         if self.val_split and self.val_set is None:
             self.val_set = build_dataset(self.cfg, self.val_split, train=False, limit=self.limit_val)
         self._check_classes()
+        if self.prescan_report is None:
+            self.prescan_report = self._prescan()
+
+    def _prescan(self):
+        """Every file of every split this datamodule will read, checked before training (``data.prescan``)."""
+        from dasslab.data.prescan import scan_datasets
+
+        sets = dict(self.train_sets)
+        if self.val_set is not None:
+            sets[self.val_split] = self.val_set
+        report = scan_datasets(sets, self.prescan)
+        if report.splits:
+            log.info(report.summary())
+        return report
 
     def _check_classes(self) -> None:
         expected = self.cfg.get("num_classes")
@@ -168,4 +192,4 @@ def from_config(cfg: DictConfig, train_domains: Sequence[str], batch_size: int, 
                           train_domains=list(train_domains), extra=extra,
                           val_split=cfg.eval.split if val else None, val_batch_size=cfg.eval.batch_size,
                           seed=cfg.seed, limit_train=cfg.data.get("limit_train"),
-                          limit_val=cfg.data.get("limit_val"))
+                          limit_val=cfg.data.get("limit_val"), prescan=cfg.data.get("prescan") or "full")

@@ -12,11 +12,23 @@ the same structure (e.g. ``source_val``, written by the digits benchmark) can be
 read too. Label files are single-channel (or palette) PNGs whose pixel values
 are class indices; a value outside ``[0, K)`` other than 255 raises
 :class:`~dasslab.data.io.DataError` when the sample is loaded.
+
+Working size (``dataset.image_size`` left at its default in ``conf/dataset/folder.yaml``):
+:func:`working_size` reads the image headers of ``source``, ``target`` and ``target_val``.
+When every image has one size (H, W) that is the working size; when sizes differ, the most
+common size is used. Either way the size is then capped — scaled down, aspect kept, so
+that its longer side is at most ``dataset.max_side`` (default 512) — and rounded down to a
+multiple of ``dataset.size_multiple`` (default 8, what the diffusion UNets need). Set
+``dataset.image_size=[H,W]`` to choose yourself. The OmegaConf resolver
+``dasslab.folder_size`` (registered when this module is imported) exposes it to configs.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 from .base import SegmentationDataset, check_root, pair_by_stem
 from .io import DataError, list_files, read_index_label
@@ -87,3 +99,43 @@ class FolderDomain(SegmentationDataset):
             root=root,
             expected=f"{domain}/images/*.png|jpg under {root}",
         )
+
+
+def image_sizes(root, domains=("source", "target", "target_val")) -> Counter:
+    """Count the (H, W) sizes of the images under ``ROOT/<domain>/images`` (headers only)."""
+    from PIL import Image
+
+    sizes: Counter = Counter()
+    for domain in domains:
+        folder = Path(root) / domain / "images"
+        if not folder.is_dir():
+            continue
+        for path in list_files(folder).values():
+            try:
+                with Image.open(path) as im:
+                    w, h = im.size
+            except OSError as e:
+                raise DataError(f"{path}: not a readable image ({e}); expected PNG/JPEG files") from None
+            sizes[(h, w)] += 1
+    return sizes
+
+
+def working_size(root, max_side: int = 512, multiple: int = 8) -> list[int]:
+    """``[H, W]`` for a folder pair: its common (or most common) image size, capped and rounded.
+
+    See the module docstring. Raises :class:`DataError` when ``root`` holds no images.
+    """
+    root = check_root(root, "dataset.root", LAYOUT)
+    sizes = image_sizes(root)
+    if not sizes:
+        raise DataError(f"dataset.root={root}: no images under source/, target/ or target_val/; "
+                        f"expected the {LAYOUT}")
+    (h, w), _ = sizes.most_common(1)[0]
+    scale = min(1.0, int(max_side) / max(h, w))
+    m = max(1, int(multiple))
+    return [max(m, int(h * scale) // m * m), max(m, int(w * scale) // m * m)]
+
+
+OmegaConf.register_new_resolver(
+    "dasslab.folder_size", lambda root, max_side=512, multiple=8: working_size(root, int(max_side), int(multiple)),
+    replace=True, use_cache=True)

@@ -227,6 +227,27 @@ def scan_split(ds, key: str, mode: str = "full", workers: int | None = None,
                      label_resized=resized, image_sizes=dict(sizes.most_common(5)))
 
 
+def scan_datasets(datasets: dict, mode: str = "full", num_classes: int | None = None) -> PrescanReport:
+    """Check built datasets (``{key: dataset}``); what :func:`prescan` and the datamodule's ``setup`` call."""
+    if mode not in MODES:
+        raise ConfigError(f"data.prescan={mode!r}: expected one of {', '.join(MODES)}")
+    start = time.perf_counter()
+    if mode == "off":
+        return PrescanReport([], mode, 0.0)
+    seen: set = set()  # samples shared by two entries are read once
+    scans = []
+    for key, ds in datasets.items():
+        k = getattr(ds, "num_classes", None)
+        if num_classes is not None and k is not None and k != num_classes:
+            raise DataError(f"dataset.{key}: {k} classes (class list of {getattr(_base(ds), 'root', '?')}) "
+                            f"but dataset.num_classes={num_classes}")
+        memo = _signature(key, ds, mode)
+        if memo not in _scanned:
+            _scanned[memo] = scan_split(ds, key, mode, skip=seen)
+        scans.append(_scanned[memo])
+    return PrescanReport(scans, mode, round(time.perf_counter() - start, 3))
+
+
 def prescan(cfg: DictConfig, keys: list[str] | None = None, mode: str | None = None,
             quiet: bool = False) -> PrescanReport:
     """Check the splits ``keys`` (default: :func:`splits_for`) before a run reads them; see the module docstring.
@@ -236,30 +257,15 @@ def prescan(cfg: DictConfig, keys: list[str] | None = None, mode: str | None = N
     from dasslab.data.datamodule import build_dataset
 
     mode = mode or (cfg.get("data") or {}).get("prescan", "full") or "off"
-    if mode not in MODES:
-        raise ConfigError(f"data.prescan={mode!r}: expected one of {', '.join(MODES)}")
-    start = time.perf_counter()
     if mode == "off":
         return PrescanReport([], mode, 0.0)
+    start = time.perf_counter()
     keys = splits_for(cfg) if keys is None else list(keys)
-    expected = cfg.dataset.get("num_classes")
-    seen: set = set()  # samples shared by two entries (target / target_train_labeled) are read once
-    scans = []
-    for key in keys:
-        limit = _limit(cfg, key, train=key != (cfg.get("eval") or {}).get("split"))
-        ds = build_dataset(cfg.dataset, key, train=False, limit=limit)
-        k = getattr(ds, "num_classes", None)
-        if expected is not None and k is not None and k != expected:
-            raise DataError(f"dataset.{key}: {k} classes (class list of {getattr(_base(ds), 'root', '?')}) "
-                            f"but dataset.num_classes={expected}")
-        memo = _signature(key, ds, mode)
-        if memo in _scanned:
-            scans.append(_scanned[memo])
-            continue
-        scan = scan_split(ds, key, mode, skip=seen)
-        _scanned[memo] = scan
-        scans.append(scan)
-    report = PrescanReport(scans, mode, round(time.perf_counter() - start, 3))
+    eval_split = (cfg.get("eval") or {}).get("split")
+    datasets = {k: build_dataset(cfg.dataset, k, train=False, limit=_limit(cfg, k, train=k != eval_split))
+                for k in keys}
+    report = scan_datasets(datasets, mode, cfg.dataset.get("num_classes"))
+    report.seconds = round(time.perf_counter() - start, 3)
     if not quiet:
         log.info(report.summary())
     return report
