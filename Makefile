@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
 .PHONY: help install test test-fast demo bench lint clean reproduce-table1 reproduce-table2 reproduce-table3 \
-	reproduce-table4 reproduce-table5 reproduce-table6 reproduce-fig5
+	reproduce-table4 reproduce-table5 reproduce-table6 reproduce-fig5 slurm-test
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'

@@ -71,8 +71,30 @@ def _chain(exc: BaseException):
 
 
 def one_line(text: str) -> str:
-    """``text`` with its lines joined by ``; `` (messages of other libraries can span lines)."""
-    return "; ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+    """``text`` on one line: a line ending with ``:`` takes the lines below it as a comma list,
+    other lines are joined by ``; `` (Hydra's messages span lines); Hydra's search path is dropped."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    if "Config search path:" in lines:
+        lines = lines[: lines.index("Config search path:")]
+    parts: list[str] = []
+    head, items = None, []
+    for line in lines + [None]:
+        if head is not None and line is not None and not line.endswith(":"):
+            items.append(line)
+            continue
+        if head is not None:
+            parts.append(f"{head} {', '.join(items)}".rstrip())
+            head, items = None, []
+        if line is None:
+            break
+        if line.endswith(":"):
+            head = line
+        else:
+            parts.append(line)
+    out = ""
+    for part in parts:
+        out += (" " if out.endswith(".") else "; ") + part if out else part
+    return out
 
 
 def user_message(exc: BaseException) -> str | None:
@@ -171,6 +193,13 @@ def prepare_job(cfg) -> Path:
     return out
 
 
+def fail(msg: str) -> None:
+    """Print ``error: msg`` on stderr and exit with status 2."""
+    sys.stderr.write(f"error: {msg}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USER_ERROR)
+
+
 def report(exc: BaseException) -> None:
     """Print one line for a user error and exit with status 2; anything else propagates."""
     msg = user_message(exc)
@@ -180,9 +209,7 @@ def report(exc: BaseException) -> None:
                f"for paths.output_dir (multirun: hydra.sweep.dir)")
     if msg is None or debug_requested():
         raise exc
-    sys.stderr.write(f"error: {msg}\n")
-    sys.stderr.flush()
-    raise SystemExit(EXIT_USER_ERROR)
+    fail(msg)
 
 
 def entry_point(config_name: str):
@@ -196,8 +223,15 @@ def entry_point(config_name: str):
         def job(cfg):
             global _job_started
             _job_started = True
-            prepare_job(cfg)
-            return task(cfg)
+            try:
+                prepare_job(cfg)
+                return task(cfg)
+            except Exception as exc:  # noqa: BLE001
+                # answered here, before Hydra adds "Error executing job with overrides: …"
+                msg = user_message(exc)
+                if msg is None or debug_requested():
+                    raise
+                fail(msg)
 
         hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(job)
 

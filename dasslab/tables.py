@@ -417,7 +417,8 @@ def attach_paper(tables: dict[tuple[str, str], list[Row]], paper: list[dict]) ->
     for rows in tables.values():
         for row in rows:
             for entry in paper:
-                if entry.get("match") and _matches(row.first, entry["match"]):
+                match = entry.get("match") or []
+                if any(_matches(row.first, m) for m in (match if isinstance(match, list) else [match]) if m):
                     row.paper = entry
                     break
 

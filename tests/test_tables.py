@@ -64,14 +64,14 @@ def runs_root(tmp_path):
         vals = [round(float(v), 2) for v in rng.uniform(10, 90, 19)]
         gta_values[seed] = vals
         out = root / "table1_full" / f"seed{seed}"
-        make_run(out, cfg("table1_full", "gta5_cityscapes", seed, out), metrics(CITYSCAPES_CLASSES, vals),
+        make_run(out, cfg("table1_r101_gta5", "gta5_cityscapes", seed, out), metrics(CITYSCAPES_CLASSES, vals),
                  overrides=[f"seed={seed}"])
     out = root / "table1_full" / "seed3"
-    make_run(out, cfg("table1_full", "gta5_cityscapes", 3, out), None, overrides=["seed=3"])
+    make_run(out, cfg("table1_r101_gta5", "gta5_cityscapes", 3, out), None, overrides=["seed=3"])
     # a source-only row of the same table that failed on its only seed
     out = root / "table1_source_only" / "seed0"
-    make_run(out, cfg("table1_source_only", "gta5_cityscapes", 0, out, **{"adapt.mode": "none"}), None,
-             overrides=["adapt.mode=none"])
+    dead = cfg("table1_r101_gta5", "gta5_cityscapes", 0, out, **{"adapt.mode": "none", "stage.name": "source"})
+    make_run(out, dead, None, overrides=["adapt.mode=none"])
     # SYNTHIA -> Cityscapes: 16/13-class subsets
     vals = [round(float(v), 2) for v in rng.uniform(10, 90, 19)]
     out = root / "table1_synthia" / "seed0"
@@ -123,10 +123,10 @@ def test_seeds_are_averaged_failures_kept_and_paper_beside(runs_root, tmp_path):
         assert float(full[f"{name} std"]) == pytest.approx(statistics.stdev(seeds), abs=1e-3)
     assert float(full["mIoU"]) == pytest.approx(statistics.fmean(statistics.fmean(v) for v in gta_values.values()),
                                                 abs=1e-3)
-    assert float(full["paper mIoU"]) == 61.9  # dasslab/paper_results.yaml, row "full"
+    assert float(full["paper mIoU"]) == 61.9  # dasslab/paper_results.yaml: Table 1, R101, GTA5, adaptation
     dead = next(r for r in rows if r["runs"] == "1")
     assert dead["status"] == "1 failed" and dead["mIoU"] == "" and "adapt.mode=none" in dead["setting"]
-    assert dead["paper mIoU"] == ""  # the paper's "full" row is not the source-only row
+    assert dead["paper mIoU"] == ""  # the source-only run of the same experiment is another row
 
     md = tables["Table 1 — gta5_cityscapes"]
     assert "| sidew. |" in md and "**failed**" in md and "no metrics.json" in md

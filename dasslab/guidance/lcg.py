@@ -31,6 +31,14 @@ lacks) get a zero gradient, hence the *unguided* sample ``mu + sigma z``
 (Eq. 9 read literally would set them to 0). An image without any labelled pixel
 gets a zero gradient.
 
+Memory: the guide keeps its activations for every copy of a pass (DeepLab-V2 R101: about 1.2 GB
+per 256x512 copy in fp32), so the copies go through it in chunks of ``max_batch``
+(``guidance.max_batch``): an int, ``None``/``all`` for one pass, or ``auto`` —
+:func:`auto_max_batch`: one pass on CPU; on CUDA as many copies as fit in
+``AUTO_MEMORY_FRACTION`` of the free memory, from a per-copy estimate measured once per guide
+and input size (a forward of one copy, times ``BACKWARD_FACTOR``). The result does not depend on
+the chunking (tested).
+
 Requirements on the guide: ``preprocess`` works pixel-wise and keeps H x W (a
 normalisation, not a resize), and ``net`` treats batch samples independently
 (eval mode: BatchNorm with running statistics). ``nn.Module`` guides are put in
