@@ -13,10 +13,10 @@ which is ``hydra.main(config_name="train")`` plus:
   ``error: <message>`` on stderr and the command exits with status 2. The full traceback
   is printed only with ``HYDRA_FULL_ERROR=1`` or ``DASSLAB_DEBUG=1``. Other exceptions
   (bugs) keep their traceback.
-* **One directory per job.** In a multirun (``-m``) each job writes into Hydra's own job
-  folder ``hydra.sweep.dir/<job.num>``: ``paths.output_dir`` is set to it (with an explicit
-  ``paths.output_dir=DIR`` job *k* writes ``DIR/k``), so jobs never share a folder. A
-  single run keeps ``paths.output_dir`` (which is also ``hydra.run.dir``).
+* **One directory per job.** ``paths.output_dir`` is set to Hydra's job folder: the run
+  folder of a single run, ``hydra.sweep.dir/<job.num>`` of each multirun (``-m``) job (with
+  an explicit ``paths.output_dir=DIR``: the run writes ``DIR``, multirun job *k* ``DIR/k``),
+  so jobs never share a folder.
 * **Checked output folder.** ``paths.output_dir`` must be a folder that can be created
   and written, else one line naming the setting.
 * **Each log line once, and where things go.** Lightning's own console handler is
@@ -50,24 +50,16 @@ def debug_requested() -> bool:
     return mark == "1"
 
 
-def _user_error_types() -> tuple[type, ...]:
-    types: list[type] = [DasslabError]
-    try:  # pretrained-weight errors, in case their class is not (yet) a DasslabError
-        from dasslab.segmentation.weights import WeightsError
-
-        types.append(WeightsError)
-    except Exception:  # noqa: BLE001 - an import problem must not hide the user's error
-        pass
-    return tuple(types)
-
-
 def _chain(exc: BaseException):
-    """``exc`` and its causes/contexts (what ``raise … from`` and Hydra's ``instantiate`` wrap)."""
+    """``exc`` and what it wraps: its ``__cause__`` (``raise … from``, Hydra's ``instantiate``), and the
+    exception being handled when Hydra or OmegaConf raised theirs. A bug raised while handling one
+    of our errors is not a wrapper: it keeps its traceback."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
-        exc = exc.__cause__ or exc.__context__
+        wrapper = type(exc).__module__.startswith(("hydra.", "omegaconf."))
+        exc = exc.__cause__ or (exc.__context__ if wrapper else None)
 
 
 def one_line(text: str) -> str:
@@ -101,9 +93,8 @@ def user_message(exc: BaseException) -> str | None:
     """The one-line message for an error the user caused, or None for anything else (a bug)."""
     from omegaconf.errors import MissingMandatoryValue
 
-    user_types = _user_error_types()
     for e in _chain(exc):
-        if isinstance(e, user_types):
+        if isinstance(e, DasslabError):
             return one_line(str(e)) or type(e).__name__
         if isinstance(e, MissingMandatoryValue):
             key = getattr(e, "full_key", None)
@@ -136,9 +127,18 @@ def _explicit_output_dir(overrides) -> bool:
 
 
 def job_output_dir(cfg) -> Path:
-    """Set ``cfg.paths.output_dir`` to this job's own folder in a multirun; returns the output folder."""
-    from omegaconf import open_dict
+    """Make ``cfg.paths.output_dir`` this job's own folder; returns it.
 
+    Unless ``paths.output_dir`` is given on the command line it becomes Hydra's job folder
+    (``hydra.run.dir``, or ``hydra.sweep.dir/<job.num>`` in a multirun), so a ``${now:}`` in
+    its default cannot resolve to another second than the folder Hydra made, and a DDP
+    worker process (started with the parent's ``hydra.run.dir``) writes where rank 0 does.
+    Given explicitly in a multirun, job *k* writes ``DIR/k``.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    if cfg.get("paths") is None:
+        return Path.cwd()
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -146,25 +146,23 @@ def job_output_dir(cfg) -> Path:
         hc = HydraConfig.get() if HydraConfig.initialized() else None
     except Exception:  # noqa: BLE001 - no Hydra job (Python API): keep the config as it is
         hc = None
-    if hc is not None and hc.mode == RunMode.MULTIRUN and cfg.get("paths") is not None:
-        job_dir = Path(hc.runtime.output_dir)
-        if _explicit_output_dir(hc.overrides.task):
-            out = Path(cfg.paths.output_dir) / str(hc.job.num)
-        else:
-            out = job_dir
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(out)
-        # Hydra saved this job's config before the task ran, with the sweep-wide output_dir.
-        from omegaconf import OmegaConf
-
+    if hc is None or OmegaConf.is_missing(hc.runtime, "output_dir"):
+        return Path(cfg.paths.output_dir)
+    job_dir = Path(hc.runtime.output_dir)
+    if not _explicit_output_dir(hc.overrides.task):
+        out = job_dir
+    elif hc.mode == RunMode.MULTIRUN:
+        out = Path(cfg.paths.output_dir) / str(hc.job.num)
+    else:
+        return Path(cfg.paths.output_dir)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    saved = job_dir / str(hc.output_subdir or ".hydra") / "config.yaml"
+    if hc.output_subdir is not None and saved.exists():  # Hydra saved it before the job ran
         from dasslab.utils.io import atomic_write_text
 
-        saved = job_dir / ".hydra" / "config.yaml"
-        if saved.exists():
-            atomic_write_text(saved, OmegaConf.to_yaml(cfg))
-    if cfg.get("paths") is None:
-        return Path.cwd()
-    return Path(cfg.paths.output_dir)
+        atomic_write_text(saved, OmegaConf.to_yaml(cfg))
+    return out
 
 
 def log_once() -> None:
@@ -225,7 +223,10 @@ def entry_point(config_name: str):
             _job_started = True
             try:
                 prepare_job(cfg)
-                return task(cfg)
+                from dasslab.checkpoints import trust_checkpoints
+
+                with trust_checkpoints(cfg.get("trust_checkpoint")):   # every file read in this run
+                    return task(cfg)
             except Exception as exc:  # noqa: BLE001
                 # answered here, before Hydra adds "Error executing job with overrides: …"
                 msg = user_message(exc)

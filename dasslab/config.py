@@ -15,13 +15,13 @@ REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 
 def find_conf_dir() -> str:
     """The absolute path of the folder holding ``train.yaml`` (packaged copy first, then the repo's)."""
-    try:
-        packaged = Path(str(importlib.resources.files("dasslab.conf")))
+    try:  # a data-only (namespace) package: files() is a MultiplexedPath, its children real paths
+        packaged = importlib.resources.files("dasslab.conf") / "train.yaml"
     except (ModuleNotFoundError, TypeError):
         packaged = None
-    for folder in (packaged, REPO_CONF):
-        if folder is not None and (folder / "train.yaml").is_file():
-            return str(folder)
+    for train_yaml in (packaged, REPO_CONF / "train.yaml"):
+        if isinstance(train_yaml, Path) and train_yaml.is_file():
+            return str(train_yaml.parent.resolve())
     raise FileNotFoundError(f"dasslab configs not found: neither the package dasslab.conf nor {REPO_CONF} "
                             f"holds train.yaml (reinstall dasslab)")
 

@@ -27,7 +27,7 @@ def run(cfg: DictConfig) -> dict:
     save_config(cfg, out)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    module = load_segmenter(cfg.ckpt).to(device)
+    module = load_segmenter(cfg.ckpt, setting="ckpt").to(device)
     module.inference = OmegaConf.to_container(cfg.eval.inference, resolve=True)
     ds = build_dataset(cfg.dataset, cfg.eval.split, train=False, limit=cfg.data.get("limit_val"))
     if list(ds.class_names) != list(module.class_names):

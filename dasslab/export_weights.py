@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from dasslab.cli import EXIT_USER_ERROR, one_line
 from dasslab.checkpoints import META_KEY, SAFETENSORS_SUFFIX, read_checkpoint
+from dasslab.cli import EXIT_USER_ERROR, one_line
 from dasslab.errors import CheckpointError, DasslabError
 
 __all__ = ["FORMAT", "export_weights", "main"]

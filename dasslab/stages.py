@@ -30,6 +30,7 @@ import lightning.pytorch as L
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from dasslab.checkpoints import checkpoint_trusted
 from dasslab.errors import ConfigError
 from dasslab.evaluate import evaluate_segmenter
 from dasslab.utils.io import atomic_write_text
@@ -143,7 +144,8 @@ def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
     val_every = val_every if val_every and val_every < max_steps and stage.get("evaluate") else None
     trainer = make_trainer(cfg, out, max_steps, callbacks=callbacks, val_every=val_every,
                            checkpoint_every=stage.get("checkpoint_every"))
-    trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg, out))
+    trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg, out),
+                weights_only=not checkpoint_trusted(cfg.get("trust_checkpoint")))
     ckpt = out / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     loss = trainer.callback_metrics.get("train/loss")

@@ -136,7 +136,9 @@ def export_translations(cfg: DictConfig) -> list[Path]:
     out = Path(t.out_dir)
     _check_writable(out)
     guide = _guide(cfg, device)
-    sampler = module.sampler()
+    from dasslab.diffusion.sampler import sampler_options
+
+    sampler = module.sampler(**sampler_options(OmegaConf.to_container(cfg.diffusion, resolve=True), device))
     bs = int(t.batch_size)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True) if guide is not None else None
     arrangement = OmegaConf.to_container(cfg.arrangement, resolve=True) if guide is not None else None

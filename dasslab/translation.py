@@ -23,10 +23,12 @@ def chunk_seed(seed: int, depth: int, chunk: int) -> int:
     return (int(seed) * 1_000_003 + int(depth) * 7_919 + int(chunk)) % (2**63 - 1)
 
 
-def guidance_enabled(guidance: Mapping[str, Any] | None) -> bool:
-    """Whether a ``guidance`` config group asks for guidance at all."""
+def guidance_enabled(guidance) -> bool:
+    """Whether a ``guidance`` config group (or validated ``GuidanceSettings``) asks for guidance at all."""
     if not guidance:
         return False
+    if hasattr(guidance, "enabled"):
+        return bool(guidance.enabled)
     if guidance.get("name", "sgg") == "none":
         return False
     if not (guidance.get("lcg", True) or guidance.get("gsg", True)):
@@ -65,7 +67,7 @@ def translate_batch(sampler, images: Tensor, labels: Tensor | None, depth: int, 
     if guide is not None and guidance_enabled(guidance):
         if labels is None:
             raise ValueError("translate_batch: guided translation needs the source labels")
-        fn = make_guidance(guide.normalize, guide.forward_normalized, labels, dict(guidance), arrangement)
+        fn = make_guidance(guide.normalize, guide.forward_normalized, labels, guidance, arrangement)
     out = sampler.translate(images, int(depth), num_steps, guidance=fn, generator=generator)
     return Translation(out, list(sampler.stats), int(sampler.skipped))
 

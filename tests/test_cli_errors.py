@@ -49,7 +49,8 @@ def _folder(root: Path, classes=("background", "a", "b")) -> Path:
         if labeled:
             (root / domain / "labels").mkdir()
         for i in range(4):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / domain / "images" / f"{i}.png")
+            image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / domain / "images" / f"{i}.png")
             if labeled:
                 lab = rng.integers(0, len(classes), (16, 16), dtype=np.uint8)
                 Image.fromarray(lab).save(root / domain / "labels" / f"{i}.png")
@@ -113,6 +114,7 @@ def bad_inputs(tmp_path_factory):
     return cases
 
 
+@pytest.mark.slow
 def test_every_bad_input_prints_one_line_naming_it(bad_inputs, tmp_path, digits_data_dir):
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir), OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1")

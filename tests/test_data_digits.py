@@ -1,6 +1,7 @@
 """The built-in digits benchmark: determinism, classes, statistics, cache behaviour."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,29 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
     with pytest.raises(DataError, match="domain='sauce'"):
         Digits(tmp_path / "d", "sauce")
+
+
+def test_folder_working_size_follows_the_data(digits_root, tmp_path):
+    """Native size when all images share one; the most common size, capped and rounded, otherwise."""
+    from omegaconf import OmegaConf
+
+    from dasslab.data.folder import working_size
+    from dasslab.data.io import write_png
+
+    Digits(digits_root, "source", "train", n_train=120, n_val=40)       # the digits cache: all 32x32
+    assert working_size(digits_root) == [32, 32]
+    assert working_size(digits_root, max_side=16) == [16, 16]          # the cap, aspect kept
+    root = tmp_path / "pair"
+    sizes = {"source": [(40, 72)] * 3, "target": [(40, 72), (30, 50)], "target_val": [(90, 30)]}
+    for domain, shapes in sizes.items():
+        (root / domain / "images").mkdir(parents=True)
+        for i, (h, w) in enumerate(shapes):
+            write_png(root / domain / "images" / f"{i}.png", np.zeros((h, w, 3), np.uint8))
+    (root / "classes.txt").write_text("a\nb\n")
+    assert working_size(root) == [40, 72]                               # most common (4 of 6 images)
+    assert working_size(root, max_side=36) == [16, 32]                  # 40x72 * 0.5 = 20x36 -> multiples of 8
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "dataset" / "folder.yaml")
+    cfg.dataset.root = str(root)
+    assert list(cfg.dataset.image_size) == [40, 72] and list(cfg.dataset.crop_size) == [40, 72]
+    with pytest.raises(DataError, match="dataset.root"):
+        working_size(tmp_path / "missing")

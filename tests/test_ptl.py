@@ -19,7 +19,7 @@ import torch
 from dasslab.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv", "augment=none"]
+SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv"]
 # a tiny adaptation: N = 3 domains of K = 2 steps, depths 10/20/30 respaced to 2 reverse steps
 TINY = ["ptl.N=3", "ptl.K=2", "ptl.t_max=30", "translate.num_steps=2", "segmenter.batch_size=2",
         "guidance=sgg", "guidance.scale=1.0", "data.limit_val=8"]
@@ -317,6 +317,7 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_ranks_agree_on_n_and_split_the_source(adapt_cfg, trained, tmp_path):
     script = tmp_path / "ddp_adapt.py"
     script.write_text(DDP_SCRIPT)
@@ -338,3 +339,30 @@ def test_ddp_two_cpu_ranks_agree_on_n_and_split_the_source(adapt_cfg, trained, t
     assert [c["n"] for c in r0["curve"]] == [0, 1, 2]
     assert [c["miou"] for c in r0["curve"]] == pytest.approx([c["miou"] for c in r1["curve"]])
     assert sorted(p.name for p in out.glob("*.ckpt")) == ["last.ckpt"]
+
+
+# --------------------------------------------------------------------------- the stage
+def test_stage_adapt_runs_through_run_stage_and_leaves_the_curve_and_grid(adapt_cfg, trained, tmp_path):
+    """`dasslab-train stage=adapt`: metrics.json of g_N, the mIoU-over-n curve from g_0 (= the source
+    model's mIoU) to g_N (= the final evaluation), the Fig. 4 grid, an adapt checkpoint users load."""
+    from dasslab.checkpoints import load_segmenter
+    from dasslab.evaluate import evaluate_segmenter
+    from dasslab.train import run
+
+    cfg = adapt_cfg("stage=adapt", "ptl.max_steps=6", "ptl.val_every_domains=1", "ptl.grid_every_domains=1")
+    record = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())
+    curve = json.loads((out / "ptl_curve.json").read_text())
+    assert [c["n"] for c in curve] == [0, 1, 2, 3] and [c["step"] for c in curve] == [0, 2, 4, 6]
+    assert curve[-1]["miou"] == pytest.approx(metrics["miou"], abs=1e-4)  # metrics.json keeps 4 decimals
+    assert record["miou"] == metrics["miou"]
+    dm, _ = build(cfg)
+    source = evaluate_segmenter(load_segmenter(trained["source"]), dm.val_dataloader(), dm.class_names,
+                                tmp_path / "src_eval", print_table=False)
+    assert curve[0]["miou"] == pytest.approx(source["miou"], abs=1e-4)
+    for name in ("ptl_miou.png", "ptl_domains.png", "overlays.png", "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    adapted = load_segmenter(out / "checkpoints" / "last.ckpt")
+    again = evaluate_segmenter(adapted, dm.val_dataloader(), dm.class_names, tmp_path / "again", print_table=False)
+    assert again["miou"] == metrics["miou"]

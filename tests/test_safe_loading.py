@@ -148,29 +148,35 @@ def test_plain_state_dicts_need_no_trust(tmp_path):
 # --------------------------------------------------------------------------- every setting, via the API
 
 
-def test_every_setting_refuses_the_file(evil, compose, tmp_path, runs):
-    """backbone.weights, segmenter.init_ckpt, resume, diffusion_ckpt, guide_ckpt, eval ckpt: one refusal each."""
-    from dasslab.eval import run as eval_run
-    from dasslab.train import run as train_run
+# the settings that read a tensor file; "{evil}" is the malicious file, "{diffusion}" a real diffusion checkpoint
+SETTINGS = {
+    "backbone.weights": ("train", ["stage=source", "backbone.weights={evil}"]),
+    "segmenter.init_ckpt": ("train", ["stage=source", "segmenter.init_ckpt={evil}"]),
+    "resume": ("train", ["stage=source", "resume={evil}"]),
+    "diffusion_ckpt": ("train", ["stage=translate", "diffusion_ckpt={evil}"]),
+    "guide_ckpt": ("train", ["stage=translate", "diffusion_ckpt={diffusion}", "guidance=sgg", "guide_ckpt={evil}",
+                             "translate.depths=[2]"]),
+    "ckpt": ("eval", ["ckpt={evil}", "data.num_workers=0"]),
+}
 
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_every_setting_refuses_the_file(setting, evil, compose, tmp_path, request, monkeypatch):
+    """Through the Python API (``dasslab.train.run`` / ``dasslab.eval.run``): one refusal, no code run."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # nothing relies on torch's default
     path, marker = evil
-    out = [f"paths.output_dir={tmp_path / 'run'}"]
-    train_cases = {
-        "backbone.weights": ["stage=source", f"backbone.weights={path}"],
-        "segmenter.init_ckpt": ["stage=source", f"segmenter.init_ckpt={path}"],
-        "resume": ["stage=source", f"resume={path}"],
-        "diffusion_ckpt": ["stage=translate", f"diffusion_ckpt={path}"],
-        "guide_ckpt": ["stage=translate", f"diffusion_ckpt={runs['diffusion']}", "guidance=sgg",
-                       f"guide_ckpt={path}", "translate.depths=[2]"],
-    }
-    for setting, overrides in train_cases.items():
-        with pytest.raises(Exception) as e:  # noqa: B017 - the chain is checked below
-            train_run(compose(*SMOKE, *overrides, *out))
-        _refusal(e, path, setting)
-        assert not marker.exists(), setting
-    with pytest.raises(Exception) as e:  # noqa: B017
-        eval_run(compose(f"ckpt={path}", "data.num_workers=0", *out, config="eval"))
-    _refusal(e, path, "ckpt")
+    config, overrides = SETTINGS[setting]
+    diffusion = request.getfixturevalue("runs")["diffusion"] if setting == "guide_ckpt" else None
+    overrides = [o.format(evil=path, diffusion=diffusion) for o in overrides]
+    if config == "eval":
+        from dasslab.eval import run
+    else:
+        from dasslab.train import run
+
+        overrides = [*SMOKE, *overrides]
+    with pytest.raises(Exception) as e:  # noqa: B017 - the chain is checked by _refusal
+        run(compose(*overrides, f"paths.output_dir={tmp_path / 'run'}", config=config))
+    _refusal(e, path, setting)
     assert not marker.exists()
 
 
@@ -211,72 +217,92 @@ def test_trust_checkpoint_setting_reaches_the_loader(evil, tmp_path, cli_env):
 # --------------------------------------------------------------------------- the project's own checkpoints
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, digits_data_dir):
-    """Every job of the pipeline (source, oracle, diffusion, adaptation, …), smoke-sized, real callbacks."""
+def _pipeline(root: Path, data: Path, rows: list[str] | None) -> list[str]:
+    """Run the pipeline (smoke-sized, real callbacks) on ``rows`` (None: every job) in ``root/cache``; its rows."""
     from hydra import compose, initialize_config_dir
 
     from dasslab.train import run
 
-    root = tmp_path_factory.mktemp("safe_runs")
-    env = {"DASSLAB_DATA": str(digits_data_dir), "DASSLAB_ROOT": str(root)}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DASSLAB_DATA", str(data))
+        mp.setenv("DASSLAB_ROOT", str(root))
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            probe = compose("train", SMOKE)
-            jobs = [j for j in probe.pipeline.jobs if j != "translation_quality"]
-            cfg = compose("train", [*SMOKE, *REAL_CALLBACKS, "stage=pipeline", f"pipeline.rows=[{','.join(jobs)}]",
+            if rows is None:  # every job a table may need (the slow translation-quality analysis aside)
+                rows = [j for j in compose("train", SMOKE).pipeline.jobs if j != "translation_quality"]
+            cfg = compose("train", [*SMOKE, *REAL_CALLBACKS, "stage=pipeline", f"pipeline.rows=[{','.join(rows)}]",
                                     f"paths.output_dir={root / 'pipeline'}", f"paths.cache_dir={root / 'cache'}"])
         run(cfg)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    ckpts = sorted((root / "cache").rglob("*.ckpt"))
-    by_stage = {}
-    for c in ckpts:
-        by_stage.setdefault(c.relative_to(root / "cache").parts[0], c)
-    return {"root": root, "ckpts": ckpts, "jobs": jobs, **by_stage}
+    return rows
+
+
+def _last_ckpts(root: Path) -> dict[str, Path]:
+    """stage name -> its ``cache/<stage>/<key>/checkpoints/last.ckpt`` (the first one)."""
+    found = {}
+    for c in sorted((root / "cache").rglob("last.ckpt")):
+        found.setdefault(c.relative_to(root / "cache").parts[0], c)
+    return found
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits_data_dir):
+    """Source, oracle and diffusion runs of the pipeline (smoke-sized, with the callbacks of a real run)."""
+    root = tmp_path_factory.mktemp("safe_runs")
+    _pipeline(root, digits_data_dir, ["source_only", "oracle", "diffusion"])
+    return {"root": root, "data": digits_data_dir, **_last_ckpts(root)}
+
+
+def _check_loads_safely(ckpt: Path) -> None:
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == [], ckpt
+    data = safe_torch_load(ckpt, "ckpt", trust=False)
+    if "preset" in data["hyper_parameters"]:
+        load_diffusion(ckpt, trust=False)
+        assert data["callbacks"], "the EMA callback state is in the checkpoint"
+    else:
+        assert len(load_segmenter(ckpt, trust=False).class_names) == NUM_CLASSES
+
+
+def test_source_oracle_diffusion_checkpoints_load_safely(runs):
+    assert {"source", "oracle", "diffusion"} <= set(runs)
+    ckpts = sorted((runs["root"] / "cache").rglob("*.ckpt"))  # last.ckpt and ModelCheckpoint's step files
+    assert len(ckpts) >= 6
+    for ckpt in ckpts:
+        _check_loads_safely(ckpt)
 
 
 def test_every_checkpoint_the_project_writes_loads_safely(runs):
-    assert {"source", "oracle", "diffusion", "adapt"} <= set(runs), sorted(runs)
-    for ckpt in runs["ckpts"]:
-        assert torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt)) == [], ckpt
-        data = safe_torch_load(ckpt, "ckpt", trust=False)
-        hp = data["hyper_parameters"]
-        if "preset" in hp:
-            load_diffusion(ckpt, trust=False)
-            assert data["callbacks"], "the EMA callback state is in the checkpoint"
-        else:
-            model = load_segmenter(ckpt, trust=False)
-            assert model.class_names and len(model.class_names) == NUM_CLASSES
+    """All pipeline jobs (adaptation included; finished jobs are reused from the cache)."""
+    _pipeline(runs["root"], runs["data"], None)
+    assert "adapt" in _last_ckpts(runs["root"])
+    for ckpt in sorted((runs["root"] / "cache").rglob("*.ckpt")):
+        _check_loads_safely(ckpt)
 
 
-def _resume(compose, stage: str, ckpt: Path, out: Path, max_steps: int):
+def _resume(ckpt: Path, out: Path, max_steps: int) -> dict:
+    """Rerun the job that wrote ``ckpt`` (its own resolved config) with ``resume=ckpt`` up to ``max_steps``."""
+    from omegaconf import OmegaConf
+
     from dasslab.train import run
 
-    steps = "diffusion.max_steps" if stage == "diffusion" else "segmenter.max_steps"
-    cfg = compose(*SMOKE, *REAL_CALLBACKS, f"stage={stage}", f"resume={ckpt}", f"{steps}={max_steps}",
-                  f"paths.output_dir={out}")
+    cfg = OmegaConf.load(ckpt.parents[1] / ".hydra" / "config.yaml")
+    section = "diffusion" if cfg.stage.name == "diffusion" else "segmenter"
+    for key, value in {"resume": str(ckpt), "paths.output_dir": str(out), "stage.max_steps": max_steps,
+                       f"{section}.max_steps": max_steps}.items():
+        OmegaConf.update(cfg, key, value)
     run(cfg)
     return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
 
 
 @pytest.mark.parametrize("stage", ["source", "diffusion"])
-def test_resume_restores_every_state_under_the_safe_path(runs, compose, tmp_path, stage):
+def test_resume_restores_every_state_under_the_safe_path(runs, tmp_path, stage):
     """resume= through weights_only: a resumed run at the same step saves back exactly what it read."""
     before = torch.load(runs[stage], weights_only=True)
-    after = _resume(compose, stage, runs[stage], tmp_path / "same", before["global_step"])
+    after = _resume(runs[stage], tmp_path / "same", before["global_step"])
     assert after["global_step"] == before["global_step"]
     for key in ("state_dict", "optimizer_states", "lr_schedulers"):
         _assert_equal(after[key], before[key], key)
     if stage == "diffusion":  # EMA: the averaged and the current weights both survive the round trip
         _assert_equal(after["current_model_state"], before["current_model_state"], "current_model_state")
-    more = _resume(compose, stage, runs[stage], tmp_path / "more", before["global_step"] + 2)
+    more = _resume(runs[stage], tmp_path / "more", before["global_step"] + 2)
     assert more["global_step"] == before["global_step"] + 2
 
 

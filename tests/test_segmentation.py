@@ -294,3 +294,25 @@ def test_pretrained_found_in_cache_offline(no_cache):
     snap.mkdir(parents=True)
     (snap / src.filename).write_bytes(b"x")
     assert W.fetch_imagenet_weights("daformer_mitb5").resolve() == (snap / src.filename).resolve()
+
+
+class _Touch:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling creates the marker file
+        return open, (self.marker, "w")
+
+
+def test_a_cached_imagenet_file_that_would_run_code_is_refused(no_cache):
+    """The library cache is read like any file: weights_only, no fallback to full unpickling."""
+    from dasslab.errors import UnsafeCheckpointError
+
+    tv = no_cache / "torch" / "hub" / "checkpoints" / "resnet101-63fe2227.pth"
+    tv.parent.mkdir(parents=True)
+    marker = no_cache / "MARKER"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _Touch(marker)}, tv)
+    assert W.fetch_imagenet_weights("deeplabv2_r101") == tv
+    with pytest.raises(UnsafeCheckpointError, match=r"backbone.pretrained cache file=.*trust_checkpoint=true"):
+        W.load_imagenet(build_segmenter("small", 3), "deeplabv2_r101", tv)
+    assert not marker.exists()

@@ -278,7 +278,7 @@ def test_guided_export_uses_the_guide_and_records_the_shift(trained, compose, tm
     (guided,) = export_translations(compose(*common, "guidance=sgg", "guidance.scale=50", f"guide_ckpt={guide}",
                                             f"translate.out_dir={tmp_path / 'guided'}"))
     manifest = json.loads((guided / "manifest.json").read_text())
-    assert manifest["guidance"]["name"] == "sgg" and len(manifest["shift_over_sigma_per_step"]) == 3
+    assert manifest["settings"]["guidance"]["name"] == "sgg" and len(manifest["shift_over_sigma_per_step"]) == 3
     assert all(v > 0 for v in manifest["shift_over_sigma_per_step"])
     assert (guided / "guidance_shift.png").is_file()
     a = sorted((plain / "source" / "images").iterdir())
@@ -321,7 +321,7 @@ def test_nonfinite_guidance_is_skipped_counted_and_never_reaches_the_image(train
               "translate.batch_size=2", "translate.num_steps=3", "translate.grid_images=0"]
     (plain,) = export_translations(compose(*common, f"translate.out_dir={tmp_path / 'plain'}"))
     monkeypatch.setattr(guidance_pkg, "make_guidance",
-                        lambda *a, **k: (lambda x, step, n: torch.full_like(x, float("nan"))))
+                        lambda *a, **k: (lambda x, mean, var, step, n: torch.full_like(x, float("nan"))))
     with pytest.warns(Warning, match="non-finite|NaN|nan|finite"):
         (bad,) = export_translations(compose(*common, "guidance=sgg",
                                              f"guide_ckpt={trained['source'] / 'checkpoints' / 'last.ckpt'}",

@@ -165,12 +165,15 @@ def _image_size(path: str, mode: str) -> tuple[int, int]:
     return size[1], size[0]
 
 
-def _check_sample(ds, image: str, label: str | None, mode: str):
-    """(image size, label size or None) of one sample; :class:`DataError` naming the file if bad."""
-    shape = _image_size(image, mode)
+def _check_sample(ds, image: str, label: str | None, mode: str, known: dict):
+    """(image size, label size or None) of one sample; :class:`DataError` naming the file if bad.
+
+    ``known`` maps images already checked (by another split) to their size: not read again.
+    """
+    shape = known.get(image) or _image_size(image, mode)
     if label is None:
         return shape, None
-    arr = ds.read_label(label)  # decodes, checks single channel and values
+    arr = ds.read_label(label)  # decodes, checks single channel and values (per dataset: its classes)
     return shape, arr.shape[:2]
 
 
@@ -196,34 +199,38 @@ def _base(ds):
 
 
 def scan_split(ds, key: str, mode: str = "full", workers: int | None = None,
-               skip: set | None = None) -> SplitScan:
-    """Check every sample of ``ds`` (one dataset entry); raises one :class:`DataError` listing the count."""
+               known: dict | None = None) -> SplitScan:
+    """Check every sample of ``ds`` (one dataset entry); raises one :class:`DataError` with the count.
+
+    ``known`` (image path -> size) is shared between the splits of one scan: an image that two
+    entries list (``target`` and ``target_train_labeled``) is decoded once; it is updated here.
+    """
     base = _base(ds)
     samples = list(getattr(ds, "samples", base.samples))
-    skip = set() if skip is None else skip
-    todo = [(i, lab) for i, lab in samples if (i, lab) not in skip]
+    known = {} if known is None else known
     workers = workers or min(8, os.cpu_count() or 1)
+    fresh = sum(1 for i, _ in samples if i not in known)
 
     def check(sample):
         try:
-            return _check_sample(base, sample[0], sample[1], mode), None
+            return _check_sample(base, sample[0], sample[1], mode, known), None
         except DataError as e:
             return None, str(e)
 
-    if workers > 1 and len(todo) > 64:
+    if workers > 1 and len(samples) > 64:
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(check, todo, chunksize=64))
+            results = list(pool.map(check, samples, chunksize=64))
     else:
-        results = [check(s) for s in todo]
+        results = [check(s) for s in samples]
     errors = [err for _, err in results if err is not None]
     if errors:
-        more = f" ({len(errors)} of {len(todo)} samples of dataset.{key} are bad)" if len(errors) > 1 else ""
+        more = f" ({len(errors)} of {len(samples)} samples of dataset.{key} are bad)" if len(errors) > 1 else ""
         raise DataError(f"{errors[0]}{more}")
-    skip.update(todo)
+    known.update((i, r[0]) for (i, _), (r, _) in zip(samples, results))
     sizes = Counter(f"{s[0][0]}x{s[0][1]}" for s, _ in results)
     resized = sum(1 for (img, lab), _ in results if lab is not None and tuple(lab) != tuple(img))
-    return SplitScan(key=key, samples=len(samples), labels=sum(1 for _, lab in samples if lab is not None),
-                     images_read=len(todo), labels_read=sum(1 for _, lab in todo if lab is not None),
+    labels = sum(1 for _, lab in samples if lab is not None)
+    return SplitScan(key=key, samples=len(samples), labels=labels, images_read=fresh, labels_read=labels,
                      label_resized=resized, image_sizes=dict(sizes.most_common(5)))
 
 
@@ -234,7 +241,7 @@ def scan_datasets(datasets: dict, mode: str = "full", num_classes: int | None = 
     start = time.perf_counter()
     if mode == "off":
         return PrescanReport([], mode, 0.0)
-    seen: set = set()  # samples shared by two entries are read once
+    known: dict = {}  # image path -> size: an image listed by two entries is decoded once
     scans = []
     for key, ds in datasets.items():
         k = getattr(ds, "num_classes", None)
@@ -243,7 +250,7 @@ def scan_datasets(datasets: dict, mode: str = "full", num_classes: int | None = 
                             f"but dataset.num_classes={num_classes}")
         memo = _signature(key, ds, mode)
         if memo not in _scanned:
-            _scanned[memo] = scan_split(ds, key, mode, skip=seen)
+            _scanned[memo] = scan_split(ds, key, mode, known=known)
         scans.append(_scanned[memo])
     return PrescanReport(scans, mode, round(time.perf_counter() - start, 3))
 

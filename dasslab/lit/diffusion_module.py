@@ -38,8 +38,9 @@ class DiffusionModule(L.LightningModule):
         return torch.optim.Adam(self.denoiser.parameters(), lr=self.hparams.lr,
                                 betas=tuple(self.hparams.adam_betas))
 
-    def sampler(self, progress: bool = False) -> Sampler:
-        return Sampler(self.schedule, self.denoiser, progress=progress)
+    def sampler(self, progress: bool = False, **options) -> Sampler:
+        """The reverse process of this model; ``options``: ``sampler_options(cfg.diffusion, device)``."""
+        return Sampler(self.schedule, self.denoiser, progress=progress, **options)
 
     def check_data(self, shape: Sequence[int], what: str = "the data") -> None:
         """Raise a ValueError naming the mismatch if images of ``shape`` don't fit this model."""

@@ -42,7 +42,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import lightning.pytorch as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -358,13 +357,12 @@ class PTLModule(SegmenterModule):
         if self.prepared_domain != n:
             raise RuntimeError(f"PTLModule: domain {n} was not prepared at step {step}; "
                                "the ProgressiveTranslation callback must run (configure_callbacks adds it)")
-        rank, _ = self._rank()
-        # the Appendix C augmentation draws from the global RNG: seed it by (seed, rank, step) so a
-        # resumed run draws what the uninterrupted one drew
-        torch.manual_seed(derive_seed(self.hparams.seed, rank, step))
         parts = {"source": batch["source"]}
         if self.translates:
             parts["translated"] = self.translated_batch(step, batch["source"])
+        # the Appendix C augmentation draws from the global RNG: seed it by (seed, rank, step) so a
+        # resumed run draws what the uninterrupted one drew (after translating, which has its own seeds)
+        torch.manual_seed(derive_seed(self.hparams.seed, self._rank()[0], step))
         total = 0.0
         for key in self.train_keys:
             if key not in parts:

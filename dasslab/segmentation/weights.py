@@ -251,7 +251,7 @@ def read_state_dict(path: str | os.PathLike, setting: str = "backbone.weights",
     and ``trust_checkpoint`` unless ``trust`` (or the ambient
     :func:`~dasslab.checkpoints.trust_checkpoints`) allows it.
     """
-    from dasslab.checkpoints import safe_torch_load
+    from dasslab.utils.safe_load import safe_torch_load
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -380,7 +380,8 @@ def load_weights(
 
 def load_imagenet(model: nn.Module, name: str, path: Path) -> LoadReport:
     """Load a library ImageNet checkpoint into the backbone; all backbone tensors must be covered."""
-    return load_imagenet_state(model, name, read_state_dict(path), source=str(path))
+    return load_imagenet_state(model, name, read_state_dict(path, setting="backbone.pretrained cache file"),
+                               source=str(path))
 
 
 def load_imagenet_state(model: nn.Module, name: str, state: dict[str, torch.Tensor], source: str) -> LoadReport:
