@@ -44,7 +44,7 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
 
     def iou(self) -> torch.Tensor:
         """Per-class IoU in percent; NaN for classes absent from labels and predictions."""
-        cm = super().compute().double()
+        cm = self.compute().double()   # compute() syncs the confusion matrix across DDP ranks
         tp = cm.diag()
         denom = cm.sum(0) + cm.sum(1) - tp
         return torch.where(denom > 0, 100.0 * tp / denom.clamp_min(1), torch.full_like(tp, float("nan")))

@@ -21,7 +21,6 @@ effective batch), ``checkpoints/last.ckpt``, and for segmenters ``metrics.json``
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from pathlib import Path
@@ -137,7 +136,8 @@ def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
     dm.setup("fit")
     module = call(stage.module, cfg, dm)
     callbacks = [instantiate(c) for c in (stage.get("callbacks") or {}).values() if c is not None]
-    max_steps = int(stage.max_steps)
+    # a stage may leave max_steps to its module (PTL: N x K)
+    max_steps = int(stage.max_steps if stage.get("max_steps") is not None else module.hparams.max_steps)
     _record_run(cfg, out, stage.name, dm.batch_size, stage.get("paper_batch_size"))
     # validation during training only before the end: the final evaluation covers the last step
     val_every = stage.get("val_every")
@@ -163,37 +163,3 @@ def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
     else:
         atomic_write_text(out / f"{stage.name}.json", json.dumps(record, indent=2))
     return record
-
-
-def adapt_baseline(cfg: DictConfig) -> dict:
-    """Table 2 (a): translate the source set at n = N with phi^N, then fine-tune the source model."""
-    from dasslab.data.folder import FolderDomain
-    from dasslab.data.transforms import build_transform
-    from dasslab.translate import depth_dir, export_translations
-
-    out = run_dir(cfg)
-    if not cfg.segmenter.init_ckpt:
-        raise ConfigError("stage=adapt needs segmenter.init_ckpt=PATH (the source-only model to fine-tune)")
-    translated = cfg.adapt.get("translated_dir")
-    if not translated:
-        depth = int(cfg.ptl.N)
-        tcfg = OmegaConf.merge(cfg, {"translate": {"depths": [depth], "split": "source",
-                                                   "out_dir": str(out / "translated")}})
-        export_translations(tcfg)
-        translated = depth_dir(out / "translated", depth)
-    tf = build_transform(True, resize=cfg.dataset.image_size, crop=cfg.dataset.crop_size,
-                         hflip=bool(cfg.dataset.get("hflip", True)))
-    extra = {"translated": FolderDomain(translated, "source", transform=tf, setting="adapt.translated_dir")}
-    keys = ["translated", "source"] if cfg.adapt.loss == "ada_src" else ["translated"]
-    sub = copy.deepcopy(cfg)
-    OmegaConf.set_struct(sub, False)
-    sub.stage = OmegaConf.create({
-        "name": "adapt", "kind": "fit", "evaluate": True, "callbacks": {},
-        "datamodule": {"_target_": "dasslab.data.datamodule.from_config",
-                       "train_domains": [k for k in keys if k != "translated"],
-                       "batch_size": cfg.segmenter.batch_size},
-        "module": {"_target_": "dasslab.lit.build.segmenter", "train_keys": keys,
-                   "init_ckpt": cfg.segmenter.init_ckpt},
-        "max_steps": cfg.segmenter.max_steps, "val_every": cfg.segmenter.val_every,
-        "paper_batch_size": cfg.segmenter.paper_batch_size, "checkpoint_every": None})
-    return run_stage(sub, extra=extra)

@@ -69,6 +69,10 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"translate depth n={n!r}: expected an integer in 0..{T} (diffusion.num_timesteps)")
     if t.get("num_steps") is not None:
         _positive(t.num_steps, "translate.num_steps", integer=True)
+    if stage == "adapt":
+        from dasslab.lit.ptl_module import validate_ptl
+
+        validate_ptl(cfg)
     if stage == "pipeline":
         jobs = cfg.pipeline.get("jobs") or {}
         bad = [r for r in cfg.pipeline.rows if r not in jobs]

@@ -171,17 +171,6 @@ def test_missing_diffusion_checkpoint(compose, tmp_path):
         export_translations(c)
 
 
-def test_adapt_baseline_finetunes_on_translated_and_source(trained, compose, tmp_path):
-    out = tmp_path / "adapt"
-    c = compose(*SMOKE, "stage=adapt", f"translate.diffusion_ckpt={trained['diffusion_ckpt']}",
-                f"segmenter.init_ckpt={trained['source'] / 'checkpoints' / 'last.ckpt'}", "ptl.N=10",
-                f"paths.output_dir={out}")
-    rec = run(c)
-    assert rec["train_on"] == ["translated", "source"]
-    assert (out / "translated" / "n0010" / "source" / "images").is_dir()
-    assert json.loads((out / "metrics.json").read_text())["stage"] == "adapt"
-
-
 def test_pipeline_reuses_finished_stages(compose, tmp_path, capsys):
     args = [*SMOKE, "stage=pipeline", "pipeline.rows=[source_only,oracle]"]
     first = run(compose(*args, f"paths.output_dir={tmp_path / 'p1'}"))
