@@ -228,7 +228,8 @@ class PTLModule(SegmenterModule):
                  train_keys: Sequence[str] = ("translated", "source"), schedule: dict | None = None,
                  inference: dict | None = None, ignore_index: int = 255, ptl: dict | None = None,
                  guidance: dict | None = None, arrangement: dict | str | None = None,
-                 diffusion_ckpt: str | None = None, num_steps: int | None = None, seed: int = 0) -> None:
+                 diffusion_ckpt: str | None = None, num_steps: int | None = None, seed: int = 0,
+                 speed: dict | None = None) -> None:
         super().__init__(backbone, num_classes, class_names, optim, max_steps, augment, eval_subsets, train_keys,
                          schedule, inference, ignore_index)
         self.save_hyperparameters()
@@ -255,6 +256,7 @@ class PTLModule(SegmenterModule):
     def set_diffusion(self, diffusion) -> None:
         """Use this (frozen) DiffusionModule instead of loading ``diffusion_ckpt``."""
         self.__dict__["_diffusion"] = diffusion.eval().requires_grad_(False)
+        self.__dict__.pop("_sampler", None)
 
     def sampler(self):
         if self._diffusion is None:
@@ -266,7 +268,12 @@ class PTLModule(SegmenterModule):
             self.set_diffusion(load_diffusion(self.hparams.diffusion_ckpt, setting="diffusion_ckpt"))
         if self._diffusion.device != self.device:
             self._diffusion.to(self.device)
-        return self._diffusion.sampler()
+            self.__dict__.pop("_sampler", None)
+        if self.__dict__.get("_sampler") is None:   # one sampler per device (a compiled denoiser compiles once)
+            from dasslab.diffusion.sampler import sampler_options
+
+            self.__dict__["_sampler"] = self._diffusion.sampler(**sampler_options(self.hparams.speed, self.device))
+        return self.__dict__["_sampler"]
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -412,7 +419,8 @@ def from_config(cfg, datamodule, init_ckpt: str | None = None) -> PTLModule:
         schedule={k: cfg.diffusion[k] for k in ("num_timesteps", "beta_start", "beta_end")},
         inference=plain(cfg.eval.get("inference")) or {"mode": "whole"}, ptl=ptl,
         guidance=plain(cfg.get("guidance")), arrangement=plain(cfg.get("arrangement")),
-        diffusion_ckpt=cfg.get("diffusion_ckpt"), num_steps=cfg.translate.get("num_steps"), seed=int(cfg.seed))
+        diffusion_ckpt=cfg.get("diffusion_ckpt"), num_steps=cfg.translate.get("num_steps"), seed=int(cfg.seed),
+        speed={k: cfg.diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")})
     module.model.load_state_dict(source.model.state_dict())
     module.snapshot_guide()
     return module
