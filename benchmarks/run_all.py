@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["data", "segmenter", "diffusion", "guidance", "projection"]
+BENCHES = ["data", "segmenter", "diffusion", "guidance", "ptl", "projection"]
 
 
 def command(name: str, device: str, quick: bool) -> list[str]:

@@ -66,15 +66,20 @@ def make_trainer(cfg: DictConfig, out: Path, max_steps: int, callbacks: list | N
     """A Trainer from ``cfg.trainer`` + the configured loggers and callbacks."""
     loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
     cbs = []
+    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     for name, v in (cfg.get("callbacks") or {}).items():
         if v is None:
             continue
+        target = str(v.get("_target_", ""))
+        if target.endswith("ProgressBar") and kw.get("enable_progress_bar") is False:
+            continue                      # progress bars off: a bar callback would be an error
+        if target.endswith("LearningRateMonitor") and not loggers:
+            continue                      # nothing to log the learning rate to
         if name == "checkpoint":
             every = min(int(checkpoint_every or v.every_n_train_steps), max_steps)
             v = OmegaConf.merge(v, {"dirpath": str(out / "checkpoints"), "every_n_train_steps": every})
         cbs.append(instantiate(v))
     cbs += callbacks or []
-    kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     if val_every:
         kw.update(val_check_interval=min(int(val_every), max_steps), check_val_every_n_epoch=None)
     else:
