@@ -29,7 +29,7 @@ def evaluate_segmenter(module, loader, class_names: Sequence[str], out_dir: str 
     was_training = module.training
     module.eval()
     device = module.device
-    metric = SegmentationMetrics(len(class_names), 255, dict(subsets or {})).to(device)
+    metric = SegmentationMetrics(len(class_names), 255, dict(subsets or {}), sync=False).to(device)
     shown: list[list] = []
     for batch in tqdm(loader, desc=f"eval {split}", leave=False, dynamic_ncols=True):
         images = batch["image"].to(device)

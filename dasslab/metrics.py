@@ -30,8 +30,10 @@ class SegmentationMetrics(MulticlassConfusionMatrix):
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255,
-                 subsets: Mapping[str, Sequence[int]] | None = None) -> None:
-        super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None)
+                 subsets: Mapping[str, Sequence[int]] | None = None, sync: bool = True) -> None:
+        # sync: sum the confusion matrix over DDP ranks on compute (each rank saw a shard); False when
+        # one process evaluates the whole split alone (the others may have finished)
+        super().__init__(num_classes=num_classes, ignore_index=ignore_index, normalize=None, sync_on_compute=sync)
         self.subsets = {k: list(v) for k, v in (subsets or {}).items()}
         for name, idx in self.subsets.items():
             bad = [i for i in idx if not 0 <= i < num_classes]

@@ -26,8 +26,8 @@ def test_groups_have_options():
 def test_every_group_option_composes_and_validates(compose, group):
     for opt in options(group):
         overrides = [f"{group}={opt}"]
-        if opt == "folder":
-            overrides.append("dataset.root=/somewhere")
+        if opt == "folder":   # the working size would be read from the folder's images
+            overrides += ["dataset.root=/somewhere", "dataset.image_size=[64,64]"]
         cfg = compose(*overrides)
         OmegaConf.resolve(cfg)
         validate_config(cfg)

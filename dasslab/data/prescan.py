@@ -261,7 +261,7 @@ def prescan(cfg: DictConfig, keys: list[str] | None = None, mode: str | None = N
 
     ``mode`` defaults to ``data.prescan`` (``full``); ``off`` returns an empty report at once.
     """
-    from dasslab.data.datamodule import build_dataset
+    from dasslab.data.build import build_dataset
 
     mode = mode or (cfg.get("data") or {}).get("prescan", "full") or "off"
     if mode == "off":
