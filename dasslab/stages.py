@@ -158,6 +158,16 @@ def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
               "final_loss": None if loss is None else float(loss)}
     if not trainer.is_global_zero:
         return record
+    try:
+        return _finish(cfg, stage, trainer, module, dm, out, ckpt, record, datamodule_extra)
+    finally:
+        for lg in trainer.loggers:           # close W&B runs so that their files are complete
+            if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+                lg.experiment.finish()
+
+
+def _finish(cfg, stage, trainer, module, dm, out: Path, ckpt: Path, record: dict, datamodule_extra: dict) -> dict:
+    """Evaluate a segmenter stage on ``eval.split`` (metrics.json, overlays, also sent to the loggers)."""
     if stage.get("evaluate"):
         record = evaluate_segmenter(module, dm.val_dataloader(), dm.class_names, out,
                                     subsets=cfg.dataset.eval_subsets, split=cfg.eval.split,
@@ -165,6 +175,15 @@ def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
                                     extra={"stage": stage.name, "train_on": list(dm.train_domains) +
                                            list(datamodule_extra.get("extra") or {}),
                                            "checkpoint": str(ckpt), "steps": trainer.global_step})
+        if (out / "overlays.png").is_file():
+            from dasslab.data.io import read_image
+            from dasslab.visualize import log_image
+
+            log_image(trainer, "eval/overlays", read_image(out / "overlays.png"), step=trainer.global_step)
+        for lg in trainer.loggers:
+            if record.get("miou") is not None:
+                lg.log_metrics({"eval/miou": record["miou"]}, step=trainer.global_step)
+                lg.save()
     else:
         atomic_write_text(out / f"{stage.name}.json", json.dumps(record, indent=2))
     return record

@@ -124,3 +124,14 @@ def test_folder_working_size_follows_the_data(digits_root, tmp_path):
     assert list(cfg.dataset.image_size) == [40, 72] and list(cfg.dataset.crop_size) == [40, 72]
     with pytest.raises(DataError, match="dataset.root"):
         working_size(tmp_path / "missing")
+
+
+def test_digit_scale_changes_the_scenes_and_is_recorded_only_when_set(tmp_path):
+    small = make_digits(tmp_path / "a", n_train=40, n_val=5, seed=1)
+    big = make_digits(tmp_path / "b", n_train=40, n_val=5, seed=1, digit_scale=(0.6, 0.9))
+    meta_a, meta_b = (json.loads((r / "meta.json").read_text()) for r in (small, big))
+    assert "digit_scale" not in meta_a and meta_b["digit_scale"] == [0.6, 0.9]
+    # bigger digits cover more of the scene
+    assert meta_b["class_fraction"]["source"][0] < meta_a["class_fraction"]["source"][0]
+    with pytest.raises(DataError, match="digit_scale"):
+        make_digits(tmp_path / "c", n_train=4, n_val=1, digit_scale=(0.9, 0.5))

@@ -55,16 +55,23 @@ FOLDERS = {("source", "train"): "source", ("source", "val"): "source_val",
            ("target", "train"): "target", ("target", "val"): "target_val"}
 
 
-def _params(size: int, n_train: int, n_val: int, seed: int) -> dict:
-    return {"generator": "dasslab.data.digits", "version": GENERATOR_VERSION,
-            "size": int(size), "n_train": int(n_train), "n_val": int(n_val), "seed": int(seed)}
+DIGIT_SCALE = (0.35, 0.6)
 
 
-def _compose(rng: np.random.Generator, scans: np.ndarray, targets: np.ndarray, size: int):
+def _params(size: int, n_train: int, n_val: int, seed: int, digit_scale=DIGIT_SCALE) -> dict:
+    p = {"generator": "dasslab.data.digits", "version": GENERATOR_VERSION,
+         "size": int(size), "n_train": int(n_train), "n_val": int(n_val), "seed": int(seed)}
+    if tuple(float(v) for v in digit_scale) != DIGIT_SCALE:  # recorded only when not the default
+        p["digit_scale"] = [float(v) for v in digit_scale]
+    return p
+
+
+def _compose(rng: np.random.Generator, scans: np.ndarray, targets: np.ndarray, size: int,
+             digit_scale=DIGIT_SCALE):
     """Place 1-3 digits; return (intensity HxW float32 in [0, 1], label HxW uint8)."""
     alpha = np.zeros((size, size), np.float32)
     label = np.full((size, size), BACKGROUND, np.uint8)
-    lo, hi = max(8, round(0.35 * size)), max(8, round(0.6 * size))
+    lo, hi = max(8, round(digit_scale[0] * size)), max(8, round(digit_scale[1] * size))
     for _ in range(rng.integers(1, 4)):
         k = rng.integers(len(scans))
         side = int(rng.integers(lo, hi + 1))
@@ -124,7 +131,7 @@ def _generate(out: Path, params: dict) -> None:
         (out / folder / "labels").mkdir()
         counts = np.zeros(len(CLASS_NAMES), np.int64)
         for i in range(n):
-            alpha, label = _compose(rng, pool_scans, pool_targets, size)
+            alpha, label = _compose(rng, pool_scans, pool_targets, size, params.get("digit_scale", DIGIT_SCALE))
             if folder.startswith("source"):
                 img = _render_source(rng, alpha)
             else:
@@ -151,7 +158,8 @@ def _matches(root: Path, params: dict) -> bool:
     return meta is not None and all(meta.get(k) == v for k, v in params.items())
 
 
-def make_digits(root, size: int = 32, n_train: int = 3000, n_val: int = 600, seed: int = 0) -> Path:
+def make_digits(root, size: int = 32, n_train: int = 3000, n_val: int = 600, seed: int = 0,
+                digit_scale=DIGIT_SCALE) -> Path:
     """Generate the digits benchmark into ``root`` unless a cache with these parameters is there.
 
     Returns ``Path(root)``. See the module docstring for the layout and guarantees.
@@ -161,7 +169,10 @@ def make_digits(root, size: int = 32, n_train: int = 3000, n_val: int = 600, see
         raise DataError(f"dataset.size={size}: digits scenes need size >= 16")
     if n_train < 1 or n_val < 1:
         raise DataError(f"digits n_train={n_train}, n_val={n_val}: expected at least 1 scene each")
-    params = _params(size, n_train, n_val, seed)
+    if not 0 < float(digit_scale[0]) <= float(digit_scale[1]) <= 1:
+        raise DataError(f"dataset.generate.digit_scale={list(digit_scale)}: expected 0 < lo <= hi <= 1 "
+                        "(digit side as a fraction of the scene side)")
+    params = _params(size, n_train, n_val, seed, digit_scale)
     if _matches(root, params):
         return root
     if root.exists() and read_meta(root) is None and (not root.is_dir() or any(root.iterdir())):
@@ -197,16 +208,17 @@ class Digits(FolderDomain):
         split: ``"train"`` or ``"val"``.
         transform: albumentations transform or None.
         size, n_train, n_val, seed: generation parameters (a differing cache is regenerated).
+        digit_scale: (lo, hi) range of a digit's side as a fraction of the scene side.
         labels: load labels; default everywhere except target train (set True for the target oracle).
     """
 
     def __init__(self, root, domain: str = "source", split: str = "train", transform=None,
                  size: int = 32, n_train: int = 3000, n_val: int = 600, seed: int = 0, *,
-                 labels: bool | None = None):
+                 labels: bool | None = None, digit_scale=DIGIT_SCALE):
         if (domain, split) not in FOLDERS:
             raise DataError(f"digits domain={domain!r} split={split!r}: expected domain 'source'|'target' "
                             "and split 'train'|'val'")
-        root = make_digits(root, size=size, n_train=n_train, n_val=n_val, seed=seed)
+        root = make_digits(root, size=size, n_train=n_train, n_val=n_val, seed=seed, digit_scale=digit_scale)
         if labels is None:
             labels = (domain, split) != ("target", "train")
         super().__init__(root, FOLDERS[(domain, split)], transform, labels=labels)
