@@ -100,9 +100,10 @@ def main() -> int:
     rows = []
     for n in args.depths:
         reps = 1 if n > 50 else 2
-        paper = timed(lambda: train_step(translate(x, y, n, None)), reps)
-        respaced = timed(lambda: train_step(translate(x, y, n, min(n, args.steps))), reps)
-        chunk = timed(lambda: translate(xb, yb, n, min(n, args.steps)), 1)
+        steps = min(n, args.steps)
+        paper = timed(lambda n=n: train_step(translate(x, y, n, None)), reps)
+        respaced = timed(lambda n=n, s=steps: train_step(translate(x, y, n, s)), reps)
+        chunk = timed(lambda n=n, s=steps: translate(xb, yb, n, s), 1)
         pool_images = args.K * args.batch
         pooled = t_train + math.ceil(pool_images / args.pool_batch) * chunk / args.K
         rows.append({"n": n, "paper_s": paper, "respaced_s": respaced, "pooled_s": pooled,

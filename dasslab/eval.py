@@ -17,10 +17,10 @@ from dasslab.cli import entry_point
 def run(cfg: DictConfig) -> dict:
     from torch.utils.data import DataLoader
 
+    from dasslab.checkpoints import load_segmenter
     from dasslab.data.base import DataError
     from dasslab.data.datamodule import build_dataset, eval_collate
     from dasslab.evaluate import evaluate_segmenter
-    from dasslab.checkpoints import load_segmenter
     from dasslab.utils.runinfo import save_config
 
     out = Path(cfg.paths.output_dir)

@@ -13,6 +13,17 @@ import pytest
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on shared CI cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def cityscapes_fixture() -> Path:
     """The real Cityscapes val frame of ../shared/fixtures/cityscapes (read-only), or skip."""

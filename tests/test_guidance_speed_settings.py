@@ -12,13 +12,7 @@ from dasslab.diffusion import NoiseSchedule, Sampler
 from dasslab.diffusion.sampler import sampler_options
 from dasslab.guidance import SemanticGuidance, auto_max_batch, class_copies, copies_that_fit, lcg_grad
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one intra-op thread
 
 
 def _shift(sg, x, step=0, num_steps=2):

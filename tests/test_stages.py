@@ -29,7 +29,8 @@ def trained(tmp_path_factory, digits_data_dir):
         dif = compose("train", SMOKE + ["stage=diffusion", f"paths.output_dir={root / 'diffusion'}"])
     record = run(src)
     ckpt = run(dif)
-    return {"root": root, "source": root / "source", "source_record": record, "diffusion_ckpt": Path(ckpt["checkpoint"])}
+    return {"root": root, "source": root / "source", "source_record": record,
+            "diffusion_ckpt": Path(ckpt["checkpoint"])}
 
 
 def test_source_stage_leaves_metrics_and_checkpoint(trained):
@@ -61,8 +62,8 @@ def test_eval_cli_reads_the_checkpoint(trained, tmp_path, digits_data_dir):
 
 
 def test_sliding_window_equals_whole_for_a_window_of_the_image_size(trained):
-    from dasslab.segmentation.inference import predict_logits
     from dasslab.checkpoints import load_segmenter
+    from dasslab.segmentation.inference import predict_logits
 
     model = load_segmenter(trained["source"] / "checkpoints" / "last.ckpt").model
     x = torch.rand(2, 3, 32, 64) * 2 - 1
