@@ -218,14 +218,20 @@ def run_pipeline(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = {r: done[r] for r in done if r.split("@seed")[0] in cfg.pipeline.rows}
-    summary = summarize(rows, skipped)
+    scored = {r: v for r, v in rows.items() if "markdown" not in v}     # rows with a target-val mIoU
+    summary = summarize(scored, skipped)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     md = results_markdown(summary, cfg.dataset.name)
     for row, result in rows.items():
-        if "markdown" in result:             # e.g. the translation-quality job
+        run_dir = Path(result.get("run_dir", "/nonexistent"))
+        if "markdown" in result:             # an analysis job (translation quality): its report and files
             md += "\n" + result["markdown"]
-        for pic in Path(result.get("run_dir", "/nonexistent")).glob("*.png"):
-            shutil.copy2(pic, out / (pic.name if pic.name.startswith(row) else f"{row}_{pic.name}"))
+            for f in [*run_dir.glob("*.png"), *run_dir.glob("*.json")]:
+                if f.name not in ("DONE.json", "run_info.json"):
+                    shutil.copy2(f, out / f.name)
+            continue
+        for pic in run_dir.glob("*.png"):
+            shutil.copy2(pic, out / f"{row}_{pic.name}")
     atomic_write_text(out / "results.md", md)
     print(md)
     print(f"run directory: {out}")

@@ -1,0 +1,23 @@
+"""`make demo ARGS='dataset=folder dataset.root=ROOT'`: any pair of domains, rows needing target labels skipped."""
+
+import json
+
+from test_stages import _folder_tree
+
+from dasslab.train import run
+
+
+def test_demo_on_a_folder_pair_without_target_labels(compose, tmp_path, monkeypatch):
+    monkeypatch.setenv("DASSLAB_ROOT", str(tmp_path))
+    root = _folder_tree(tmp_path / "pair", classes=4, size=(40, 56))     # another class count and size
+    out = tmp_path / "demo"
+    summary = run(compose("experiment=demo", "debug=smoke", "dataset=folder", f"dataset.root={root}",
+                          f"paths.output_dir={out}"))
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == summary
+    for row in ("source_only", "baseline"):
+        assert 0.0 <= saved[row]["miou"] <= 100.0
+    # the folder pair has no labeled target-train split: the oracle row is skipped with its reason
+    assert "target_train_labeled" in saved["oracle"]["skipped"]
+    md = (out / "results.md").read_text()
+    assert "source_only" in md and "skipped" in md
