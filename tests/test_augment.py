@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dasslab.diffusion.schedule import NoiseSchedule
+from dasslab.errors import ConfigError
 from dasslab.segmentation.augment import noisy_masked
 
 
@@ -80,7 +81,8 @@ def test_noise_level_follows_eq2_and_t_max_bounds_it():
 
 @pytest.mark.parametrize("kw", [{"t_max": 0}, {"t_max": 1001}, {"p": 1.5}, {"mask_p": -0.1}])
 def test_bad_settings_name_the_setting(kw):
+    """A ConfigError (a ValueError) naming the setting."""
     s = NoiseSchedule.linear()
     x, y = batch()
-    with pytest.raises(ValueError, match="augment."):
+    with pytest.raises(ConfigError, match="augment."):
         noisy_masked(x, y, s.q_sample, 1000, **kw)

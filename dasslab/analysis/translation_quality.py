@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from dasslab.analysis.domain_score import domain_score, train_domain_classifier
 from dasslab.analysis.judge import foreground_classes, label_consistency
+from dasslab.errors import ConfigError
 from dasslab.translation import translate_images
 from dasslab.utils.io import atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
@@ -86,7 +87,7 @@ def measure(cfg: DictConfig, judge_ckpt: str, diffusion_ckpt: str, guide_ckpt: s
     tgt_x, _ = _stack(build_dataset(cfg.dataset, "target", train=False, resize_labels=True, limit=n_clf))
     src_train_x, _ = _stack(build_dataset(cfg.dataset, "source", train=False, resize_labels=True, limit=n_clf))
     if src_y is None or src_x.shape[-2:] != src_y.shape[-2:]:
-        raise ValueError(f"quality.source_split={q.source_split}: needs labels at the working size")
+        raise ConfigError(f"quality.source_split={q.source_split}: needs labels at the working size")
     judge_module = load_segmenter(judge_ckpt, setting="quality.judge_ckpt")
     judge = judge_module.model.to(dev).eval()
     guide = load_segmenter(guide_ckpt, setting="guide_ckpt").model.to(dev).eval().requires_grad_(False)

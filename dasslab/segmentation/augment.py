@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import torch
 
+from dasslab.errors import ConfigError
+
 __all__ = ["noisy_masked"]
 
 
 def _check_fraction(value: float, name: str) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"augment.{name}={value}: expected a fraction in [0, 1]")
+        raise ConfigError(f"augment.{name}={value}: expected a fraction in [0, 1]")
     return value
 
 
@@ -57,7 +59,7 @@ def noisy_masked(x: torch.Tensor, y: torch.Tensor, q_sample, num_timesteps: int,
     n, dev = x.shape[0], x.device
     t_max = num_timesteps if t_max is None else int(t_max)
     if not 0 < t_max <= num_timesteps:
-        raise ValueError(f"augment.t_max={t_max}: expected 1..{num_timesteps} (diffusion.num_timesteps)")
+        raise ConfigError(f"augment.t_max={t_max}: expected 1..{num_timesteps} (diffusion.num_timesteps)")
     draws = torch.rand(2, n, generator=generator, device="cpu")
     noised, masked = draws[0] < p, draws[1] < mask_p
     if noised.any():
