@@ -309,9 +309,10 @@ def quality_markdown(q: dict) -> str:
     """Consistency / domain score tables of :func:`dasslab.analysis.translation_quality.measure`."""
     ref = q["reference"]
     lines = [f"## Translation quality ({q['num_images']} source val images, {q['num_steps']} reverse steps)", "",
-             f"Reference: source images consistency {ref['source']['consistency']:.1f}, domain score "
-             f"{ref['source']['domain_score']:.2f}; real target val consistency "
-             f"{ref['target_val']['consistency']:.1f}, domain score {ref['target_val']['domain_score']:.2f}.", "",
+             "Consistency: the judge's foreground mIoU on the translated images against the source labels "
+             "(all-class mIoU in brackets). Reference: "
+             + "; ".join(f"{name} {r['consistency']:.1f} ({r.get('consistency_all', float('nan')):.1f}), domain "
+                         f"score {r['domain_score']:.2f}" for name, r in ref.items()) + ".", "",
              "| setting | n | consistency (mIoU %) | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
     for name, s in q["settings"].items():
         for r in s["rows"]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import dasslab.config  # noqa: E402,F401  (registers the config resolvers before any compose)
+
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
