@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.resources
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -30,13 +28,3 @@ def find_conf_dir() -> str:
 
 CONF_DIR = find_conf_dir()
 
-
-def _deepest_depth(t_max, n):
-    """The deepest timestep PTL translates from: ``ptl.t_max`` under domain striding, else ``ptl.N``."""
-    return int(t_max) if t_max is not None else int(n)
-
-
-# resolvers the configs use, registered wherever configs are composed (every entry point imports this module)
-if not OmegaConf.has_resolver("dasslab.deepest_depth"):
-    OmegaConf.register_new_resolver("dasslab.deepest_depth", _deepest_depth)
-import dasslab.data.folder  # noqa: E402,F401  (registers dasslab.folder_size: a folder pair's working size)

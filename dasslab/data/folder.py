@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from .base import SegmentationDataset, check_root, pair_by_stem
 from .io import DataError, list_files, read_index_label
 from .labels import IGNORE_INDEX
@@ -135,7 +133,3 @@ def working_size(root, max_side: int = 512, multiple: int = 8) -> list[int]:
     m = max(1, int(multiple))
     return [max(m, int(h * scale) // m * m), max(m, int(w * scale) // m * m)]
 
-
-OmegaConf.register_new_resolver(
-    "dasslab.folder_size", lambda root, max_side=512, multiple=8: working_size(root, int(max_side), int(multiple)),
-    replace=True, use_cache=True)
