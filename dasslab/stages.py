@@ -127,7 +127,7 @@ def _record_run(cfg: DictConfig, out: Path, stage: str, batch_size: int, paper_b
                    batch_size_warning=warning)
 
 
-def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
+def run_stage(cfg: DictConfig) -> dict:
     """Run ``cfg.stage``: a ``fit`` stage (build, fit, save, evaluate) or a ``run`` stage (a function)."""
     stage = cfg.stage
     if stage.kind == "run":
@@ -137,7 +137,7 @@ def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
     out = run_dir(cfg)
     save_config(cfg, out)
     L.seed_everything(cfg.seed, workers=True)
-    dm = call(stage.datamodule, cfg, **datamodule_extra)
+    dm = call(stage.datamodule, cfg)
     dm.setup("fit")
     module = call(stage.module, cfg, dm)
     callbacks = [instantiate(c) for c in (stage.get("callbacks") or {}).values() if c is not None]
@@ -159,21 +159,21 @@ def run_stage(cfg: DictConfig, **datamodule_extra) -> dict:
     if not trainer.is_global_zero:
         return record
     try:
-        return _finish(cfg, stage, trainer, module, dm, out, ckpt, record, datamodule_extra)
+        return _finish(cfg, stage, trainer, module, dm, out, ckpt, record)
     finally:
         for lg in trainer.loggers:           # close W&B runs so that their files are complete
             if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
                 lg.experiment.finish()
 
 
-def _finish(cfg, stage, trainer, module, dm, out: Path, ckpt: Path, record: dict, datamodule_extra: dict) -> dict:
+def _finish(cfg, stage, trainer, module, dm, out: Path, ckpt: Path, record: dict) -> dict:
     """Evaluate a segmenter stage on ``eval.split`` (metrics.json, overlays, also sent to the loggers)."""
     if stage.get("evaluate"):
+        train_on = list(getattr(module, "train_keys", None) or dm.train_domains)
         record = evaluate_segmenter(module, dm.val_dataloader(), dm.class_names, out,
                                     subsets=cfg.dataset.eval_subsets, split=cfg.eval.split,
                                     overlays=cfg.eval.overlays,
-                                    extra={"stage": stage.name, "train_on": list(dm.train_domains) +
-                                           list(datamodule_extra.get("extra") or {}),
+                                    extra={"stage": stage.name, "train_on": train_on,
                                            "checkpoint": str(ckpt), "steps": trainer.global_step})
         if (out / "overlays.png").is_file():
             from dasslab.data.io import read_image
