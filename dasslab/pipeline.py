@@ -234,7 +234,6 @@ def run_pipeline(cfg: DictConfig) -> dict:
             shutil.copy2(pic, out / f"{row}_{pic.name}")
     atomic_write_text(out / "results.md", md)
     print(md)
-    print(f"run directory: {out}")
     return summary
 
 
