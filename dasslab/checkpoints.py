@@ -53,22 +53,34 @@ def _load_state(module, state: dict, path, setting: str, strict: bool) -> None:
                               f"hyper-parameters describe ({detail})") from None
 
 
+def _read_kind(path, setting: str, map_location, trust, key: str, kind: str, stage: str) -> tuple[dict, dict]:
+    """The checkpoint and its hyper-parameters; one line naming the file if it is not of this kind."""
+    ckpt = read_checkpoint(path, setting, map_location, trust=trust)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    if key not in hp or "state_dict" not in ckpt:
+        raise CheckpointError(f"{setting}={path}: not {kind} checkpoint (expected …/checkpoints/last.ckpt "
+                              f"of a `dasslab-train {stage}` run)")
+    return ckpt, hp
+
+
+def _build(cls, hp: dict):
+    """``cls(**hp)`` with the hyper-parameters its constructor takes (older/newer extras ignored)."""
+    known = cls.__init__.__code__.co_varnames
+    return cls(**{k: v for k, v in hp.items() if k in known})
+
+
 def load_segmenter(path: str | Path, map_location="cpu", setting: str = "segmenter checkpoint",
                    trust: bool | None = None):
     """A trained segmenter (``stage=source|oracle|adapt`` checkpoint, or its export) in eval mode."""
     from dasslab.lit.segmenter_module import SegmenterModule
 
-    ckpt = read_checkpoint(path, setting, map_location, trust=trust)
-    hp = dict(ckpt.get("hyper_parameters", {}))
-    if "backbone" not in hp or "state_dict" not in ckpt:
-        raise CheckpointError(f"{setting}={path}: not a segmenter checkpoint (expected …/checkpoints/last.ckpt "
-                              f"of a `dasslab-train stage=source|oracle|adapt` run)")
+    ckpt, hp = _read_kind(path, setting, map_location, trust, "backbone", "a segmenter",
+                          "stage=source|oracle|adapt")
     # the checkpoint holds all weights: build without fetching ImageNet weights or reading local files
     hp["backbone"] = {**hp["backbone"], "pretrained": False, "weights": None}
     hp.setdefault("optim", {})
     hp.setdefault("max_steps", 0)
-    known = SegmenterModule.__init__.__code__.co_varnames
-    module = SegmenterModule(**{k: v for k, v in hp.items() if k in known})
+    module = _build(SegmenterModule, hp)
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("model.", "val_metric.", "schedule."))}
     _load_state(module, state, path, setting, strict=False)
     missing = [k for k in module.model.state_dict() if f"model.{k}" not in state]
@@ -83,13 +95,8 @@ def load_diffusion(path: str | Path, map_location="cpu", setting: str = "diffusi
     """A ``stage=diffusion`` checkpoint (EMA weights), or its export, for sampling/translation, frozen."""
     from dasslab.lit.diffusion_module import DiffusionModule
 
-    ckpt = read_checkpoint(path, setting, map_location, trust=trust)
-    hp = dict(ckpt.get("hyper_parameters", {}))
-    if "preset" not in hp or "state_dict" not in ckpt:
-        raise CheckpointError(f"{setting}={path}: not a diffusion checkpoint (expected …/checkpoints/last.ckpt "
-                              f"of a `dasslab-train stage=diffusion` run)")
-    known = DiffusionModule.__init__.__code__.co_varnames
-    module = DiffusionModule(**{k: v for k, v in hp.items() if k in known})
+    ckpt, hp = _read_kind(path, setting, map_location, trust, "preset", "a diffusion", "stage=diffusion")
+    module = _build(DiffusionModule, hp)
     _load_state(module, ckpt["state_dict"], path, setting, strict=True)
     module.eval().requires_grad_(False)
     return module

@@ -27,13 +27,11 @@ def guidance_enabled(guidance) -> bool:
     """Whether a ``guidance`` config group (or validated ``GuidanceSettings``) asks for guidance at all."""
     if not guidance:
         return False
-    if hasattr(guidance, "enabled"):
-        return bool(guidance.enabled)
-    if guidance.get("name", "sgg") == "none":
-        return False
-    if not (guidance.get("lcg", True) or guidance.get("gsg", True)):
-        return False
-    return float(guidance.get("scale", 0) or 0) > 0 or float(guidance.get("shift", 0) or 0) > 0
+    if not hasattr(guidance, "enabled"):   # a config group: the one check of the settings decides
+        from dasslab.guidance import validate_guidance
+
+        guidance = validate_guidance(guidance)
+    return bool(guidance.enabled)
 
 
 @dataclass

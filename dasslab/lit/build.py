@@ -33,12 +33,17 @@ def segmenter(cfg, datamodule, train_keys: Sequence[str] = ("source",), init_ckp
         schedule={k: cfg.diffusion[k] for k in ("num_timesteps", "beta_start", "beta_end")},
         inference=plain(cfg.eval.get("inference")) or {"mode": "whole"})
     if init_ckpt:
-        source = load_segmenter(init_ckpt, setting="segmenter.init_ckpt")
-        if list(source.class_names) != list(names):
-            raise CheckpointError(f"segmenter.init_ckpt={init_ckpt}: its classes {source.class_names[:4]}… differ "
-                                  f"from dataset={cfg.dataset.name}'s {list(names)[:4]}…")
-        module.model.load_state_dict(source.model.state_dict())
+        module.model.load_state_dict(source_model(init_ckpt, names, cfg.dataset.name).model.state_dict())
     return module
+
+
+def source_model(init_ckpt: str, names: Sequence[str], dataset: str) -> SegmenterModule:
+    """The segmenter of ``segmenter.init_ckpt``, refused with one line if its classes are not ``names``."""
+    source = load_segmenter(init_ckpt, setting="segmenter.init_ckpt")
+    if list(source.class_names) != list(names):
+        raise CheckpointError(f"segmenter.init_ckpt={init_ckpt}: its classes {source.class_names[:4]}… differ "
+                              f"from dataset={dataset}'s {list(names)[:4]}…")
+    return source
 
 
 def diffusion(cfg, datamodule=None) -> DiffusionModule:

@@ -51,7 +51,7 @@ from dasslab.data.transforms import derive_seed, seed_transforms
 from dasslab.diffusion.schedule import domain_timestep
 from dasslab.errors import ConfigError
 from dasslab.lit.segmenter_module import SegmenterModule
-from dasslab.translation import chunk_seed, guidance_enabled, translate_batch, translate_images
+from dasslab.translation import chunk_seed, translate_batch, translate_images
 
 __all__ = ["MODES", "DomainSchedule", "PTLDataModule", "PTLModule", "SourceStream", "datamodule_from_config",
            "domain_seed", "from_config", "ptl_max_steps", "validate_ptl"]
@@ -289,9 +289,15 @@ class PTLModule(SegmenterModule):
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     @property
-    def guidance_settings(self) -> dict | None:
-        g = self.hparams.guidance
-        return dict(g) if g is not None and guidance_enabled(g) else None
+    def guidance_settings(self):
+        """The checked guidance settings (validated once per module, not per batch), or None if unguided."""
+        if "_guidance" not in self.__dict__:
+            from dasslab.guidance import validate_guidance
+
+            g = self.hparams.guidance
+            settings = validate_guidance(g, self.hparams.arrangement) if g else None
+            self.__dict__["_guidance"] = settings if settings is not None and settings.enabled else None
+        return self.__dict__["_guidance"]
 
     @torch.no_grad()
     def translate(self, images: Tensor, labels: Tensor, n: int, chunk: int, seed: int):
@@ -393,22 +399,13 @@ def train_keys_for(ptl: Mapping[str, Any], loss: str) -> list[str]:
 
 def from_config(cfg, datamodule, init_ckpt: str | None = None) -> PTLModule:
     """The adaptation module of ``conf/stage/adapt.yaml``, initialised from the source-only model."""
-    from omegaconf import OmegaConf
-
-    from dasslab.checkpoints import load_segmenter
-    from dasslab.errors import CheckpointError
-
-    def plain(node):
-        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+    from dasslab.lit.build import plain, source_model
 
     init_ckpt = init_ckpt or cfg.segmenter.get("init_ckpt")
     if not init_ckpt:
         raise ConfigError("stage=adapt needs segmenter.init_ckpt=PATH (the source-only model to adapt)")
-    source = load_segmenter(init_ckpt, setting="segmenter.init_ckpt")
     names = list(datamodule.class_names)
-    if list(source.class_names) != names:
-        raise CheckpointError(f"segmenter.init_ckpt={init_ckpt}: its classes {source.class_names[:4]}… differ "
-                              f"from dataset={cfg.dataset.name}'s {names[:4]}…")
+    source = source_model(init_ckpt, names, cfg.dataset.name)
     ptl = plain(cfg.ptl)
     module = PTLModule(
         # the weights come from init_ckpt: never fetch ImageNet weights
