@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,12 +90,23 @@ def job_config(cfg: DictConfig, name: str, planned: dict[str, Job], seed: int | 
     if job.get("set"):
         sub.merge_with(job.set)
     for key, upstream in (job.get("needs") or {}).items():
-        OmegaConf.update(sub, key, str(planned[upstream].checkpoint), force_add=True)
+        label = _label(upstream, _upstream_seed(cfg, upstream, seed))
+        OmegaConf.update(sub, key, str(planned[label].checkpoint), force_add=True)
     sub.task_name = name
     if seed is not None:
         sub.seed = int(seed)
     sub.pipeline.filled = list((job.get("needs") or {}).keys())
     return sub
+
+
+def _label(name: str, seed: int | None) -> str:
+    return name if seed is None else f"{name}@seed{seed}"
+
+
+def _upstream_seed(cfg: DictConfig, upstream: str, seed: int | None) -> int | None:
+    """A per-seed job needs the same seed's run of an upstream job that is itself per-seed
+    (e.g. each seed's source-only model); a shared upstream (the DDPM) is run once."""
+    return seed if seed is not None and cfg.pipeline.jobs[upstream].get("per_seed") else None
 
 
 def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
@@ -104,16 +116,17 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
     skipped: dict[str, str] = {}
 
     def add(name: str, chain: tuple = (), seed: int | None = None) -> None:
-        label = name if seed is None else f"{name}@seed{seed}"
+        label = _label(name, seed)
         if label in planned:
             return
         if name in chain:
             raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
         if name not in jobs:
             raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
-        needs = list((jobs[name].get("needs") or {}).values())
-        for upstream in needs:
-            add(upstream, chain + (name,))
+        needs = []
+        for upstream in (jobs[name].get("needs") or {}).values():
+            add(upstream, chain + (name,), _upstream_seed(cfg, upstream, seed))
+            needs.append(_label(upstream, _upstream_seed(cfg, upstream, seed)))
         sub = job_config(cfg, name, planned, seed)
         key = stage_key(sub)
         out = Path(cfg.paths.cache_dir) / str(sub.stage.name) / key
@@ -127,7 +140,7 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
             skipped[row] = why
             continue
         if seeds and jobs[row].get("per_seed") and row in jobs:
-            for seed in seeds:           # repeated with other seeds; what it needs is not
+            for seed in seeds:           # repeated with other seeds; what it needs only if per_seed too
                 add(row, seed=int(seed))
         else:
             add(row)
@@ -187,8 +200,10 @@ def run_job(job: Job, reuse: bool = True) -> dict:
             return json.loads(finished.read_text())
         print(f"[pipeline] {job.name}: running stage={job.stage} in {job.out}")
         validate_config(job.cfg)
+        t0 = time.perf_counter()
         result = dict(run_stage(job.cfg) or {})
         result["run_dir"] = str(job.out)
+        result["seconds"] = round(time.perf_counter() - t0, 1)      # wall time of the stage (the timing table)
         atomic_write_text(finished, json.dumps(result, indent=2, default=str))
     return result
 
@@ -214,14 +229,20 @@ def run_pipeline(cfg: DictConfig) -> dict:
     if cfg.pipeline.get("dry_run"):
         print(plan_text(planned))
         return {"plan": {n: {"stage": j.stage, "run_dir": str(j.out), "needs": j.needs} for n, j in planned.items()}}
-    done = {name: run_job(job, bool(cfg.pipeline.reuse)) for name, job in planned.items()}
+    done, timings = {}, {}
+    for name, job in planned.items():
+        t0 = time.perf_counter()
+        done[name] = run_job(job, bool(cfg.pipeline.reuse))
+        reused = done[name].get("seconds") is None or time.perf_counter() - t0 < 0.5 * done[name]["seconds"]
+        timings[name] = {"stage": job.stage, "seconds": done[name].get("seconds"), "reused": reused}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = {r: done[r] for r in done if r.split("@seed")[0] in cfg.pipeline.rows}
     scored = {r: v for r, v in rows.items() if "markdown" not in v}     # rows with a target-val mIoU
     summary = summarize(scored, skipped)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
-    md = results_markdown(summary, cfg.dataset.name)
+    atomic_write_text(out / "timings.json", json.dumps(timings, indent=2))
+    md = results_markdown(summary, cfg.dataset.name) + "\n" + timings_markdown(timings)
     for row, result in rows.items():
         run_dir = Path(result.get("run_dir", "/nonexistent"))
         if "markdown" in result:             # an analysis job (translation quality): its report and files
@@ -291,6 +312,22 @@ def results_markdown(summary: dict, dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def timings_markdown(timings: dict[str, dict]) -> str:
+    """Each job's stage wall time (as recorded when it ran; reused jobs say so)."""
+    lines = ["## Stage times (wall, as recorded when each job ran)", "", "| job | stage | seconds | |",
+             "|---|---|---:|---|"]
+    for name, t in timings.items():
+        sec = "n/a" if t.get("seconds") is None else f"{t['seconds']:.0f}"
+        lines.append(f"| {name} | {t['stage']} | {sec} | {'reused' if t.get('reused') else 'ran now'} |")
+    known = [t["seconds"] for t in timings.values() if t.get("seconds") is not None]
+    lines.append(f"| all | | {sum(known):.0f} | |")
+    return "\n".join(lines) + "\n"
+
+
+def _guidance_label(g: dict) -> str:
+    return f"shift={g.get('shift')}" if g.get("calibrate") else f"lambda={g.get('scale', 0)}"
+
+
 def quality_stage(cfg: DictConfig) -> dict:
     """The translation-quality job: :func:`dasslab.analysis.translation_quality.measure` in the run dir."""
     from dasslab.analysis.translation_quality import measure
@@ -315,12 +352,13 @@ def quality_markdown(q: dict) -> str:
              "| setting | n | consistency (mIoU %) | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
     for name, s in q["settings"].items():
         for r in s["rows"]:
-            lines.append(f"| {name} (lambda={s['guidance'].get('scale', 0)}) | {r['depth']} | "
+            lines.append(f"| {name} ({_guidance_label(s['guidance'])}) | {r['depth']} | "
                          f"{r['consistency']:.1f} | {r['domain_score']:.2f} | {r['shift_over_sigma_mean']:.3f} |")
     if q.get("lambda_sweep"):
         lines += ["", "| lambda sweep | n | consistency | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
         for v in q["lambda_sweep"].values():
-            lines.append(f"| {v['setting']} lambda={v['scale']} | {v['depth']} | {v['consistency']:.1f} | "
+            lines.append(f"| {v['setting']} {v.get('key', 'lambda')}={v['scale']} | {v['depth']} | "
+                         f"{v['consistency']:.1f} | "
                          f"{v['domain_score']:.2f} | {v['shift_over_sigma_mean']:.3f} |")
     return "\n".join(lines) + "\n"
 

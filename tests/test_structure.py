@@ -219,6 +219,23 @@ def test_pipeline_job_config_swaps_groups_and_fills_upstream_checkpoints(compose
     assert skipped == {}
 
 
+def test_seeds_repeat_a_per_seed_upstream_with_the_same_seed_and_share_the_others(compose, tmp_path):
+    from dasslab.pipeline import plan
+
+    shared, _ = plan(compose("debug=smoke", "stage=pipeline", "pipeline.seeds=[0,1]",
+                             f"paths.output_dir={tmp_path}"), ["source_only", "full"])
+    assert sorted(shared) == ["diffusion", "full@seed0", "full@seed1", "source_only"]
+    cfg = compose("debug=smoke", "stage=pipeline", "pipeline.seeds=[0,1]", "+pipeline.jobs.source_only.per_seed=true",
+                  f"paths.output_dir={tmp_path}")
+    planned, _ = plan(cfg, ["source_only", "full"])
+    assert sorted(planned) == ["diffusion", "full@seed0", "full@seed1", "source_only@seed0", "source_only@seed1"]
+    for s in (0, 1):
+        full = planned[f"full@seed{s}"]
+        assert full.cfg.segmenter.init_ckpt == str(planned[f"source_only@seed{s}"].checkpoint)
+        assert full.needs == [f"source_only@seed{s}", "diffusion"] and planned[f"source_only@seed{s}"].cfg.seed == s
+    assert planned["source_only@seed0"].key != planned["source_only@seed1"].key
+
+
 @pytest.mark.parametrize("bad, match", [
     ("pipeline.rows=[nope]", "nope"),
 ])

@@ -141,11 +141,13 @@ def measure(cfg: DictConfig, judge_ckpt: str, diffusion_ckpt: str, guide_ckpt: s
     if scales:
         base = {k2: v for k2, v in dict(OmegaConf.to_container(q.settings[sw.setting], resolve=True)).items()
                 if k2 != "depths"}
+        key = str(sw.get("key", "scale"))     # scale (raw lambda) or shift (calibrated: fraction of sigma_k)
         for scale in scales:
             imgs, shift, skipped = _translate(sampler, src_x, src_y, int(sw.depth), q, guide,
-                                              {**base, "scale": float(scale)}, arrangement, int(cfg.seed), dev)
+                                              {**base, key: float(scale)}, arrangement, int(cfg.seed), dev)
             result["lambda_sweep"][str(scale)] = {
-                "setting": sw.setting, "depth": int(sw.depth), "scale": float(scale), **consistency(imgs, src_y),
+                "setting": sw.setting, "depth": int(sw.depth), "key": key, "scale": float(scale),
+                **consistency(imgs, src_y),
                 "domain_score": domain_score(clf, imgs), "shift_over_sigma_mean": shift, "skipped_steps": skipped}
             bar.update()
     bar.close()
@@ -170,7 +172,8 @@ def _pictures(result, examples, src_x, src_y, k, q, out: Path) -> None:
         save_curve(out / "quality_lambda.png", scales,
                    {"consistency / 100": [v["consistency"] / 100 for v in sw.values()],
                     "domain score": [v["domain_score"] for v in sw.values()]},
-                   "lambda (guidance.scale)", "score", title=f"{q.lambda_sweep.setting} at n={q.lambda_sweep.depth}")
+                   f"guidance.{q.lambda_sweep.get('key', 'scale')}", "score",
+                   title=f"{q.lambda_sweep.setting} at n={q.lambda_sweep.depth}")
     cols = sorted(examples, key=lambda nd: (nd[1], list(result["settings"]).index(nd[0])))
     rows = []
     for i in range(min(q.grid_images, len(src_x))):

@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--save", default=None)
     ap.add_argument("--root", default=None, help="digits cache folder (default: the project's)")
     ap.add_argument("--digit-scale", default=None, help="lo,hi digit side / scene side (default 0.35,0.6)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps (a learning curve)")
     args = ap.parse_args()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=["dataset=digits", "paths.root_dir=."]
@@ -52,19 +54,22 @@ def main() -> None:
     def load(key):
         return _stack(build_dataset(cfg.dataset, key, train=False, resize_labels=True))
 
-    train = [load(keys[d]) for d in args.train.split(",")]
+    dev = torch.device(args.device)
+    train = [tuple(t.to(dev) for t in load(keys[d])) for d in args.train.split(",")]
     val = {s: load(s) for s in ("source_val", "target_val")}
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     widths = tuple(int(w) for w in args.widths.split(","))
-    model = build_segmenter("small", 11, widths=widths, norm=args.norm).train()
+    model = build_segmenter("small", 11, widths=widths, norm=args.norm).to(dev).train()
+    fg = foreground_classes(["background"] + [str(d) for d in range(10)])
+    curve = []
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(1 - s / args.steps, 0) ** 0.9)
     t0, log = time.perf_counter(), []
     for step in range(args.steps):
         loss = 0.0
         for x, y in train:
-            i = torch.randint(len(x), (args.batch,), generator=g)
+            i = torch.randint(len(x), (args.batch,), generator=g).to(dev)
             loss = loss + F.cross_entropy(model(x[i]), y[i].long(), ignore_index=255)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -73,11 +78,19 @@ def main() -> None:
         if step % 100 == 0:
             log.append((step, round(float(loss.detach()), 3)))
             print(step, log[-1][1], round(time.perf_counter() - t0), flush=True)
+        if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            model.eval()
+            with torch.no_grad():
+                curve.append({"step": step + 1,
+                              **{s: label_consistency(model, x, y, 11, fg) for s, (x, y) in val.items()}})
+            model.train()
     model.eval()
-    fg = foreground_classes(["background"] + [str(d) for d in range(10)])
+    with torch.no_grad():
+        final = {s: label_consistency(model, x, y, 11, fg) for s, (x, y) in val.items()}
+    curve.append({"step": args.steps, **final})
     res = {"args": vars(args), "params": model.num_parameters(), "seconds": round(time.perf_counter() - t0, 1),
-           "loss": log, **{s: label_consistency(model, x, y, 11, fg) for s, (x, y) in val.items()}}
-    print(json.dumps({k: v for k, v in res.items() if k != "loss"}), flush=True)
+           "loss": log, "curve": curve, **final}
+    print(json.dumps({k: v for k, v in res.items() if k not in ("loss", "curve")}), flush=True)
     if args.out:
         p = Path(args.out)
         old = json.loads(p.read_text()) if p.exists() else []
