@@ -197,7 +197,7 @@ def run_job(job: Job, reuse: bool = True) -> dict:
     with _locked(job.out.parent / f"{job.key}.lock"):
         if reuse and finished.is_file():
             print(f"[pipeline] {job.name}: reusing {job.out}")
-            return json.loads(finished.read_text())
+            return {**json.loads(finished.read_text()), "reused": True}
         print(f"[pipeline] {job.name}: running stage={job.stage} in {job.out}")
         validate_config(job.cfg)
         t0 = time.perf_counter()
@@ -206,6 +206,52 @@ def run_job(job: Job, reuse: bool = True) -> dict:
         result["seconds"] = round(time.perf_counter() - t0, 1)      # wall time of the stage (the timing table)
         atomic_write_text(finished, json.dumps(result, indent=2, default=str))
     return result
+
+
+def _run_job_child(job: Job, reuse: bool, threads: int) -> dict:
+    """:func:`run_job` in a worker process: the run's trust setting and a share of the CPU threads."""
+    import torch
+
+    from dasslab.utils.safe_load import trust_checkpoints
+
+    torch.set_num_threads(threads)
+    with trust_checkpoints(job.cfg.get("trust_checkpoint")):
+        return run_job(job, reuse)
+
+
+def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> dict[str, dict]:
+    """Run the planned jobs; with ``parallel`` > 1, up to that many at once (each in its own spawned
+    process, started as soon as every job it needs has finished). Jobs still share the per-job lock,
+    so pipelines started side by side never train one job twice. The first failure stops the plan."""
+    if parallel < 1:
+        raise ConfigError(f"pipeline.parallel={parallel}: expected an integer >= 1 (jobs run at once)")
+    if parallel == 1:
+        return {name: run_job(job, reuse) for name, job in planned.items()}
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // parallel)
+    pending, running, done = dict(planned), {}, {}
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            for name, job in list(pending.items()):
+                if len(running) < parallel and all(n in done for n in job.needs):
+                    running[pool.submit(_run_job_child, job, reuse, threads)] = name
+                    del pending[name]
+            if not running:
+                raise ConfigError(f"pipeline: jobs {list(pending)} wait for jobs that are not planned")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    done[name] = future.result()
+                except BaseException:
+                    for other in running:
+                        other.cancel()
+                    raise
+    return {name: done[name] for name in planned}
 
 
 def _missing(cfg: DictConfig, name: str) -> str | None:
@@ -221,6 +267,15 @@ def _missing(cfg: DictConfig, name: str) -> str | None:
     return None
 
 
+def _is_row(cfg: DictConfig, label: str) -> bool:
+    """A result of ``pipeline.rows``: with seeds, a per-seed row is its seeded runs only (an unseeded run
+    of it, planned because another job needs it, is not counted again)."""
+    name, seeded, _ = label.partition("@seed")
+    if name not in cfg.pipeline.rows:
+        return False
+    return bool(seeded) or not (cfg.pipeline.get("seeds") and cfg.pipeline.jobs[name].get("per_seed"))
+
+
 def run_pipeline(cfg: DictConfig) -> dict:
     """Run ``pipeline.rows`` (and the jobs they need); write ``results.json`` and ``results.md``."""
     planned, skipped = plan(cfg, list(cfg.pipeline.rows))
@@ -229,15 +284,12 @@ def run_pipeline(cfg: DictConfig) -> dict:
     if cfg.pipeline.get("dry_run"):
         print(plan_text(planned))
         return {"plan": {n: {"stage": j.stage, "run_dir": str(j.out), "needs": j.needs} for n, j in planned.items()}}
-    done, timings = {}, {}
-    for name, job in planned.items():
-        t0 = time.perf_counter()
-        done[name] = run_job(job, bool(cfg.pipeline.reuse))
-        reused = done[name].get("seconds") is None or time.perf_counter() - t0 < 0.5 * done[name]["seconds"]
-        timings[name] = {"stage": job.stage, "seconds": done[name].get("seconds"), "reused": reused}
+    done = execute(planned, bool(cfg.pipeline.reuse), int(cfg.pipeline.get("parallel") or 1))
+    timings = {name: {"stage": job.stage, "seconds": done[name].get("seconds"), "reused": bool(done[name].get("reused"))}
+               for name, job in planned.items()}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {r: done[r] for r in done if r.split("@seed")[0] in cfg.pipeline.rows}
+    rows = {r: done[r] for r in done if _is_row(cfg, r)}
     scored = {r: v for r, v in rows.items() if "markdown" not in v}     # rows with a target-val mIoU
     summary = summarize(scored, skipped)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))

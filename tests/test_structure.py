@@ -166,6 +166,25 @@ def test_pipeline_runs_a_job_once_and_reuses_it(compose, tmp_path, monkeypatch, 
     assert len(log.read_text().splitlines()) == 2
 
 
+def test_parallel_pipeline_runs_ready_jobs_side_by_side_and_waits_for_needs(compose, tmp_path, monkeypatch):
+    from dasslab.train import run
+
+    monkeypatch.syspath_prepend(str(TESTS))          # spawned job processes inherit sys.path
+    log = tmp_path / "times.log"
+    stage = "{name:timed,kind:run,ignore:[],run:{_target_:stage_fixtures.timed,_partial_:true}}"
+    cfg = compose("debug=smoke", "stage=pipeline", "pipeline.rows=[c]", "pipeline.parallel=2",
+                  f"+pipeline.jobs.a={{stage:{stage}}}", f"+pipeline.jobs.b={{stage:{stage},set:{{seed:1}}}}",
+                  f"+pipeline.jobs.c={{stage:{stage},needs:{{up_a:a,up_b:b}}}}",
+                  f"+pipeline_test.log={log}", "+pipeline_test.sleep=2.0", f"paths.output_dir={tmp_path / 'p'}")
+    run(cfg)
+    t = {r["job"]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert sorted(t) == ["a", "b", "c"]
+    assert max(t["a"]["start"], t["b"]["start"]) < min(t["a"]["end"], t["b"]["end"])   # a and b overlapped
+    assert t["c"]["start"] >= max(t["a"]["end"], t["b"]["end"])                        # c waited for both
+    timings = json.loads((tmp_path / "p" / "timings.json").read_text())
+    assert all(timings[j]["seconds"] >= 2.0 and not timings[j]["reused"] for j in "abc")
+
+
 def test_two_processes_wanting_one_job_run_it_once(tmp_path, digits_data_dir):
     log = tmp_path / "runs.log"
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir),
