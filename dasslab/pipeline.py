@@ -285,8 +285,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
         print(plan_text(planned))
         return {"plan": {n: {"stage": j.stage, "run_dir": str(j.out), "needs": j.needs} for n, j in planned.items()}}
     done = execute(planned, bool(cfg.pipeline.reuse), int(cfg.pipeline.get("parallel") or 1))
-    timings = {name: {"stage": job.stage, "seconds": done[name].get("seconds"), "reused": bool(done[name].get("reused"))}
-               for name, job in planned.items()}
+    timings = {name: {"stage": job.stage, "seconds": done[name].get("seconds"),
+                      "reused": bool(done[name].get("reused"))} for name, job in planned.items()}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = {r: done[r] for r in done if _is_row(cfg, r)}

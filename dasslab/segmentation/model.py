@@ -162,12 +162,13 @@ def _small(
     head_lr_mult: float | None = None,
     widths: tuple[int, ...] = (32, 64, 128),
     norm: str = "gn",
+    stem_stride: int = 1,
 ) -> Segmenter:
     """3-level U-Net (widths 32/64/128) with GroupNorm: trained from scratch at batch sizes where
     BatchNorm's batch statistics would differ between clean, noisy and masked inputs (App. C)."""
     freeze_bn, head_lr_mult = _or(freeze_bn, False), _or(head_lr_mult, 1.0)
     widths = tuple(int(w) for w in widths)
-    backbone = SmallEncoder(widths, norm=norm)
+    backbone = SmallEncoder(widths, norm=norm, stem_stride=int(stem_stride))
     head = SmallDecoder(widths, num_classes, norm=norm)
     return Segmenter("small", backbone, head, num_classes, freeze_bn, head_lr_mult)
 

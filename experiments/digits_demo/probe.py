@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--widths", default="32,64,128")
     ap.add_argument("--norm", default="gn")
+    ap.add_argument("--stem-stride", type=int, default=1)
     ap.add_argument("--out", default=None)
     ap.add_argument("--save", default=None)
     ap.add_argument("--root", default=None, help="digits cache folder (default: the project's)")
@@ -60,7 +61,7 @@ def main() -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     widths = tuple(int(w) for w in args.widths.split(","))
-    model = build_segmenter("small", 11, widths=widths, norm=args.norm).to(dev).train()
+    model = build_segmenter("small", 11, widths=widths, norm=args.norm, stem_stride=args.stem_stride).to(dev).train()
     fg = foreground_classes(["background"] + [str(d) for d in range(10)])
     curve = []
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
