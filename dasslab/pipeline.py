@@ -74,6 +74,11 @@ class Job:
         return str(self.cfg.stage.name)
 
     @property
+    def priority(self) -> int:
+        """``pipeline.jobs.<name>.priority``: with ``pipeline.parallel`` > 1, ready jobs start highest first."""
+        return int(self.cfg.pipeline.jobs[self.name.split("@seed")[0]].get("priority") or 0)
+
+    @property
     def checkpoint(self) -> Path:
         return self.out / "checkpoints" / "last.ckpt"
 
@@ -236,10 +241,15 @@ def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> d
     pending, running, done = dict(planned), {}, {}
     with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
-            for name, job in list(pending.items()):
-                if len(running) < parallel and all(n in done for n in job.needs):
+            for name, job in sorted(pending.items(), key=lambda item: -item[1].priority):
+                if reuse and all(n in done for n in job.needs) and (job.out / "DONE.json").is_file():
+                    done[name] = run_job(job, reuse)       # finished before: read here, no process to start
+                    del pending[name]
+                elif len(running) < parallel and all(n in done for n in job.needs):
                     running[pool.submit(_run_job_child, job, reuse, threads)] = name
                     del pending[name]
+            if not running and not pending:
+                break
             if not running:
                 raise ConfigError(f"pipeline: jobs {list(pending)} wait for jobs that are not planned")
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -289,7 +299,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
                       "reused": bool(done[name].get("reused"))} for name, job in planned.items()}
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = {r: done[r] for r in done if _is_row(cfg, r)}
+    order = {row: i for i, row in enumerate(cfg.pipeline.rows)}
+    rows = {r: done[r] for r in sorted(done, key=lambda r: order.get(r.split("@seed")[0], 0)) if _is_row(cfg, r)}
     scored = {r: v for r, v in rows.items() if "markdown" not in v}     # rows with a target-val mIoU
     summary = summarize(scored, skipped)
     atomic_write_text(out / "results.json", json.dumps(summary, indent=2))

@@ -185,6 +185,26 @@ def test_parallel_pipeline_runs_ready_jobs_side_by_side_and_waits_for_needs(comp
     assert all(timings[j]["seconds"] >= 2.0 and not timings[j]["reused"] for j in "abc")
 
 
+def test_ready_jobs_start_highest_priority_first_and_finished_jobs_are_read_in_place(compose, tmp_path, monkeypatch):
+    from dasslab.pipeline import execute, plan
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    log = tmp_path / "times.log"
+    stage = "{name:timed,kind:run,ignore:[],run:{_target_:stage_fixtures.timed,_partial_:true}}"
+    cfg = compose("debug=smoke", "stage=pipeline", f"+pipeline.jobs.a={{stage:{stage}}}",
+                  f"+pipeline.jobs.b={{stage:{stage},set:{{seed:1}}}}",
+                  f"+pipeline.jobs.c={{stage:{stage},set:{{seed:2}},priority:5}}",
+                  f"+pipeline_test.log={log}", "+pipeline_test.sleep=1.5", f"paths.output_dir={tmp_path}")
+    planned, _ = plan(cfg, ["a", "b", "c"])
+    done = execute(planned, reuse=True, parallel=2)
+    t = {r["job"]: r for r in map(json.loads, log.read_text().splitlines())}
+    assert t["c"]["start"] < t["b"]["start"]                              # c (priority 5) took a first slot
+    assert t["b"]["start"] >= min(t["a"]["end"], t["c"]["end"])            # b waited for a free slot
+    assert list(done) == ["a", "b", "c"] and not any(d.get("reused") for d in done.values())
+    again = execute(planned, reuse=True, parallel=2)                      # all finished: no process started
+    assert all(d["reused"] for d in again.values()) and len(log.read_text().splitlines()) == 3
+
+
 def test_two_processes_wanting_one_job_run_it_once(tmp_path, digits_data_dir):
     log = tmp_path / "runs.log"
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir),

@@ -33,7 +33,7 @@ class SegmenterModule(L.LightningModule):
         self.model = build_segmenter(backbone["name"], num_classes,
                                      pretrained=bool(backbone.get("pretrained", False)),
                                      weights=backbone.get("weights"),
-                                     freeze_bn=backbone.get("freeze_bn"))
+                                     freeze_bn=backbone.get("freeze_bn"), **dict(backbone.get("options") or {}))
         self.class_names = list(class_names)
         self.train_keys = list(train_keys)
         self.augment = dict(augment or {"enabled": False})

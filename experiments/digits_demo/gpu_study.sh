@@ -4,6 +4,7 @@
 #
 #   bash experiments/digits_demo/gpu_study.sh OUT [BUDGET_S]
 #
+# SWEEP=1 adds the recipe sweep of the first run (experiments/digits_demo/README.md).
 # The study's jobs run as parallel pipelines that share one cache (each job is locked, so a job that
 # two pipelines need is trained once and reused by the other): per seed, one pipeline for
 # source-only + rows (a)-(c) and one for the oracle + rows (d)-(f); one for the target DDPM; one for
@@ -40,10 +41,14 @@ launch() {  # name, then overrides
 launch ddpm 'pipeline.rows=[diffusion]'
 launch quality 'pipeline.rows=[translation_quality]'
 for s in 0 1 2; do
-    launch "a$s" "pipeline.seeds=[$s]" 'pipeline.rows=[source_only,baseline,wo_sgg,wo_ptl]'
-    launch "b$s" "pipeline.seeds=[$s]" 'pipeline.rows=[oracle,wo_lcg,wo_gsg,full]'
+    launch "a$s" "pipeline.seeds=[$s]" 'pipeline.rows=[source_only,baseline,wo_sgg,wo_ptl]' pipeline.parallel=1
+    launch "b$s" "pipeline.seeds=[$s]" 'pipeline.rows=[oracle,wo_lcg,wo_gsg,full]' pipeline.parallel=1
 done
 
+# how the translations depend on the DDPM's training budget: the quality analysis with longer DDPMs
+launch q3000 'pipeline.rows=[translation_quality]' diffusion.max_steps=3000
+launch q6000 'pipeline.rows=[translation_quality]' diffusion.max_steps=6000
+[ -n "${SWEEP:-}" ] && {
 # the recipe sweep (in-memory, one process each): widths, lr, batch
 sweep() {  # tag, then probe arguments
     local tag=$1; shift
@@ -59,13 +64,14 @@ sweep w16-48   --widths 16,48,128 --lr 2e-3 --batch 16
 sweep w16-32   --widths 16,32,128 --lr 2e-3 --batch 16
 sweep w24      --widths 24,48,96  --lr 2e-3 --batch 16
 sweep w16-64   --widths 16,64,128 --lr 3e-3 --batch 16
+}
 
 fails=0
 for p in "${pids[@]}"; do wait "$p" || fails=$((fails + 1)); done
 wait
 echo "pipelines done after $(( $(date +%s) - T0 )) s, $fails failed"
 # every row and seed: reuses the cache, writes the tables
-timeout 100 $TRAIN task_name=gpu_all > "$OUT/logs/all.log" 2>&1 || echo "final pipeline failed"
+timeout 70 $TRAIN task_name=gpu_all pipeline.parallel=1 > "$OUT/logs/all.log" 2>&1 || echo "final pipeline failed"
 RUN=$(ls -d outputs/gpu_all/*/ 2>/dev/null | tail -n 1)
 [ -n "$RUN" ] && cp "$RUN/results.json" "$RUN/timings.json" "$OUT/" 2>/dev/null
 cp "$RUN/results.md" "$OUT/results.md" 2>/dev/null
@@ -80,4 +86,5 @@ for r in runs:
 EOF
 tar czf "$OUT/study.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.pt' --exclude='*.lock' \
     outputs/cache outputs/gpu_* "$OUT/logs" 2>/dev/null
+for q in q3000 q6000; do grep -h -A12 "^| setting" outputs/gpu_$q/*/results.md 2>/dev/null | sed "s/^/$q /"; done
 echo "total $(( $(date +%s) - T0 )) s"; tail -n 40 "$OUT/results.md" 2>/dev/null
