@@ -33,7 +33,7 @@ test-fast: $(STAMP)  ## the tests not marked slow
 slurm-test: $(STAMP)  ## only the SLURM test: a local Slurm (root; installed if missing), 1 node x 2 tasks, DDP
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -rs tests/test_slurm.py $(PYTEST_ARGS)
 
-demo: $(STAMP)  ## the pipeline on the built-in digits benchmark: source only, oracle, baseline (ARGS='…' adds overrides)
+demo: $(STAMP)  ## the whole method on the built-in digits benchmark: source only, oracle, baseline, full (ARGS=…)
 	$(VENV)/bin/dasslab-train stage=pipeline experiment=demo $(ARGS)
 
 bench: $(STAMP)  ## speed benchmarks (DEVICE=cpu|cuda), JSON per benchmark + PTL projection in benchmarks/results/
