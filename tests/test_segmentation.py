@@ -316,3 +316,16 @@ def test_a_cached_imagenet_file_that_would_run_code_is_refused(no_cache):
     with pytest.raises(UnsafeCheckpointError, match=r"backbone.pretrained cache file=.*trust_checkpoint=true"):
         W.load_imagenet(build_segmenter("small", 3), "deeplabv2_r101", tv)
     assert not marker.exists()
+
+
+def test_small_segmenter_options_reach_the_model_and_stem_stride_keeps_the_output_size():
+    from dasslab.lit.segmenter_module import SegmenterModule
+
+    module = SegmenterModule(backbone={"name": "small", "options": {"widths": [16, 32, 64], "stem_stride": 2}},
+                             num_classes=5, class_names=list("abcde"), optim={}, max_steps=1)
+    first = module.model.backbone.levels[0][0][0]
+    assert first.stride == (2, 2) and first.out_channels == 16
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    assert module.model(x).shape == (2, 5, 32, 48)
+    with pytest.raises(ValueError, match="stem_stride"):
+        build_segmenter("small", 5, stem_stride=4)
