@@ -1,9 +1,10 @@
 """The target diffusion model (Sec. 4.1, Eq. 5) as a LightningModule.
 
 An unconditional eps-prediction DDPM trained on unlabeled *target* images only.
-The EMA of the weights (used for sampling and translation) is kept by Lightning's
-``EMAWeightAveraging`` callback, which also writes the averaged weights into the
-checkpoint's ``state_dict`` — later stages load that checkpoint by path.
+The EMA of the weights (used for sampling and translation) is kept by the stage's
+:class:`~dasslab.callbacks.ema.WarmupEMA` callback (Lightning's ``EMAWeightAveraging`` with
+a warmed-up decay), which also writes the averaged weights into the checkpoint's
+``state_dict`` — later stages load that checkpoint by path.
 """
 
 from __future__ import annotations
