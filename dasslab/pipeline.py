@@ -213,15 +213,37 @@ def run_job(job: Job, reuse: bool = True) -> dict:
     return result
 
 
+def job_log(job: Job) -> Path:
+    """Where a job run in its own process (``pipeline.parallel`` > 1) writes its output."""
+    return job.out.parent / f"{job.key}.log"
+
+
 def _run_job_child(job: Job, reuse: bool, threads: int) -> dict:
-    """:func:`run_job` in a worker process: the run's trust setting and a share of the CPU threads."""
+    """:func:`run_job` in a worker process: the run's trust setting, a share of the CPU threads, and
+    its output (Lightning's included) in :func:`job_log` rather than interleaved with the other jobs'."""
+    import os
+    import sys
+
     import torch
 
     from dasslab.utils.safe_load import trust_checkpoints
 
-    torch.set_num_threads(threads)
-    with trust_checkpoints(job.cfg.get("trust_checkpoint")):
-        return run_job(job, reuse)
+    log_path = job_log(job)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", buffering=1) as fh:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        torch.set_num_threads(threads)
+        try:
+            with trust_checkpoints(job.cfg.get("trust_checkpoint")):
+                return run_job(job, reuse)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()       # the whole story in the job's log; the parent prints one line
+            raise
 
 
 def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> dict[str, dict]:
@@ -238,7 +260,7 @@ def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> d
     import torch
 
     threads = max(1, torch.get_num_threads() // parallel)
-    pending, running, done = dict(planned), {}, {}
+    pending, running, done, started = dict(planned), {}, {}, {}
     with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
         while pending or running:
             for name, job in sorted(pending.items(), key=lambda item: -item[1].priority):
@@ -247,6 +269,9 @@ def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> d
                     del pending[name]
                 elif len(running) < parallel and all(n in done for n in job.needs):
                     running[pool.submit(_run_job_child, job, reuse, threads)] = name
+                    started[name] = time.perf_counter()
+                    print(f"[pipeline] {name}: started stage={job.stage} in {job.out} (output: {job_log(job)})",
+                          flush=True)
                     del pending[name]
             if not running and not pending:
                 break
@@ -257,10 +282,15 @@ def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> d
                 name = running.pop(future)
                 try:
                     done[name] = future.result()
-                except BaseException:
+                except BaseException as err:
+                    print(f"[pipeline] {name}: failed ({type(err).__name__}: {err}); its output: "
+                          f"{job_log(planned[name])}", flush=True)
                     for other in running:
                         other.cancel()
                     raise
+                score = done[name].get("miou")
+                print(f"[pipeline] {name}: done in {time.perf_counter() - started[name]:.0f} s"
+                      + (f" (target-val mIoU {score:.2f})" if isinstance(score, (int, float)) else ""), flush=True)
     return {name: done[name] for name in planned}
 
 

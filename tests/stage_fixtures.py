@@ -24,3 +24,8 @@ def timed(cfg) -> dict:
     with open(Path(cfg.pipeline_test.log), "a") as fh:
         fh.write(json.dumps({"job": cfg.task_name, "start": start, "end": time.time()}) + "\n")
     return {"checkpoint": str(out / "checkpoints" / "last.ckpt")}
+
+
+def fail(cfg) -> dict:
+    """A `kind: run` stage that fails (the parallel pipeline's error path)."""
+    raise RuntimeError(f"planted failure in {cfg.task_name}")

@@ -181,6 +181,10 @@ def test_parallel_pipeline_runs_ready_jobs_side_by_side_and_waits_for_needs(comp
     assert sorted(t) == ["a", "b", "c"]
     assert max(t["a"]["start"], t["b"]["start"]) < min(t["a"]["end"], t["b"]["end"])   # a and b overlapped
     assert t["c"]["start"] >= max(t["a"]["end"], t["b"]["end"])                        # c waited for both
+    from dasslab.pipeline import job_log, plan
+
+    planned, _ = plan(cfg, ["c"])
+    assert all("running stage=timed" in job_log(j).read_text() for j in planned.values())   # each its own log
     timings = json.loads((tmp_path / "p" / "timings.json").read_text())
     assert all(timings[j]["seconds"] >= 2.0 and not timings[j]["reused"] for j in "abc")
 
@@ -203,6 +207,22 @@ def test_ready_jobs_start_highest_priority_first_and_finished_jobs_are_read_in_p
     assert list(done) == ["a", "b", "c"] and not any(d.get("reused") for d in done.values())
     again = execute(planned, reuse=True, parallel=2)                      # all finished: no process started
     assert all(d["reused"] for d in again.values()) and len(log.read_text().splitlines()) == 3
+
+
+def test_a_failing_job_in_a_parallel_pipeline_stops_it_with_its_log(compose, tmp_path, monkeypatch, capsys):
+    from dasslab.pipeline import execute, job_log, plan
+
+    monkeypatch.syspath_prepend(str(TESTS))
+    stage = "{name:failing,kind:run,ignore:[],run:{_target_:stage_fixtures.fail,_partial_:true}}"
+    cfg = compose("debug=smoke", "stage=pipeline", f"+pipeline.jobs.bad={{stage:{stage}}}",
+                  f"paths.output_dir={tmp_path}")
+    planned, _ = plan(cfg, ["bad"])
+    with pytest.raises(RuntimeError, match="planted failure in bad"):
+        execute(planned, reuse=True, parallel=2)
+    assert "planted failure" in job_log(planned["bad"]).read_text()      # the traceback is in the job's log
+    assert f"bad: failed (RuntimeError: planted failure in bad); its output: {job_log(planned['bad'])}" \
+        in capsys.readouterr().out
+    assert not (planned["bad"].out / "DONE.json").exists()
 
 
 def test_two_processes_wanting_one_job_run_it_once(tmp_path, digits_data_dir):
