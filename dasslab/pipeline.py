@@ -351,6 +351,9 @@ def run_pipeline(cfg: DictConfig) -> dict:
     return summary
 
 
+MIN_GAP = 1.0   # mIoU points the oracle must be above source only for "gap closed" to be reported
+
+
 def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -> dict:
     """``{row: {miou, run_dir, [subsets], [gap_closed]}}`` with IoU in percent; skipped rows say why.
 
@@ -381,12 +384,13 @@ def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -
         out[row] = {"miou": None, "skipped": why}
     so, orc = out.get("source_only", {}).get("miou"), out.get("oracle", {}).get("miou")
     if so is not None and orc is not None:
-        if orc > so and not math.isclose(orc, so):
+        if orc - so >= MIN_GAP:
             for row, entry in out.items():
                 if row not in ("source_only", "oracle") and entry.get("miou") is not None:
                     entry["gap_closed"] = round((entry["miou"] - so) / (orc - so), 4)
         else:
-            out["oracle"]["note"] = "oracle not above source only: gap closed undefined"
+            out["oracle"]["note"] = (f"oracle {orc:.2f} is not {MIN_GAP:g} points above source only {so:.2f}: "
+                                     "gap closed is not reported")
     return out
 
 

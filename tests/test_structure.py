@@ -304,3 +304,15 @@ def test_unknown_rows_are_config_errors(compose, tmp_path, bad, match):
 
     with pytest.raises(ConfigError, match=match):
         validate_config(compose("debug=smoke", "stage=pipeline", bad, f"paths.output_dir={tmp_path}"))
+
+
+def test_summary_gap_closed_and_seed_statistics():
+    from dasslab.pipeline import summarize
+
+    res = {"source_only": {"miou": 20.0}, "oracle": {"miou": 60.0},
+           "full@seed0": {"miou": 30.0}, "full@seed1": {"miou": 34.0}, "full@seed2": {"miou": 32.0}}
+    out = summarize(res)
+    assert out["full"]["miou"] == 32.0 and out["full"]["std"] == 2.0 and out["full"]["seeds"] == [0, 1, 2]
+    assert out["full"]["gap_closed"] == 0.3                           # (32 - 20) / (60 - 20)
+    close = summarize({"source_only": {"miou": 20.0}, "oracle": {"miou": 20.5}, "full": {"miou": 21.0}})
+    assert "gap_closed" not in close["full"] and "not 1 points above" in close["oracle"]["note"]
