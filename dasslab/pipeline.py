@@ -83,8 +83,8 @@ class Job:
         return self.out / "checkpoints" / "last.ckpt"
 
 
-def job_config(cfg: DictConfig, name: str, planned: dict[str, Job], seed: int | None = None) -> DictConfig:
-    """The config of job ``name`` with the checkpoints of its (planned) upstream jobs filled in."""
+def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: int | None = None) -> DictConfig:
+    """The config of job ``name`` with ``checkpoints`` (setting -> its upstream job's checkpoint) filled in."""
     job = cfg.pipeline.jobs[name]
     sub = copy.deepcopy(cfg)
     OmegaConf.set_struct(sub, False)
@@ -94,13 +94,12 @@ def job_config(cfg: DictConfig, name: str, planned: dict[str, Job], seed: int | 
         sub[group] = load_option(group, option)
     if job.get("set"):
         sub.merge_with(job.set)
-    for key, upstream in (job.get("needs") or {}).items():
-        label = _label(upstream, _upstream_seed(cfg, upstream, seed))
-        OmegaConf.update(sub, key, str(planned[label].checkpoint), force_add=True)
+    for setting, path in checkpoints.items():
+        OmegaConf.update(sub, setting, str(path), force_add=True)
     sub.task_name = name
     if seed is not None:
         sub.seed = int(seed)
-    sub.pipeline.filled = list((job.get("needs") or {}).keys())
+    sub.pipeline.filled = list(checkpoints)
     return sub
 
 
@@ -128,15 +127,16 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
             raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
         if name not in jobs:
             raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
-        needs = []
-        for upstream in (jobs[name].get("needs") or {}).values():
-            add(upstream, chain + (name,), _upstream_seed(cfg, upstream, seed))
-            needs.append(_label(upstream, _upstream_seed(cfg, upstream, seed)))
-        sub = job_config(cfg, name, planned, seed)
+        needs = {}                       # setting -> label of the upstream run that fills it
+        for setting, upstream in (jobs[name].get("needs") or {}).items():
+            upstream_seed = _upstream_seed(cfg, upstream, seed)
+            add(upstream, chain + (name,), upstream_seed)
+            needs[setting] = _label(upstream, upstream_seed)
+        sub = job_config(cfg, name, {s: planned[up].checkpoint for s, up in needs.items()}, seed)
         key = stage_key(sub)
         out = Path(cfg.paths.cache_dir) / str(sub.stage.name) / key
         sub.paths.output_dir = str(out)
-        planned[label] = Job(label, sub, key, out, needs)
+        planned[label] = Job(label, sub, key, out, list(needs.values()))
 
     seeds = list(cfg.pipeline.get("seeds") or [])
     for row in rows:
