@@ -91,7 +91,8 @@ def _file_id(path) -> dict | None:
 def fingerprint(cfg: DictConfig, depth: int, guided: bool) -> dict:
     """Every setting that determines the images of one depth folder (the export reuses files only if equal)."""
     t = cfg.translate
-    return {"depth": int(depth), "num_steps": t.num_steps, "split": t.split, "limit": t.limit,
+    return {"depth": int(depth), "num_steps": t.num_steps, "variance": t.get("variance", "beta"),
+            "split": t.split, "limit": t.limit,
             "batch_size": int(t.batch_size), "seed": int(cfg.seed), "image_size": list(cfg.dataset.image_size),
             "dataset": cfg.dataset.name, "diffusion_ckpt": _file_id(t.diffusion_ckpt),
             "guide_ckpt": _file_id(t.guide_ckpt) if guided else None,
@@ -167,7 +168,8 @@ def export_translations(cfg: DictConfig) -> list[Path]:
             x = torch.stack([it["image"] for it in items])
             y = torch.stack([it["label"] for it in items])
             (_, tr), = translate_images(sampler, x, y, depth, t.num_steps, guide, guidance, arrangement,
-                                        batch_size=len(chunk), seed=cfg.seed, device=device, first_chunk=ci)
+                                        batch_size=len(chunk), seed=cfg.seed, device=device, first_chunk=ci,
+                                        variance=t.get("variance", "beta"))
             skipped += tr.skipped
             for s in tr.stats:
                 acc = shift.setdefault(s["step"], [0.0, 0])

@@ -51,12 +51,14 @@ class Translation:
 def translate_batch(sampler, images: Tensor, labels: Tensor | None, depth: int, num_steps: int | None = None,
                     guide: nn.Module | None = None, guidance: Mapping[str, Any] | None = None,
                     arrangement: Mapping[str, Any] | str | None = None,
-                    generator: torch.Generator | None = None) -> Translation:
+                    generator: torch.Generator | None = None, variance: str | float = "beta") -> Translation:
     """SGG(phi^depth(images), guide) with ``labels`` as the guidance target (Sec. 4.1-4.2).
 
     ``sampler``: a :class:`~dasslab.diffusion.sampler.Sampler` of the target DDPM;
     ``guide``: a segmenter exposing ``normalize`` and ``forward_normalized`` (frozen);
     ``guidance`` / ``arrangement``: the config groups of the same names (plain dicts).
+    ``variance``: Sigma of the reverse steps (``translate.variance``): ``beta`` (the paper),
+    ``posterior`` or an interpolation weight, see :meth:`~dasslab.diffusion.schedule.NoiseSchedule.reverse_variances`.
     Without a guide, or with guidance off, this is the unguided phi^n.
     """
     from dasslab.guidance import make_guidance
@@ -66,7 +68,7 @@ def translate_batch(sampler, images: Tensor, labels: Tensor | None, depth: int, 
         if labels is None:
             raise ValueError("translate_batch: guided translation needs the source labels")
         fn = make_guidance(guide.normalize, guide.forward_normalized, labels, guidance, arrangement)
-    out = sampler.translate(images, int(depth), num_steps, guidance=fn, generator=generator)
+    out = sampler.translate(images, int(depth), num_steps, guidance=fn, generator=generator, variance=variance)
     return Translation(out, list(sampler.stats), int(sampler.skipped))
 
 
@@ -74,7 +76,7 @@ def translate_images(sampler, images: Tensor, labels: Tensor | None, depth: int,
                      guide: nn.Module | None = None, guidance: Mapping[str, Any] | None = None,
                      arrangement: Mapping[str, Any] | str | None = None, batch_size: int = 8, seed: int = 0,
                      device: torch.device | str | None = None, first_chunk: int = 0,
-                     ) -> Iterator[tuple[int, Translation]]:
+                     variance: str | float = "beta") -> Iterator[tuple[int, Translation]]:
     """Translate ``images`` in chunks of ``batch_size``; yields ``(chunk index, Translation)``.
 
     Chunk ``c`` is drawn from a generator seeded with :func:`chunk_seed` (seed, depth, c), so a
@@ -86,4 +88,4 @@ def translate_images(sampler, images: Tensor, labels: Tensor | None, depth: int,
         x = images[start:start + batch_size].to(device)
         y = labels[start:start + batch_size].to(device) if labels is not None else None
         gen = torch.Generator(device=device).manual_seed(chunk_seed(seed, depth, ci))
-        yield ci, translate_batch(sampler, x, y, depth, num_steps, guide, guidance, arrangement, gen)
+        yield ci, translate_batch(sampler, x, y, depth, num_steps, guide, guidance, arrangement, gen, variance)

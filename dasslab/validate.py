@@ -25,6 +25,15 @@ def _positive(value, key: str, integer: bool = False) -> None:
         raise ConfigError(f"{key}={value!r}: expected a positive {'integer' if integer else 'number'}")
 
 
+def check_variance(value, key: str) -> None:
+    """The reverse-step variance kind: ``beta`` | ``posterior`` | a number in [0, 1] (interpolation)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if value in ("beta", "posterior") or (number and 0.0 <= float(value) <= 1.0):
+        return
+    raise ConfigError(f"{key}={value!r}: expected 'beta' (the paper), 'posterior' (beta~) or a number in [0, 1] "
+                      "(log-interpolation weight towards beta)")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for the first invalid value found."""
     stage_cfg = cfg.get("stage")
@@ -69,6 +78,7 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"translate depth n={n!r}: expected an integer in 0..{T} (diffusion.num_timesteps)")
     if t.get("num_steps") is not None:
         _positive(t.num_steps, "translate.num_steps", integer=True)
+    check_variance(t.get("variance", "beta"), "translate.variance")
     if stage == "adapt":
         from dasslab.lit.ptl_module import validate_ptl
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dasslab.analysis.domain_score import domain_score, train_domain_classifier
+from dasslab.analysis.image_stats import high_frequency_energy
 from dasslab.analysis.judge import foreground_classes, label_consistency
 from dasslab.errors import ConfigError
 from dasslab.translation import translate_images
@@ -49,8 +50,14 @@ def _stack(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor | N
     return torch.stack([it["image"] for it in items]), y
 
 
+SAMPLING_KEYS = ("num_steps", "variance")   # per-setting sampling overrides (not guidance keys)
+
+
 def setting_plan(q) -> list[tuple[str, dict, int]]:
-    """``(name, guidance, depth)`` for every setting and each of its depths, in config order."""
+    """``(name, guidance, depth)`` for every setting and each of its depths, in config order.
+
+    A setting may carry ``depths`` and the sampling keys ``num_steps`` / ``variance`` (defaults:
+    ``quality.num_steps`` / ``quality.variance``); :func:`sampling_of` reads them back."""
     plan = []
     for name, s in q.settings.items():
         s = dict(OmegaConf.to_container(s, resolve=True)) if not isinstance(s, dict) else dict(s)
@@ -59,11 +66,21 @@ def setting_plan(q) -> list[tuple[str, dict, int]]:
     return plan
 
 
+def sampling_of(q, gcfg: dict) -> tuple[dict, dict]:
+    """Split a setting into (guidance keys, sampling: ``{"num_steps", "variance"}``)."""
+    g = {k: v for k, v in gcfg.items() if k not in SAMPLING_KEYS}
+    sampling = {"num_steps": gcfg.get("num_steps", q.num_steps),
+                "variance": gcfg.get("variance", q.get("variance", "beta"))}
+    return g, sampling
+
+
 def _translate(sampler, images, labels, depth, q, guide, guidance, arrangement, seed, device):
     """All ``images`` through translate_images; returns (images, mean shift/sigma, skipped steps)."""
+    guidance, sampling = sampling_of(q, guidance)
     outs, shifts, skipped = [], [], 0
-    for _, tr in translate_images(sampler, images, labels, depth, q.num_steps, guide=guide, guidance=guidance,
-                                  arrangement=arrangement, batch_size=q.batch_size, seed=seed, device=device):
+    for _, tr in translate_images(sampler, images, labels, depth, sampling["num_steps"], guide=guide,
+                                  guidance=guidance, arrangement=arrangement, batch_size=q.batch_size, seed=seed,
+                                  device=device, variance=sampling["variance"]):
         outs.append(tr.images.detach().cpu())
         shifts += tr.shift_over_sigma
         skipped += tr.skipped
@@ -115,8 +132,10 @@ def measure(cfg: DictConfig, judge_ckpt: str, diffusion_ckpt: str, guide_ckpt: s
         "domain_score": "mean P(target) of a CNN trained on source vs target with Eq. 2 noise "
                         f"(t < {max(depths_all)}) on both domains",
         "reference": {
-            "source": {**consistency(src_x, src_y), "domain_score": domain_score(clf, src_x)},
-            "target_val": {**consistency(val_x, val_y), "domain_score": domain_score(clf, val_x)},
+            "source": {**consistency(src_x, src_y), "domain_score": domain_score(clf, src_x),
+                       "hf": high_frequency_energy(src_x)},
+            "target_val": {**consistency(val_x, val_y), "domain_score": domain_score(clf, val_x),
+                           "hf": high_frequency_energy(val_x)},
             f"source_noise_t{noise_t}": {**consistency(noisy_src, src_y), "domain_score": domain_score(clf, noisy_src)},
         },
         "depths": sorted({d for _, _, d in setting_plan(q)}), "num_steps": q.num_steps, "num_images": len(src_x),
@@ -134,6 +153,8 @@ def measure(cfg: DictConfig, judge_ckpt: str, diffusion_ckpt: str, guide_ckpt: s
                                           int(cfg.seed), dev)
         entry = result["settings"].setdefault(name, {"guidance": gcfg, "rows": []})
         entry["rows"].append({"depth": depth, **consistency(imgs, src_y), "domain_score": domain_score(clf, imgs),
+                              "hf": high_frequency_energy(imgs), **dict(zip(("num_steps", "variance"),
+                                                                           sampling_of(q, gcfg)[1].values())),
                               "shift_over_sigma_mean": shift, "skipped_steps": skipped,
                               "seconds": round(time.perf_counter() - t1, 1)})
         examples[(name, depth)] = imgs[: q.grid_images]

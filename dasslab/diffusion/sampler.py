@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .schedule import NoiseSchedule, spaced_steps
 
-__all__ = ["GuidanceFn", "Sampler", "sampler_options"]
+__all__ = ["GuidanceFn", "Sampler", "StepContext", "sampler_options"]
 
 GuidanceFn = Callable[[Tensor, Tensor, Tensor, int, int], Tensor | None]
 """``guidance(x_t, mean, variance, step, num_steps) -> mean_hat | None`` (guided-diffusion's ``condition_mean``).
@@ -38,6 +38,35 @@ The function manages its own autograd (``with torch.enable_grad(): ...``).
 """
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+class StepContext:
+    """What a guidance function may read besides ``(x_t, mean, Sigma)``: the step's noise estimate.
+
+    Handed to a guidance function that sets ``uses_context = True`` (as ``context=``). It gives the
+    predicted clean image of this step, ``x0_hat(x_t) = (x_t - sqrt(1 - ab_t) eps_theta(x_t, t)) /
+    sqrt(ab_t)`` (Eq. 2 inverted), either with the step's ``eps`` held fixed (:meth:`x0_fixed_eps`:
+    d x0_hat / d x_t = 1 / sqrt(ab_t)) or with the denoiser called again under autograd
+    (:meth:`x0_through_denoiser`: DPS-style, the gradient flows through eps_theta).
+    """
+
+    def __init__(self, eps: Tensor, t: Tensor, sqrt_ab: Tensor, sqrt_one_minus_ab: Tensor,
+                 denoiser: Denoiser, autocast_dtype: torch.dtype | None = None) -> None:
+        self.eps, self.t = eps, t
+        self.sqrt_ab, self.sqrt_one_minus_ab = sqrt_ab, sqrt_one_minus_ab
+        self._denoiser, self._autocast = denoiser, autocast_dtype
+
+    def x0_fixed_eps(self, x_t: Tensor) -> Tensor:
+        """x0_hat with this step's eps as a constant (differentiable in ``x_t``, linear)."""
+        return (x_t - self.sqrt_one_minus_ab * self.eps) / self.sqrt_ab
+
+    def x0_through_denoiser(self, x_t: Tensor) -> Tensor:
+        """x0_hat with eps_theta(x_t, t) recomputed under autograd (one more denoiser call + its backward)."""
+        amp = (torch.autocast(x_t.device.type, dtype=self._autocast) if self._autocast is not None
+               else contextlib.nullcontext())
+        with torch.enable_grad(), amp:
+            eps = self._denoiser(x_t, self.t)
+        return (x_t - self.sqrt_one_minus_ab * eps.to(x_t.dtype)) / self.sqrt_ab
 
 _CACHE_SIZE = 64
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -98,7 +127,7 @@ class Sampler:
         self._stats: list[dict] = []
         self._skipped = 0
         self._cache: OrderedDict[tuple, NoiseSchedule] = OrderedDict()
-        self._sigmas: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._variances: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------------ schedules
     def respaced(self, kept: Sequence[int], device: torch.device | str | None = None) -> NoiseSchedule:
@@ -115,12 +144,15 @@ class Sampler:
             self._cache.move_to_end(key)
         return sched
 
-    def _host_sigmas(self, schedule: NoiseSchedule) -> list[float]:
-        """``sqrt(beta_j)`` of ``schedule`` as Python floats (from its CPU float64 copy), cached."""
-        sigmas = self._sigmas.get(schedule)
-        if sigmas is None:
-            sigmas = self._sigmas[schedule] = [math.sqrt(b) for b in schedule.betas64.tolist()]
-        return sigmas
+    def _variances_of(self, schedule: NoiseSchedule, variance: str | float) -> tuple[Tensor, list[float]]:
+        """``Sigma_j`` of ``schedule`` for a variance kind (on its device) and ``sqrt(Sigma_j)`` as Python
+        floats (host copy: no device sync per step), cached per schedule and kind."""
+        per = self._variances.setdefault(schedule, {})
+        if variance not in per:
+            v64 = schedule.reverse_variances(variance)
+            per[variance] = (v64.to(device=schedule.betas.device, dtype=torch.float32),
+                             [math.sqrt(v) for v in v64.tolist()])
+        return per[variance]
 
     # ------------------------------------------------------------------ statistics
     @property
@@ -166,12 +198,15 @@ class Sampler:
         num_steps: int = 1,
         z: Tensor | None = None,
         generator: torch.Generator | None = None,
+        variance: str | float = "beta",
     ) -> Tensor:
         """One reverse step ``x_j -> x_{j-1}`` at index ``j`` of ``schedule``.
 
         ``mu = p_mean(x, j, eps_theta(x, t_j))`` (Eq. 4) with ``t_j = schedule.timesteps[j]`` and
-        ``Sigma_j = beta_j``; guided: ``mu_hat = guidance(x, mu, Sigma_j, step, num_steps)`` (SGG:
-        :mod:`dasslab.guidance.sgg`).  Then ``x_{j-1} = mu_hat + sqrt(Sigma_j) z``; no noise at the
+        ``Sigma_j = beta_j`` (``variance="beta"``, the paper; ``"posterior"`` or an interpolation
+        weight: :meth:`NoiseSchedule.reverse_variances`); guided: ``mu_hat = guidance(x, mu, Sigma_j,
+        step, num_steps)`` (SGG: :mod:`dasslab.guidance.sgg`), which also gets ``context=``
+        :class:`StepContext` (the step's eps, for guidance on x0_hat) if it sets ``uses_context``.  Then ``x_{j-1} = mu_hat + sqrt(Sigma_j) z``; no noise at the
         last step (``j == 0``); no clipping of ``x_0``.  ``z`` is drawn (from ``generator``) when not
         given.  A guided mean with any NaN/Inf is dropped for this step (on the device, no sync;
         counted in ``skipped``, with a warning when the statistics are read).
@@ -188,14 +223,21 @@ class Sampler:
                else contextlib.nullcontext())
         with torch.no_grad(), amp:
             eps = self._net(x, t_batch)
-        mu = schedule.p_mean(x, j, eps.to(x.dtype))                      # Eq. 4
-        var = schedule.p_variance(j).to(device=x.device, dtype=x.dtype)  # Sigma_j = beta_j
-        sigma_f = self._host_sigmas(schedule)[j]  # host copy: no device sync
+        eps = eps.to(x.dtype)
+        mu = schedule.p_mean(x, j, eps)                                  # Eq. 4
+        variances, sigmas = self._variances_of(schedule, variance)
+        var = variances[j].to(device=x.device, dtype=x.dtype)           # Sigma_j (beta_j: the paper)
+        sigma_f = sigmas[j]  # host copy: no device sync
 
         shift_rms: Tensor | float = 0.0
         finite: Tensor | bool = True
         if guidance is not None:
-            guided = guidance(x, mu, var, step, num_steps)
+            extra = {}
+            if getattr(guidance, "uses_context", False):
+                extra["context"] = StepContext(eps, t_batch, schedule.sqrt_alpha_bar[j].to(x.dtype),
+                                               schedule.sqrt_one_minus_alpha_bar[j].to(x.dtype),
+                                               self.denoiser, self.autocast_dtype)
+            guided = guidance(x, mu, var, step, num_steps, **extra)
             if guided is not None:
                 guided = guided.detach()
                 if guided.shape != x.shape:
@@ -220,6 +262,7 @@ class Sampler:
         guidance: GuidanceFn | None,
         generator: torch.Generator | None,
         desc: str,
+        variance: str | float = "beta",
     ) -> Tensor:
         K = sched.num_timesteps
         order = range(K - 1, -1, -1)
@@ -231,7 +274,7 @@ class Sampler:
             # One z per step before the last, drawn whether or not guidance is used, so that a
             # seed gives the same noise sequence with and without guidance.
             z = _randn(x.shape, generator, x.device, x.dtype) if j > 0 else None
-            x = self.reverse_step(x, j, sched, guidance=guidance, step=step, num_steps=K, z=z)
+            x = self.reverse_step(x, j, sched, guidance=guidance, step=step, num_steps=K, z=z, variance=variance)
         self._read_stats()  # the one device-to-host read of the run's statistics
         return x
 
@@ -246,6 +289,7 @@ class Sampler:
         num_steps: int | None = None,
         guidance: GuidanceFn | None = None,
         generator: torch.Generator | None = None,
+        variance: str | float = "beta",
     ) -> Tensor:
         """phi^n: diffuse ``x0`` (in [-1, 1]) to ``x_depth`` with Eq. 2, then denoise back to ``x_0``.
 
@@ -253,6 +297,9 @@ class Sampler:
         timestep ``depth - 1`` and the reverse loop runs over ``spaced_steps(depth, num_steps)``
         of the schedule, respaced (``num_steps=None``: every step, the paper's schedule).
         ``depth = 0`` returns a copy of ``x0`` (phi^0 is the identity) and draws no noise.
+
+        ``variance``: Sigma of the reverse steps, ``beta`` (the paper) or, for respaced chains,
+        ``posterior`` / an interpolation weight (:meth:`NoiseSchedule.reverse_variances`).
 
         Noise order (fixed): the forward noise first, then one ``z`` per reverse step before the
         last — independent of ``guidance``, so ``guidance`` returning the mean unchanged (or
@@ -274,7 +321,7 @@ class Sampler:
         noise = _randn(x0.shape, generator, x0.device, x0.dtype)
         # Eq. 2 at the last kept step (t = depth - 1); alpha_bar there equals the full schedule's.
         x = sched.q_sample(x0, sched.num_timesteps - 1, noise)
-        return self._loop(x, sched, guidance, generator, desc=f"phi^{depth}")
+        return self._loop(x, sched, guidance, generator, desc=f"phi^{depth}", variance=variance)
 
     def sample(
         self,
@@ -284,6 +331,7 @@ class Sampler:
         device: torch.device | str | None = None,
         guidance: GuidanceFn | None = None,
         dtype: torch.dtype = torch.float32,
+        variance: str | float = "beta",
     ) -> Tensor:
         """Unconditional samples: ``x_{T} ~ N(0, I)`` then the reverse loop over ``spaced_steps(T, num_steps)``."""
         self._check_num_steps(num_steps)
@@ -293,7 +341,7 @@ class Sampler:
         kept = spaced_steps(T, T if num_steps is None else int(num_steps))
         sched = self.respaced(kept, device)
         x = _randn(shape, generator, device, dtype)
-        return self._loop(x, sched, guidance, generator, desc="sample")
+        return self._loop(x, sched, guidance, generator, desc="sample", variance=variance)
 
     @staticmethod
     def shift_summary(stats: list[dict]) -> dict[str, float]:

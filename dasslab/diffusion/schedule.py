@@ -245,6 +245,36 @@ class NoiseSchedule(nn.Module):
             return self.betas[t.to(self.betas.device, torch.long)]
         return self.betas[int(t)]
 
+    def reverse_variances(self, kind: str | float = "beta") -> Tensor:
+        """``Sigma_j`` of every reverse step of this schedule, float64 on the CPU, for a variance ``kind``.
+
+        ``"beta"``       beta_j, "fixed large" (the paper's choice, Sec. 4.1).
+        ``"posterior"``  beta~_j = beta_j (1 - alpha_bar_{j-1}) / (1 - alpha_bar_j), "fixed small", the
+                         variance of q(x_{j-1} | x_j, x_0); at j = 0 (where it is 0) beta~_1 is used, as
+                         improved-diffusion clips it, so a guided last step still has a Sigma.
+        ``v`` in [0, 1]  the log-linear interpolation exp(v log beta_j + (1 - v) log beta~_j) of
+                         improved-diffusion's learned variance, with a fixed v (1 = beta, 0 = beta~).
+
+        The two ends coincide when every step is kept (beta~_j ~ beta_j for small beta) and part ways
+        on a respaced chain, whose betas are large: there ``beta`` leaves the sample noisy and
+        ``posterior`` smooths it (measured in experiments/digits_demo).
+        """
+        b = self._betas64
+        ab = torch.cumprod(1.0 - b, dim=0)
+        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+        post = b * (1.0 - ab_prev) / (1.0 - ab)
+        post[0] = post[1] if len(post) > 1 else b[0]
+        if isinstance(kind, str):
+            if kind == "beta":
+                return b.clone()
+            if kind == "posterior":
+                return post
+            raise ValueError(f"reverse variance {kind!r}: expected 'beta', 'posterior' or a number in [0, 1]")
+        if isinstance(kind, bool) or not isinstance(kind, int | float) or not 0.0 <= float(kind) <= 1.0:
+            raise ValueError(f"reverse variance {kind!r}: expected 'beta', 'posterior' or a number in [0, 1]")
+        v = float(kind)
+        return torch.exp(v * b.log() + (1.0 - v) * post.log())
+
     # ------------------------------------------------------------------ training
     def training_loss(
         self,

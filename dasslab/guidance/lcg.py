@@ -26,6 +26,13 @@ exactly the paper's procedure. This module computes ``G``:
   copy and the gather ``preprocess(x)[i]`` sums the copies of image ``i``: the
   result is exactly ``sum_c m_c * grad_x L_c``.
 
+**LCG with context** (``context=True``, ``guidance.lcg_input: whole``; not in the paper): each copy
+shows the guide the *whole* image, the loss still counts only the class's pixels and the gradient is
+still taken on the class region only — the copy is ``where(m_c, z, stop_grad(z))``, equal to ``z``
+in value, so autograd gives ``m_c * grad_x L_c(x)`` with L_c read in the scene's context. On scenes
+where a region's outline alone tells its class (the digits benchmark: the masked copy's silhouette
+carries the label), the masked input cannot guide what is inside the region; the whole input can.
+
 Pixels in no class mask (the ignore label, e.g. GTA5 void or classes a source
 lacks) get a zero gradient, hence the *unguided* sample ``mu + sigma z``
 (Eq. 9 read literally would set them to 0). An image without any labelled pixel
@@ -117,6 +124,7 @@ def lcg_loss_and_grad(
     ignore_index: int = 255,
     max_batch: int | None = None,
     copies: ClassCopies | None = None,
+    context: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """LCG gradient ``sum_c m_c * grad_x L_c`` (shape and dtype of ``x``) and the loss per image (N,).
 
@@ -129,6 +137,7 @@ def lcg_loss_and_grad(
     :func:`auto_max_batch` picks it from free GPU memory). Chunking changes nothing in the
     result: each copy's loss depends on that copy alone, so the per-chunk gradients add up to
     the one-batch gradient (equal up to floating-point summation order). ``None`` = all copies.
+    ``context``: the guide sees the whole image in every copy (LCG with context, module docstring).
     """
     if copies is None:
         copies = class_copies(label, ignore_index)
@@ -150,7 +159,11 @@ def lcg_loss_and_grad(
         for start in range(0, total, chunk):
             part = slice(start, start + chunk)
             index = copies.image_index[part]
-            masked = z[index] * copies.masks[part].to(z.dtype)
+            if context:   # the whole image in value, gradient only through the class region
+                zi = z[index]
+                masked = torch.where(copies.masks[part], zi, zi.detach())
+            else:
+                masked = z[index] * copies.masks[part].to(z.dtype)
             terms = segmentation_loss(net(masked), copies.targets[part], reduction, ignore_index)
             last = start + chunk >= total
             (g,) = torch.autograd.grad(terms.sum(), x_in, retain_graph=not last)

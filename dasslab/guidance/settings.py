@@ -20,6 +20,14 @@ trusts the :class:`GuidanceSettings` it receives.
                  ``auto`` (from free GPU memory on CUDA; one pass on CPU). Same result either way.
 ``autocast_dtype`` the guide's autocast dtype: ``bf16``/``fp16``/``null`` (full precision).
 ``record_stats`` keep per-step statistics (on the device, read once at the end).
+``lcg_input``    what the guide sees in an LCG term: ``masked`` (the paper, Eq. 6: x ⊙ m_c, the
+                 rest set to the guide's zero input) or ``whole`` (LCG with context: the whole
+                 image, the loss and the gradient still restricted to the class region m_c).
+``loss_on``      where the guide's loss is taken: ``x_t`` (the paper: the noisy sample) or ``x0``
+                 (beyond the paper: the predicted clean image x0_hat(x_t) of the step, so the guide
+                 reads an image like those it was trained on; the shift is still applied to mu).
+``through_denoiser`` with ``loss_on: x0``: backpropagate through eps_theta (DPS-style; one more
+                 denoiser call and its backward per step) instead of holding the step's eps fixed.
 
 ``arrangement`` keys: ``name`` (Table 5, default ``alternate``) and ``seed`` (``randmix``).
 """
@@ -40,7 +48,9 @@ from dasslab.guidance.losses import REDUCTIONS
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "fp32": None, "float32": None, "none": None}
 GUIDANCE_KEYS = {"scale", "calibrate", "shift", "reduction", "lcg", "gsg", "ignore_index", "max_batch",
-                 "autocast_dtype", "record_stats"}
+                 "autocast_dtype", "record_stats", "lcg_input", "loss_on", "through_denoiser"}
+LCG_INPUTS = ("masked", "whole")
+GUIDE_ON = ("x_t", "x0")
 ARRANGEMENT_KEYS = {"name", "seed"}
 
 
@@ -60,6 +70,9 @@ class GuidanceSettings:
     max_batch: int | str | None = None  # None = all copies in one pass, an int, or "auto"
     autocast_dtype: torch.dtype | None = None
     record_stats: bool = True
+    lcg_input: str = "masked"
+    loss_on: str = "x_t"
+    through_denoiser: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -106,7 +119,7 @@ def validate_guidance(guidance: Mapping[str, Any] | None,
     reduction = g.get("reduction", d.reduction)
     if reduction not in REDUCTIONS:
         raise ConfigError(f"guidance.reduction={reduction!r}: expected one of {list(REDUCTIONS)}")
-    for key in ("lcg", "gsg", "record_stats"):
+    for key in ("lcg", "gsg", "record_stats", "through_denoiser"):
         if not isinstance(g.get(key, True), bool):
             raise ConfigError(f"guidance.{key}={g[key]!r}: expected true or false")
     ignore = g.get("ignore_index", d.ignore_index)
@@ -121,6 +134,14 @@ def validate_guidance(guidance: Mapping[str, Any] | None,
     dtype = g.get("autocast_dtype")
     if dtype is not None and (not isinstance(dtype, str) or dtype.lower() not in DTYPES):
         raise ConfigError(f"guidance.autocast_dtype={dtype!r}: expected one of {sorted(DTYPES)} or null")
+    lcg_input = g.get("lcg_input", d.lcg_input)
+    if lcg_input not in LCG_INPUTS:
+        raise ConfigError(f"guidance.lcg_input={lcg_input!r}: expected one of {list(LCG_INPUTS)}")
+    on = g.get("loss_on", d.loss_on)
+    if on not in GUIDE_ON:
+        raise ConfigError(f"guidance.loss_on={on!r}: expected one of {list(GUIDE_ON)}")
+    if g.get("through_denoiser", False) and on != "x0":
+        raise ConfigError("guidance.through_denoiser=true needs guidance.loss_on=x0 (it differentiates x0_hat)")
     name = a.get("name", d.arrangement)
     if name not in ARRANGEMENTS:
         raise ConfigError(f"arrangement.name={name!r}: unknown guidance arrangement; expected one of "
@@ -132,4 +153,5 @@ def validate_guidance(guidance: Mapping[str, Any] | None,
                             lcg=g.get("lcg", True), gsg=g.get("gsg", True), arrangement=name, seed=seed,
                             ignore_index=ignore, max_batch=max_batch,
                             autocast_dtype=DTYPES[dtype.lower()] if dtype is not None else None,
-                            record_stats=g.get("record_stats", True))
+                            record_stats=g.get("record_stats", True), lcg_input=lcg_input, loss_on=on,
+                            through_denoiser=g.get("through_denoiser", False))

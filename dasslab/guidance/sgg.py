@@ -19,6 +19,14 @@ and hands ``(x_k, mu, Sigma_k)`` to :meth:`SemanticGuidance.__call__` — guided
     4. mu_hat  = mu - lambda * Sigma_k * G    the minus sign: descent on the guide's CE. Eq. 7
                                           prints ``+``, which would push the image off its label.
 
+Two settings go beyond the paper (both off in the paper configs): ``lcg_input: whole`` (LCG with
+context, ``lcg.py``) and ``loss_on: x0`` — step 2 takes the guide's loss on the step's predicted clean
+image x0_hat(x_k) = (x_k - sqrt(1 - ab_k) eps) / sqrt(ab_k) instead of on x_k (universal-guidance /
+DPS style): G = grad_{x_k} L(x0_hat(x_k)), with eps held fixed (G = grad_{x0} L / sqrt(ab_k)) or,
+with ``through_denoiser``, differentiated through eps_theta. Either way it is the guide's
+preprocessing composed with x0_hat, so LCG and GSG run unchanged on it; the sampler hands the step's
+eps over as a :class:`~dasslab.diffusion.sampler.StepContext`.
+
 The sampler then draws ``x_{k-1} = mu_hat + sqrt(Sigma_k) z`` (no noise at the last step; ``z`` is
 drawn whether or not a step is guided, so a seed gives the same noise with and without guidance).
 The label is prepared and checked once per batch (here, at construction); settings are checked
@@ -105,6 +113,11 @@ class SemanticGuidance:
         return self.settings.enabled
 
     @property
+    def uses_context(self) -> bool:
+        """Whether the sampler must pass the step's :class:`StepContext` (guidance on x0_hat)."""
+        return self.settings.loss_on == "x0"
+
+    @property
     def mode(self) -> str:
         return self.settings.mode
 
@@ -118,13 +131,14 @@ class SemanticGuidance:
         return self._plans[num_steps]
 
     # ---------------------------------------------------------------------- the guided step
-    def __call__(self, x_t: Tensor, mean: Tensor, variance: Tensor, step: int, num_steps: int) -> Tensor | None:
+    def __call__(self, x_t: Tensor, mean: Tensor, variance: Tensor, step: int, num_steps: int,
+                 context=None) -> Tensor | None:
         """``condition_mean``: the guided mean ``mu - lambda * Sigma_k * G``; ``None`` = this step unguided."""
         s = self.settings
         if not s.enabled or len(self._copies) == 0:   # nothing to guide: exactly the unguided step
             return None
         kind = self.plan(num_steps)[step]                                        # 1. LCG or GSG
-        grad, loss = self.gradient(x_t, kind)                                    # 2. G (0 on ignore)
+        grad, loss = self.gradient(x_t, kind, context)                           # 2. G (0 on ignore)
         shift = variance * grad                                                  #    Sigma_k G
         per_image = (self._count * x_t.shape[1]).clamp_min(1)
         rms = (shift.float().pow(2).flatten(1).sum(1) / per_image).sqrt()        #    over labelled pixels
@@ -140,8 +154,12 @@ class SemanticGuidance:
                 loss.mean(), g_norm.mean(), lam.mean(), (lam * g_norm).mean(), (lam * rms / sigma).mean()])))
         return mean_hat
 
-    def gradient(self, x_t: Tensor, kind: str) -> tuple[Tensor, Tensor]:
-        """``cond_fn``: ``(G, loss per image)`` of one kind, before lambda; G is 0 on ignore pixels."""
+    def gradient(self, x_t: Tensor, kind: str, context=None) -> tuple[Tensor, Tensor]:
+        """``cond_fn``: ``(G, loss per image)`` of one kind, before lambda; G is 0 on ignore pixels.
+
+        With ``loss_on: x0`` the loss is taken on x0_hat(x_t) from ``context`` (a
+        :class:`~dasslab.diffusion.sampler.StepContext`): the guide's input map becomes
+        ``preprocess(x0_hat(x))``, differentiated with eps fixed or through the denoiser."""
         s = self.settings
         if self._label.device != x_t.device:
             self.label = self._label.to(x_t.device)
@@ -150,11 +168,19 @@ class SemanticGuidance:
                              f"{tuple(x_t.shape)}; expected N x H x W")
         amp = (torch.autocast(x_t.device.type, dtype=s.autocast_dtype) if s.autocast_dtype is not None
                else contextlib.nullcontext())
+        preprocess = self.preprocess
+        if s.loss_on == "x0":
+            if context is None:
+                raise ValueError("guidance.loss_on=x0 needs the sampler's StepContext (Sampler passes it to guidance "
+                                 "functions with uses_context = True)")
+            x0_hat = context.x0_through_denoiser if s.through_denoiser else context.x0_fixed_eps
+            preprocess = lambda x: self.preprocess(x0_hat(x))  # noqa: E731
         with guide_mode(self.net), amp:
             if kind == LCG:
-                return lcg_loss_and_grad(x_t, self._label, self.preprocess, self._checked_net, s.reduction,
-                                         s.ignore_index, self._max_batch(x_t), copies=self._copies)
-            return gsg_loss_and_grad(x_t, self._label, self.preprocess, self._checked_net, s.reduction,
+                return lcg_loss_and_grad(x_t, self._label, preprocess, self._checked_net, s.reduction,
+                                         s.ignore_index, self._max_batch(x_t), copies=self._copies,
+                                         context=s.lcg_input == "whole")
+            return gsg_loss_and_grad(x_t, self._label, preprocess, self._checked_net, s.reduction,
                                      s.ignore_index)
 
     def _checked_net(self, z: Tensor) -> Tensor:
