@@ -12,11 +12,15 @@ A job is the root config with ``stage=<stage>`` (the file ``conf/stage/<stage>.y
 other config-group options swapped in (``groups``), values set (``set``) and the
 checkpoints of upstream jobs filled in (``needs``: config key -> job). Jobs a row needs
 run first, once. A job lists the dataset entries it requires (``requires``); when the
-dataset lacks one, the row is skipped with the reason printed and recorded.
+dataset lacks one, the row is skipped with the reason printed and recorded. ``watch``
+(config key -> job) names optional upstreams: filled like ``needs`` where that job can run
+on this dataset, left as they are (null) where it cannot, and the row runs either way
+(the judge that scores what PTL trains on needs target labels; the adaptation does not).
 
 Each job runs in ``paths.cache_dir/<stage>/<key>``: ``key`` is the hash of the job's
-resolved config, minus what cannot change its result (``pipeline.ignore``, and the
-sections the stage declares it does not read, ``stage.ignore``), plus the size and
+resolved config, minus what cannot change its result (``pipeline.ignore``, the sections
+the stage declares it does not read, ``stage.ignore``, and those the job's own settings leave
+unread, ``pipeline.jobs.<name>.ignore``: e.g. the DDPM of a row that translates nothing), plus the size and
 mtime of the checkpoint files given by the user (an upstream job's checkpoint path
 already holds that job's key, so a plan can be computed before anything runs).
 Forgetting an entry in an ``ignore`` list costs a retrain, never a stale reuse.
@@ -31,8 +35,8 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import shutil
+import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,7 +51,7 @@ from dasslab.utils.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 RUN_DIR = "@RUN_DIR@"          # stands for the job's own run dir while hashing
-CKPT_KEYS = ("segmenter.init_ckpt", "diffusion_ckpt", "guide_ckpt", "quality.judge_ckpt")
+CKPT_KEYS = ("segmenter.init_ckpt", "diffusion_ckpt", "guide_ckpt", "quality.judge_ckpt", "ptl.watch.judge_ckpt")
 
 
 def load_option(group: str, option: str) -> DictConfig:
@@ -100,6 +104,7 @@ def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: i
     if seed is not None:
         sub.seed = int(seed)
     sub.pipeline.filled = list(checkpoints)
+    sub.pipeline.job_ignore = list(job.get("ignore") or [])
     return sub
 
 
@@ -128,7 +133,8 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
         if name not in jobs:
             raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
         needs = {}                       # setting -> label of the upstream run that fills it
-        for setting, upstream in (jobs[name].get("needs") or {}).items():
+        optional = {s: up for s, up in (jobs[name].get("watch") or {}).items() if not _missing(cfg, up)}
+        for setting, upstream in {**(jobs[name].get("needs") or {}), **optional}.items():
             upstream_seed = _upstream_seed(cfg, upstream, seed)
             add(upstream, chain + (name,), upstream_seed)
             needs[setting] = _label(upstream, upstream_seed)
@@ -167,7 +173,9 @@ def stage_key(sub: DictConfig) -> str:
     probe = copy.deepcopy(sub)
     probe.paths.output_dir = RUN_DIR
     tree = OmegaConf.to_container(probe, resolve=True)
-    for dotted in list(sub.pipeline.get("ignore") or []) + list(sub.stage.get("ignore") or []):
+    ignore = [*(sub.pipeline.get("ignore") or []), *(sub.stage.get("ignore") or []),
+              *(sub.pipeline.get("job_ignore") or [])]
+    for dotted in ignore:
         _drop(tree, dotted)
     inputs = {}
     filled = set(sub.pipeline.get("filled") or [])   # upstream jobs: their path already holds their key
@@ -295,7 +303,10 @@ def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> d
 
 
 def _missing(cfg: DictConfig, name: str) -> str | None:
-    """Why job ``name`` (or one it needs) cannot run on this dataset, or None."""
+    """Why job ``name`` (or one it needs) cannot run on this dataset, or None (also for an unknown job:
+    :func:`plan` names those). Optional upstreams (``watch``) do not count."""
+    if name not in cfg.pipeline.jobs:
+        return None
     job = cfg.pipeline.jobs[name]
     for entry in job.get("requires") or []:
         if cfg.dataset.get(entry) is None:
@@ -351,14 +362,71 @@ def run_pipeline(cfg: DictConfig) -> dict:
     return summary
 
 
-MIN_GAP = 1.0   # mIoU points the oracle must be above source only for "gap closed" to be reported
+MIN_GAP = 1.0   # mIoU points the oracle (the ceiling) must be above source only for "gap closed" ("share of
+                # ceiling") to be reported
+REFERENCES = ("ptl_none", "baseline")   # rows every other row is compared with run by run: beats_<row>
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    """The mean and the sample standard deviation (n - 1) of ``values`` (None entries left out): (None, None)
+    for no value, std None for one (no spread measured). Every mean ± std of results.md and dasslab-tables."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def _by_seed(entry: dict) -> dict[str, float] | float | None:
+    """A summarized row's mIoU: ``{seed: value}`` where it was run per seed, else its one value (or None)."""
+    if "per_seed" in entry:
+        return {s: e["miou"] for s, e in entry["per_seed"].items() if e.get("miou") is not None}
+    return entry.get("miou")
+
+
+def paired(entry: dict, ref: dict) -> list[tuple[str, float, float]]:
+    """``(seed, value, reference value)``: the runs of a summarized row beside those of row ``ref`` — the same
+    seed's where both were run per seed, the one run of a row run once (shared by every seed) otherwise."""
+    a, b = _by_seed(entry), _by_seed(ref)
+    if a is None or b is None:
+        return []
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [(s, a[s], b[s]) for s in a if s in b]
+    if isinstance(a, dict):
+        return [(s, v, b) for s, v in a.items()]
+    if isinstance(b, dict):
+        return [(s, a, v) for s, v in b.items()]
+    return [("", a, b)]
+
+
+def _share(out: dict, top: str, key: str, what: str) -> None:
+    """``key`` = (row - source_only) / (top - source_only) for every other row, when ``top`` is MIN_GAP above."""
+    so, hi = out.get("source_only", {}).get("miou"), out.get(top, {}).get("miou")
+    if so is None or hi is None:
+        return
+    if hi - so < MIN_GAP:
+        out[top]["note"] = (f"{top} {hi:.2f} is not {MIN_GAP:g} points above source only {so:.2f}: "
+                            f"{what} is not reported")
+        return
+    for row, entry in out.items():
+        if row not in ("source_only", top) and entry.get("miou") is not None:
+            entry[key] = round((entry["miou"] - so) / (hi - so), 4)
 
 
 def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -> dict:
-    """``{row: {miou, run_dir, [subsets], [gap_closed]}}`` with IoU in percent; skipped rows say why.
+    """``{row: {miou, run_dir, [subsets], [comparisons]}}`` with IoU in percent; skipped rows say why.
 
     A row run with several seeds (``row@seedS`` results) reports the mean, ``std`` (sample standard
-    deviation), ``seeds`` and each seed's value under ``per_seed``.
+    deviation, null for one seed), ``seeds`` and each seed's value under ``per_seed``. Beside the rows
+    ``source_only``, ``oracle``, ``ceiling`` (Eq. 12 on labelled target-train images), ``ptl_none`` and
+    ``baseline``, where those have a value, every row gets:
+
+    - ``gap_closed`` = (row - source_only) / (oracle - source_only), if the oracle is MIN_GAP above;
+    - ``ceiling_share`` = (row - source_only) / (ceiling - source_only), if the ceiling is MIN_GAP above;
+    - run per seed: ``paired_gain`` ({seed: row - that seed's source_only, or source_only's one run where
+      all seeds share it}), ``paired_gain_mean``, ``wins`` (seeds with a gain > 0) of ``n_paired``;
+    - ``beats_ptl_none``, ``beats_baseline``: "k/n", the paired runs (as above) where the row is higher.
+
+    :func:`results_markdown` prints it; ``dasslab-tables`` computes its rows with it.
     """
     grouped: dict[str, dict[str, dict]] = {}
     for label, r in results.items():
@@ -375,37 +443,86 @@ def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -
         if len(entries) == 1 and "" in by_seed:
             out[row] = entries[0]
             continue
-        vals = [e["miou"] for e in entries if e["miou"] is not None]
-        mean = sum(vals) / len(vals) if vals else None
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        mean, std = mean_std(e["miou"] for e in entries)
         out[row] = {"miou": mean, "std": std, "seeds": [int(s) for s in by_seed],
                     "per_seed": {s: e for s, e in zip(by_seed, entries)}}
     for row, why in (skipped or {}).items():
         out[row] = {"miou": None, "skipped": why}
-    so, orc = out.get("source_only", {}).get("miou"), out.get("oracle", {}).get("miou")
-    if so is not None and orc is not None:
-        if orc - so >= MIN_GAP:
-            for row, entry in out.items():
-                if row not in ("source_only", "oracle") and entry.get("miou") is not None:
-                    entry["gap_closed"] = round((entry["miou"] - so) / (orc - so), 4)
-        else:
-            out["oracle"]["note"] = (f"oracle {orc:.2f} is not {MIN_GAP:g} points above source only {so:.2f}: "
-                                     "gap closed is not reported")
+    _share(out, "oracle", "gap_closed", "gap closed")
+    _share(out, "ceiling", "ceiling_share", "share of ceiling")
+    if "source_only" in out:
+        for row, entry in out.items():
+            pairs = paired(entry, out["source_only"]) if row != "source_only" and "per_seed" in entry else []
+            if pairs:
+                gains = {s: round(v - ref, 4) for s, v, ref in pairs}
+                entry.update(paired_gain=gains, paired_gain_mean=round(statistics.fmean(gains.values()), 4),
+                             wins=sum(g > 0 for g in gains.values()), n_paired=len(gains))
+    for ref in REFERENCES:
+        if out.get(ref, {}).get("miou") is None:
+            continue
+        for row, entry in out.items():
+            pairs = paired(entry, out[ref]) if row != ref else []
+            if pairs:
+                entry[f"beats_{ref}"] = f"{sum(v > r for _, v, r in pairs)}/{len(pairs)}"
     return out
 
 
+def miou_cell(entry: dict, digits: int = 2) -> str:
+    """``mean ± std (n seeds)`` of a summarized row (``n/a`` without a value)."""
+    if entry.get("miou") is None:
+        return "n/a"
+    cell = f"{entry['miou']:.{digits}f}"
+    if entry.get("seeds"):
+        n = len(entry["seeds"])
+        cell += ("" if entry.get("std") is None else f" ± {entry['std']:.{digits}f}") + f" ({n} seed{'s' * (n > 1)})"
+    return cell
+
+
+def comparison_cells(entry: dict) -> dict[str, str]:
+    """The comparison columns of a summarized row (:func:`summarize`) as results.md and dasslab-tables print
+    them: gap closed, share of ceiling, paired gain per seed, beats <reference row>."""
+    def pct(v):
+        return "" if v is None else f"{100 * v:.1f} %"
+
+    gain = ""
+    if entry.get("paired_gain"):
+        gain = " / ".join(f"{g:+.2f}" for g in entry["paired_gain"].values())
+        gain += f" (mean {entry['paired_gain_mean']:+.2f}, {entry['wins']}/{entry['n_paired']} > 0)"
+    cells = {"gap closed": pct(entry.get("gap_closed")), "share of ceiling": pct(entry.get("ceiling_share")),
+             "paired gain per seed": gain}
+    for ref in REFERENCES:
+        cells[f"beats {ref}"] = entry.get(f"beats_{ref}") or ""
+    return cells
+
+
+COMPARISON_NOTE = ("gap closed = (row − source only) / (oracle − source only); share of ceiling = (row − source "
+                   "only) / (ceiling − source only), the ceiling being the adaptation with labelled target-train "
+                   "images in place of translations; paired gain = row − source only of the same seed, seed by seed "
+                   "(source only's one run where all seeds share it); beats X = runs above X's run of the same "
+                   "seed.")
+
+
+def comparison_columns(summary: dict) -> list[str]:
+    """The comparison columns a table prints: the fixed ones, and ``beats baseline`` where some row has it."""
+    cols = ["gap closed", "share of ceiling", "paired gain per seed", "beats ptl_none"]
+    extra = [f"beats {r}" for r in REFERENCES if f"beats {r}" not in cols
+             and any(f"beats_{r}" in e for e in summary.values())]
+    return cols + extra
+
+
 def results_markdown(summary: dict, dataset: str) -> str:
-    lines = [f"# Results on {dataset} (target val, mIoU %)", "", "| row | mIoU | gap closed |", "|---|---:|---:|"]
+    cols = comparison_columns(summary)
+    lines = [f"# Results on {dataset} (target val, mIoU %)", "",
+             "| row | mIoU (± std, seeds) | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     for row, e in summary.items():
-        m = "n/a" if e.get("miou") is None else f"{e['miou']:.2f}"
-        if e.get("seeds"):
-            m += f" ± {e['std']:.2f} ({len(e['seeds'])} seeds)"
-        g = "" if e.get("gap_closed") is None else f"{100 * e['gap_closed']:.1f} %"
+        cells = comparison_cells(e)
         if e.get("skipped"):
-            g = f"skipped: {e['skipped']}"
-        lines.append(f"| {row} | {m} | {g} |")
-    if summary.get("oracle", {}).get("note"):
-        lines += ["", f"Note: {summary['oracle']['note']}."]
+            cells = {"gap closed": f"skipped: {e['skipped']}"}
+        lines.append(f"| {row} | {miou_cell(e)} | " + " | ".join(cells.get(c, "") for c in cols) + " |")
+    lines += ["", COMPARISON_NOTE]
+    for top in ("oracle", "ceiling"):
+        if summary.get(top, {}).get("note"):
+            lines += ["", f"Note: {summary[top]['note']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -422,7 +539,11 @@ def timings_markdown(timings: dict[str, dict]) -> str:
 
 
 def _guidance_label(g: dict) -> str:
-    return f"shift={g.get('shift')}" if g.get("calibrate") else f"lambda={g.get('scale', 0)}"
+    strength = f"shift={g.get('shift')}" if g.get("calibrate") else f"lambda={g.get('scale', 0)}"
+    extra = [f"{k}={g[k]}" for k in ("lcg_input", "loss_on") if k in g]
+    if g.get("through_denoiser"):
+        extra.append("through denoiser")
+    return ", ".join([strength, *extra])
 
 
 def quality_stage(cfg: DictConfig) -> dict:
@@ -439,18 +560,27 @@ def quality_stage(cfg: DictConfig) -> dict:
 
 
 def quality_markdown(q: dict) -> str:
-    """Consistency / domain score tables of :func:`dasslab.analysis.translation_quality.measure`."""
+    """Consistency / domain score / high-frequency tables of :func:`dasslab.analysis.translation_quality.measure`."""
     ref = q["reference"]
-    lines = [f"## Translation quality ({q['num_images']} source val images, {q['num_steps']} reverse steps)", "",
+
+    def hf(r):
+        return "" if r.get("hf") is None else f", hf {r['hf']:.3f}"
+
+    lines = [f"## Translation quality ({q['num_images']} source val images, {q['num_steps']} reverse steps "
+             "unless a row says otherwise)", "",
              "Consistency: the judge's foreground mIoU on the translated images against the source labels "
-             "(all-class mIoU in brackets). Reference: "
+             "(all-class mIoU in brackets); hf: mean |difference| of neighbouring pixels (noise left by the "
+             "chain raises it). Reference: "
              + "; ".join(f"{name} {r['consistency']:.1f} ({r.get('consistency_all', float('nan')):.1f}), domain "
-                         f"score {r['domain_score']:.2f}" for name, r in ref.items()) + ".", "",
-             "| setting | n | consistency (mIoU %) | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
+                         f"score {r['domain_score']:.2f}{hf(r)}" for name, r in ref.items()) + ".", "",
+             "| setting | n | steps | Sigma | consistency (mIoU %) | domain score | hf | shift / sigma |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
     for name, s in q["settings"].items():
         for r in s["rows"]:
+            h = "" if r.get("hf") is None else f"{r['hf']:.3f}"
             lines.append(f"| {name} ({_guidance_label(s['guidance'])}) | {r['depth']} | "
-                         f"{r['consistency']:.1f} | {r['domain_score']:.2f} | {r['shift_over_sigma_mean']:.3f} |")
+                         f"{r.get('num_steps', q['num_steps'])} | {r.get('variance', 'beta')} | "
+                         f"{r['consistency']:.1f} | {r['domain_score']:.2f} | {h} | {r['shift_over_sigma_mean']:.3f} |")
     if q.get("lambda_sweep"):
         lines += ["", "| lambda sweep | n | consistency | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
         for v in q["lambda_sweep"].values():

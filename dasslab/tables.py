@@ -11,6 +11,9 @@ is read from the experiment name (``task_name: table2a_…`` -> Table 2), other 
 every class, then mIoU; for SYNTHIA -> Cityscapes the 16 scored classes, mIoU over 16 and
 mIoU* over 13. Runs whose configs differ only in ``seed`` (and in paths, loggers, …: see
 ``IGNORE``) are one row: mean ± sample std (n - 1) over the seeds, with the number of runs.
+The rows' statistics are :func:`dasslab.pipeline.summarize`'s, as in the pipeline's results.md:
+where a table holds the pipeline rows source_only, oracle, ceiling, ptl_none or baseline, each
+row also gets gap closed, share of ceiling, paired gains per seed and "beats ptl_none/baseline".
 A failed run (a run folder without a readable ``metrics.json``) or a missing one (a sweep
 job whose folder does not exist, a skipped pipeline row) is shown as such in its row, never
 dropped. The paper's numbers (``dasslab/paper_results.yaml``) are printed beside ours.
@@ -24,7 +27,6 @@ import io
 import json
 import math
 import re
-import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from dasslab.errors import ConfigError, DasslabError
+from dasslab.pipeline import COMPARISON_NOTE, comparison_cells, comparison_columns, mean_std, summarize
 
 # config keys that do not make two runs different settings (besides `seed`)
 IGNORE = ("seed", "paths", "hydra", "logger", "callbacks", "resume", "task_name", "pipeline", "data.num_workers",
@@ -209,26 +212,30 @@ def runs_in_sweep(sweep_dir: Path) -> list[Run]:
 
 
 def runs_in_pipeline(run_dir: Path) -> list[Run]:
-    """The rows of a ``stage=pipeline`` run (``results.json``: row -> {miou, run_dir} or {skipped})."""
+    """The rows of a ``stage=pipeline`` run (``results.json``: row -> {miou, run_dir}, {per_seed: {seed: {miou,
+    run_dir}}} for a row run per seed, or {skipped}): one run per seed."""
     results = json.loads((run_dir / "results.json").read_text())
     root = read_config(run_dir).get("paths.root_dir")
     runs = []
     for row, r in results.items():
         if not isinstance(r, dict):
             continue
-        if r.get("skipped") or not r.get("run_dir"):
+        # a row run per seed: one run per seed (per_seed: {seed: {miou, run_dir}})
+        entries = list((r.get("per_seed") or {}).values()) if isinstance(r.get("per_seed"), dict) else [r]
+        if r.get("skipped") or not any(isinstance(e, dict) and e.get("run_dir") for e in entries):
             runs.append(Run(run_dir, "missing", f"row skipped: {r.get('skipped', 'no run')}", row=row,
                             config=read_config(run_dir), describe={"row": row}))
             continue
-        where = Path(r["run_dir"])
-        for cand in (where, Path(root) / where if root else None, run_dir / where):
-            if cand is not None and cand.is_dir():
-                where = cand
-                break
-        run = load_run(where, row=row)
-        if run.status == "missing":
-            run.reason = f"row {row}: run folder {r['run_dir']} not found"
-        runs.append(run)
+        for e in entries:
+            where = Path(e["run_dir"])
+            for cand in (where, Path(root) / where if root else None, run_dir / where):
+                if cand is not None and cand.is_dir():
+                    where = cand
+                    break
+            run = load_run(where, row=row)
+            if run.status == "missing":
+                run.reason = f"row {row}: run folder {e['run_dir']} not found"
+            runs.append(run)
     return runs
 
 
@@ -445,12 +452,41 @@ def layout(rows: Sequence[Row]) -> Layout:
 
 
 def _fmt(values: list[float], digits: int = 1) -> str:
-    if not values:
+    mean, std = mean_std(values)
+    if mean is None:
         return "—"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def row_names(rows: Sequence[Row]) -> list[str]:
+    """Each row's name in :func:`table_summary`: its pipeline row name (source_only, ceiling, …) where the
+    table's rows have distinct ones, else its label (numbered where labels repeat)."""
+    names = [r.first.row or r.label for r in rows]
+    if len(set(names)) < len(names):
+        names = [r.label for r in rows]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
+def table_summary(rows: Sequence[Row], metric: str) -> dict[str, dict]:
+    """:func:`dasslab.pipeline.summarize` of the table's finished runs on ``metric``, keyed by :func:`row_names`:
+    mean ± std over seeds, and the comparisons with source_only/oracle/ceiling/ptl_none/baseline rows. A row
+    with one finished run is a run shared by every seed (as a pipeline job that is not per seed)."""
+    results = {}
+    for name, row in zip(row_names(rows), rows):
+        if len(row.ok) == 1:
+            results[name] = {"miou": metric_value(row.ok[0].metrics, metric), "run_dir": str(row.ok[0].path)}
+            continue
+        seeds = [r.config.get("seed") for r in row.ok]
+        if not all(isinstance(s, int) for s in seeds) or len(set(seeds)) < len(seeds):
+            seeds = list(range(len(row.ok)))       # no (distinct) seeds recorded: runs numbered, not paired by seed
+        for seed, run in zip(seeds, row.ok):
+            results[f"{name}@seed{seed}"] = {"miou": metric_value(run.metrics, metric), "run_dir": str(run.path)}
+    return summarize(results)
 
 
 def _paper_cell(row: Row, lay: Layout) -> str:
@@ -458,6 +494,14 @@ def _paper_cell(row: Row, lay: Layout) -> str:
         return ""
     vals = [row.paper.get(k) for k, _ in lay.summary]
     return " / ".join("—" if v is None else f"{float(v):.1f}" for v in vals)
+
+
+def _summary_cell(entry: dict, digits: int = 1) -> str:
+    """A row's mean ± std from :func:`table_summary` (``—`` without a value)."""
+    if entry.get("miou") is None:
+        return "—"
+    std = entry.get("std")
+    return f"{entry['miou']:.{digits}f}" if std is None else f"{entry['miou']:.{digits}f} ± {std:.{digits}f}"
 
 
 def _runs_cell(row: Row) -> str:
@@ -471,46 +515,79 @@ def row_metric(row: Row) -> str:
     return "miou16" if any(metric_value(r.metrics, "miou16") is not None for r in row.ok) else "miou"
 
 
+def _filled_columns(summary: dict[str, dict]) -> list[str]:
+    """The comparison columns that some row of the summary fills (none for a table without the pipeline's
+    reference rows: a sweep, or runs of one setting)."""
+    cells = [comparison_cells(e) for e in summary.values()]
+    return [c for c in comparison_columns(summary) if any(cell.get(c) for cell in cells)]
+
+
 def markdown(title: str, rows: Sequence[Row], lay: Layout) -> str:
     with_paper = any(r.paper for r in rows)
-    head = ["setting", "runs", *[SHORT.get(c, c) for c in lay.classes], *[t for _, t in lay.summary]]
+    summaries = {key: table_summary(rows, key) for key, _ in lay.summary}
+    main = summaries[lay.summary[0][0]]
+    cols = _filled_columns(main)
+    names = row_names(rows)
+    head = ["setting", "runs", *[SHORT.get(c, c) for c in lay.classes], *[t for _, t in lay.summary], *cols]
     head += ["paper " + " / ".join(t for _, t in lay.summary)] if with_paper else []
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |",
              "|" + "|".join([":--", "--:"] + ["--:"] * (len(head) - 2)) + "|"]
-    for row in rows:
+    for name, row in zip(names, rows):
         if not row.ok:
             reason = "; ".join(sorted({r.reason for r in row.runs}))
             cells = [row.label, _runs_cell(row)] + ["—"] * len(lay.classes)
             cells += [f"**{row.runs[0].status}**" if i == 0 else "—" for i in range(len(lay.summary))]
+            cells += [""] * len(cols)
             cells += [_paper_cell(row, lay)] if with_paper else []
             lines.append("| " + " | ".join(cells) + " |")
             lines.append(f"|   ↳ {reason} |" + " |" * (len(head) - 1))
             continue
         cells = [row.label, _runs_cell(row)]
         cells += [_fmt(row.values(f"iou:{c}")) for c in lay.classes]
-        cells += [_fmt(row.values(k)) for k, _ in lay.summary]
+        cells += [_summary_cell(summaries[k].get(name, {})) for k, _ in lay.summary]
+        compared = comparison_cells(main.get(name, {}))
+        cells += [compared.get(c, "") for c in cols]
         cells += [_paper_cell(row, lay)] if with_paper else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "IoU in percent; mean ± sample std over seeds; runs = finished/all."]
+    if cols:
+        lines.append(f"Comparisons on {lay.summary[0][1]}: {COMPARISON_NOTE}")
+        lines += [f"Note: {e['note']}." for e in main.values() if e.get("note")]
     if with_paper:
         sources = sorted({str(r.paper.get("source", "")) for r in rows if r.paper} - {""})
         lines.append("Paper: " + "; ".join(sources) if sources else "Paper: dasslab/paper_results.yaml")
     return "\n".join(lines) + "\n"
 
 
+CSV_COMPARISONS = (("gap closed", "gap_closed"), ("share of ceiling", "ceiling_share"),
+                   ("paired gain mean", "paired_gain_mean"), ("wins", "wins"), ("paired", "n_paired"),
+                   ("beats ptl_none", "beats_ptl_none"), ("beats baseline", "beats_baseline"))
+
+
 def csv_text(title: str, rows: Sequence[Row], lay: Layout) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    metrics = [(f"iou:{c}", c) for c in lay.classes] + [(k, t) for k, t in lay.summary]
-    w.writerow(["table", "setting", "runs_ok", "runs", "status", *[x for _, t in metrics for x in (t, f"{t} std")],
-                *[f"paper {t}" for _, t in lay.summary], "run_dirs"])
-    for row in rows:
+    summaries = {key: table_summary(rows, key) for key, _ in lay.summary}
+    main = summaries[lay.summary[0][0]]
+    names = row_names(rows)
+    titles = [*lay.classes, *[t for _, t in lay.summary]]
+    w.writerow(["table", "setting", "runs_ok", "runs", "status", *[x for t in titles for x in (t, f"{t} std")],
+                *[t for t, _ in CSV_COMPARISONS], *[f"paper {t}" for _, t in lay.summary], "run_dirs"])
+
+    def num(v):
+        return "" if v is None else f"{v:.4f}"
+
+    for name, row in zip(names, rows):
         vals = []
-        for key, _ in metrics:
-            v = row.values(key)
-            vals += [f"{statistics.fmean(v):.4f}" if v else "", f"{statistics.stdev(v):.4f}" if len(v) > 1 else ""]
+        for c in lay.classes:
+            vals += [num(x) for x in mean_std(row.values(f"iou:{c}"))]
+        for key, _ in lay.summary:
+            entry = summaries[key].get(name, {})
+            vals += [num(entry.get("miou")), num(entry.get("std"))]
+        entry = main.get(name, {})
+        compared = [("" if entry.get(k) is None else entry[k]) for _, k in CSV_COMPARISONS]
         paper = [("" if not row.paper or row.paper.get(k) is None else row.paper[k]) for k, _ in lay.summary]
-        w.writerow([title, row.label, len(row.ok), len(row.runs), row.status(), *vals, *paper,
+        w.writerow([title, row.label, len(row.ok), len(row.runs), row.status(), *vals, *compared, *paper,
                     ";".join(str(r.path) for r in row.runs)])
     return buf.getvalue()
 

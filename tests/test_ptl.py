@@ -1,7 +1,8 @@
 """Progressive Translation Learning (Sec. 4.3-4.4): n follows the step, the guide is refreshed at each
-domain start, pools equal on-the-fly translation, resume is exact, DDP ranks agree; bad settings
-fail at config time. Smoke sizes on the digits fixture; the source and diffusion models are trained
-once per module through the stage API."""
+domain start, pools equal on-the-fly translation, resume is exact, DDP ranks agree; the ceiling
+control trains on labelled target images; the watch scores what each domain trains on without
+changing it; bad settings fail at config time. Smoke sizes on the digits fixture; the source and
+diffusion models are trained once per module through the stage API."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from dasslab.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv"]
-# a tiny adaptation: N = 3 domains of K = 2 steps, depths 10/20/30 respaced to 2 reverse steps
+# a tiny adaptation: N = 3 domains of K = 2 steps, depths 10/20/30 respaced to 2 reverse steps; the
+# watch scores 4 translations per domain
 TINY = ["ptl.N=3", "ptl.K=2", "ptl.t_max=30", "translate.num_steps=2", "segmenter.batch_size=2",
-        "guidance=sgg", "guidance.scale=1.0", "data.limit_val=8"]
+        "guidance=sgg", "guidance.scale=1.0", "data.limit_val=8", "ptl.watch.images=4"]
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +213,11 @@ def test_resume_mid_domain_continues_exactly(adapt_cfg, tmp_path):
     assert ptl_res.refreshed == ptl_full.refreshed == [(1, 0), (2, 3), (3, 6)]
     assert same(state(resumed, ""), state(full, ""))
     assert [c["miou"] for c in ptl_res.curve] == [c["miou"] for c in ptl_full.curve]
+    # the watched statistics of domain 2 come back from the checkpoint, domain 3's are measured again
+    assert a["callbacks"][ka]["pools"] == b["callbacks"][kb]["pools"]
+    assert [n for n, _ in b["callbacks"][kb]["pools"]] == [1, 2]
+    assert sorted(ptl_res.pools) == [1, 2, 3] and ptl_res.pools == ptl_full.pools
+    assert [c.get("pool") for c in ptl_res.curve] == [c.get("pool") for c in ptl_full.curve]
     m_full = evaluate_segmenter(full, dm.val_dataloader(), dm.class_names, tmp_path / "m_full", print_table=False)
     m_res = evaluate_segmenter(resumed, dm2.val_dataloader(), dm2.class_names, tmp_path / "m_res", print_table=False)
     assert m_res["miou"] == m_full["miou"] and m_res["per_class_iou"] == m_full["per_class_iou"]
@@ -236,6 +243,7 @@ def test_the_adapt_checkpoint_loads_as_the_adapted_segmenter(adapt_cfg, tmp_path
     ([], ["translated", "source"]),
     (["adapt.loss=ada"], ["translated"]),
     (["ptl=none"], ["source"]),
+    (["ptl=ceiling"], ["translated", "source"]),
 ])
 def test_the_loss_terms_of_each_setting(adapt_cfg, overrides, keys):
     _, module = build(adapt_cfg(*overrides))
@@ -250,13 +258,103 @@ def test_direct_translates_every_step_at_N_with_the_source_guide(adapt_cfg, tmp_
     assert all(same(rec.guide_at[s], _rename(rec.model_at[0], "model.", "guide.")) for s in range(3))
 
 
+# --------------------------------------------------------------------------- lr schedule, ceiling, watch
+class LearningRate(L.Callback):
+    def __init__(self):
+        self.lr, self.initial = {}, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        group = trainer.optimizers[0].param_groups[0]
+        self.lr[trainer.global_step], self.initial = group["lr"], group["initial_lr"]
+
+
+def test_lr_schedule_domain_restarts_the_poly_decay_at_each_domain_in_a_fit(adapt_cfg, tmp_path):
+    cfg = adapt_cfg("ptl.lr_schedule=domain", "ptl.max_steps=6", "ptl.watch.images=0")
+    dm, module = build(cfg)
+    rec = LearningRate()
+    trainer(tmp_path, 6, [rec]).fit(module, datamodule=dm)
+    power = cfg.segmenter.poly_power
+    assert [rec.lr[s] for s in range(6)] == pytest.approx([rec.initial * (1 - (s % 2) / 2) ** power
+                                                           for s in range(6)], rel=1e-9)
+
+
+def test_ceiling_trains_on_labelled_target_images_of_their_own_stream(adapt_cfg, tmp_path):
+    """ptl=ceiling: Eq. 12 with X^n = labelled target-train images (step-indexed, no diffusion model)."""
+    from dasslab.lit.ptl_module import TARGET_LABELED, validate_ptl
+
+    cfg = adapt_cfg("ptl=ceiling", "ptl.N=3", "ptl.K=2", "ptl.max_steps=3", "diffusion_ckpt=null",
+                    "ptl.watch.images=4", "ptl.val_every_domains=1")
+    validate_ptl(cfg)   # no diffusion checkpoint needed
+    dm, module = build(cfg)
+    assert module.ceiling and not module.translates and module.train_keys == ["translated", "source"]
+    seen, loss_on = {}, module.loss_on
+
+    def spy(image, label):
+        seen.setdefault(module.global_step, []).append((image.detach().clone(), label.detach().clone()))
+        return loss_on(image, label)
+
+    module.loss_on = spy
+    rec = Recorder()
+    t = trainer(tmp_path, 3, [rec])
+    t.fit(module, datamodule=dm)
+    assert rec.n_at == {0: 3, 1: 3, 2: 3} and rec.translated == {}   # nothing is translated
+    target, source = dm.stream(TARGET_LABELED), dm.stream()
+    for s in range(3):
+        (ti, tl), (si, sl) = seen[s]          # train_keys order: the "translated" term, then the source term
+        tb, sb = target.batch(s), source.batch(s)
+        assert torch.equal(ti, tb["image"]) and torch.equal(tl, tb["label"]), s
+        assert torch.equal(si, sb["image"]) and torch.equal(sl, sb["label"]), s
+        assert set(tb["name"]) != set(sb["name"]) or not torch.equal(ti, si)
+    # the watch scores the target images it trains on; one domain: one measurement at the end, n = N
+    curve = json.loads((tmp_path / "ptl_curve.json").read_text())
+    assert [(c["n"], c["step"]) for c in curve] == [(0, 0), (3, 3)]
+    from dasslab.analysis.image_stats import high_frequency_energy
+
+    assert curve[1]["pool"]["hf"] == pytest.approx(high_frequency_energy(target.images(0, 4)[0]))
+
+
+def test_the_watch_scores_each_domain_without_changing_what_is_trained(adapt_cfg, trained, tmp_path):
+    """Same seed, watch on (hf, judge consistency, domain score) and off: the same weights; the
+    statistics of domain n's translations are in the curve entry of n, the PNG and the checkpoint."""
+    from dasslab.callbacks.ptl import ProgressiveTranslation
+
+    dm, off = build(adapt_cfg("ptl.max_steps=6", "ptl.watch.images=0", "ptl.val_every_domains=1"))
+    trainer(tmp_path / "off", 6).fit(off, datamodule=dm)
+    dm, on = build(adapt_cfg("ptl.max_steps=6", "ptl.watch.images=4", "ptl.val_every_domains=1",
+                             f"ptl.watch.judge_ckpt={trained['source']}", "ptl.watch.domain_score=true",
+                             "ptl.watch.classifier_steps=3", "ptl.watch.classifier_images=8"))
+    t = trainer(tmp_path / "on", 6)
+    t.fit(on, datamodule=dm)
+    assert same(state(on, ""), state(off, ""))
+    assert all("pool" not in c for c in json.loads((tmp_path / "off" / "ptl_curve.json").read_text()))
+    curve = json.loads((tmp_path / "on" / "ptl_curve.json").read_text())
+    assert [c["n"] for c in curve] == [0, 1, 2, 3] and "pool" not in curve[0]
+    for c in curve[1:]:
+        pool = c["pool"]
+        assert set(pool) == {"images", "hf", "hf_target", "consistency", "consistency_all", "domain_score"}
+        assert pool["images"] == 4 and pool["hf"] > 0 and 0 <= pool["domain_score"] <= 1
+        assert pool["hf_target"] == curve[1]["pool"]["hf_target"] > 0
+        assert 0 <= pool["consistency"] <= 100 and 0 <= pool["consistency_all"] <= 100
+    assert len({c["pool"]["hf"] for c in curve[1:]}) == 3     # each domain its own translations
+    assert (tmp_path / "on" / "ptl_miou.png").is_file()
+    t.save_checkpoint(tmp_path / "on.ckpt")
+    ck = torch.load(tmp_path / "on.ckpt", weights_only=False)
+    saved = next(v for k, v in ck["callbacks"].items() if "ProgressiveTranslation" in k)
+    ptl = next(c for c in t.callbacks if isinstance(c, ProgressiveTranslation))
+    assert dict((n, s) for n, s in saved["pools"]) == ptl.pools and sorted(ptl.pools) == [1, 2, 3]
+
+
 # --------------------------------------------------------------------------- config-time errors
 @pytest.mark.parametrize("overrides, match", [
     (["ptl.K=0"], r"ptl.K=0: expected an integer >= 1"),
     (["ptl.t_max=null", "ptl.N=1001"], r"ptl.N=1001 exceeds diffusion.num_timesteps=1000"),
     (["ptl.t_max=2000"], r"ptl.t_max=2000: expected an integer 1..1000"),
     (["ptl.pool_size=17"], r"ptl.pool_size=17 is larger than the source set \(16 images\)"),
-    (["ptl.name=sideways"], r"ptl.name='sideways': expected one of progressive, direct, none"),
+    (["ptl.name=sideways"], r"ptl.name='sideways': expected one of progressive, direct, none, ceiling"),
+    (["ptl.lr_schedule=x"], r"ptl.lr_schedule='x': expected one of global, domain, constant"),
+    (["ptl=ceiling", "dataset.target_train_labeled=null"],
+     r"ptl.name=ceiling: dataset=digits has no labelled target-train split \(dataset.target_train_labeled\)"),
+    (["ptl.watch.images=-1"], r"ptl.watch.images=-1: expected an integer >= 0"),
     (["ptl=none", "adapt.loss=ada"], r"adapt.loss=ada with ptl=none"),
     (["dataset.crop_size=[30,30]", "dataset.image_size=[30,30]"], r"diffusion_ckpt=.*not divisible"),
 ])

@@ -195,3 +195,48 @@ def test_cli_globs_and_one_line_errors(sweep, runs_root, tmp_path, capsys):
         from dasslab.tables import parse_args
 
         parse_args([f"runs={d}"])
+
+
+@pytest.mark.parametrize("shared_source", [False, True])
+def test_pipeline_rows_run_per_seed_get_the_pipelines_own_summary(tmp_path, shared_source):
+    """A stage=pipeline folder with seeded rows: each seed's run is read, and mean ± std, gap closed, share of
+    ceiling, paired gains and "beats" are :func:`dasslab.pipeline.summarize`'s own numbers (a source-only model
+    run once is shared by the seeds: each pairs with it)."""
+    from dasslab.pipeline import summarize
+
+    values = {"source_only": [22.0] if shared_source else [20.0, 22.0, 24.0], "oracle": [60.0, 58.0, 62.0],
+              "ceiling": [50.0, 52.0, 48.0], "ptl_none": [21.0, 21.0, 25.0], "baseline": [23.0, 22.0, 26.0],
+              "full": [30.0, 36.0, 33.0]}
+    results = {}
+    for row, vals in values.items():
+        for seed, v in enumerate(vals):
+            out = tmp_path / "cache" / row / f"seed{seed}"
+            make_run(out, cfg("digits_study", "digits", seed, out, **{"ptl.name": row}), metrics(DIGITS, [v] * 11))
+            results[f"{row}@seed{seed}" if len(vals) > 1 else row] = {"miou": v, "run_dir": str(out)}
+    summary = summarize(results, {"wo_lcg": "needs something"})
+    pipe = tmp_path / "pipe"
+    make_run(pipe, {"task_name": "digits_study", "stage": {"name": "pipeline"}, "dataset": {"name": "digits"}}, None)
+    (pipe / "results.json").write_text(json.dumps(summary))
+    runs = find_runs([pipe])
+    assert [r.row for r in runs].count("full") == 3 and all(r.status == "ok" for r in runs if r.row != "wo_lcg")
+    tables = write_tables(runs, tmp_path / "t")
+    rows = {r["setting"]: r for r in read_csv(tmp_path / "t" / "runs_digits.csv")}
+    assert set(rows) == {*values, "wo_lcg"} and rows["wo_lcg"]["status"] == "1 missing"
+    for row in values:
+        got, want = rows[row], summary[row]
+        assert got["runs_ok"] == str(len(values[row])) and float(got["mIoU"]) == pytest.approx(want["miou"], abs=1e-4)
+        assert (got["mIoU std"] == "") == (want.get("std") is None)
+        assert not got["mIoU std"] or float(got["mIoU std"]) == pytest.approx(want["std"], abs=1e-4)
+        for col, key in (("gap closed", "gap_closed"), ("share of ceiling", "ceiling_share"),
+                         ("paired gain mean", "paired_gain_mean")):
+            assert (got[col] == "") == (key not in want) and (not got[col] or float(got[col]) == want[key])
+        for col, key in (("wins", "wins"), ("beats ptl_none", "beats_ptl_none"), ("beats baseline", "beats_baseline")):
+            assert got[col] == str(want.get(key, ""))
+    assert rows["full"]["share of ceiling"] == "0.3929" and rows["full"]["beats ptl_none"] == "3/3"
+    gains = "+8.00 / +14.00 / +11.00" if shared_source else "+10.00 / +14.00 / +9.00"   # - 22 | - 20, 22, 24
+    assert list(summary["full"]["paired_gain"].values()) == [float(g) for g in gains.split(" / ")]
+    md = tables["runs — digits"]
+    assert "| gap closed | share of ceiling | paired gain per seed | beats ptl_none | beats baseline |" in md
+    full = next(line for line in md.splitlines() if line.startswith("| full |"))
+    assert "| 33.0 ± 3.0 |" in full and "| 39.3 % |" in full and f"{gains} (mean +11.00, 3/3 > 0)" in full
+    assert "row skipped: needs something" in md

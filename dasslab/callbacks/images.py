@@ -60,16 +60,61 @@ class DiffusionSampleGrid(L.Callback):
 
 # --------------------------------------------------------------------------- PTL (Sec. 4.3)
 def save_miou_curve(path, curve: list[dict], trainer=None) -> Path:
-    """The mIoU-over-n curve of a PTL run (``curve``: ``{"n", "miou"}`` items) as PNG, also logged."""
+    """The mIoU-over-n curve of a PTL run (``curve``: ``{"n", "miou"[, "pool"]}`` items) as PNG, also logged.
+
+    When entries carry ``pool`` statistics (``ptl.watch``) a second panel shows what each domain
+    trained on: label consistency (%), domain score x 100 and hf / hf_target (right axis)."""
     from dasslab.visualize import save_curve
 
-    path = save_curve(path, [c["n"] for c in curve], {"target val mIoU": [c["miou"] for c in curve]},
-                      xlabel="domain n (0 = source model)", ylabel="mIoU (%)", title="PTL: mIoU over domains")
+    pooled = [c for c in curve if c.get("pool")]
+    if not pooled:
+        path = save_curve(path, [c["n"] for c in curve], {"target val mIoU": [c["miou"] for c in curve]},
+                          xlabel="domain n (0 = source model)", ylabel="mIoU (%)", title="PTL: mIoU over domains")
+    else:
+        path = _save_miou_and_pool_panels(Path(path), curve, pooled)
     if trainer is not None:
         import numpy as np
         from PIL import Image
 
         log_image(trainer, "ptl/miou_over_n", np.asarray(Image.open(path).convert("RGB")), step=trainer.global_step)
+    return path
+
+
+def _save_miou_and_pool_panels(path: Path, curve: list[dict], pooled: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), dpi=120, sharex=True)
+    top.plot([c["n"] for c in curve], [c["miou"] for c in curve], marker="o", label="target val mIoU")
+    top.set_ylabel("mIoU (%)")
+    top.set_title("PTL: mIoU over domains")
+    ns = [c["n"] for c in pooled]
+    series = {"consistency (fg mIoU %)": ("consistency", 1.0), "consistency, all classes (%)": ("consistency_all", 1.0),
+              "domain score x 100": ("domain_score", 100.0)}
+    lines = []
+    for label, (key, scale) in series.items():
+        if all(key in c["pool"] for c in pooled):
+            lines += bottom.plot(ns, [scale * c["pool"][key] for c in pooled], marker="o", label=label)
+    bottom.set_ylabel("%")
+    bottom.set_title("what each domain trained on (ptl.watch)", fontsize=9)
+    right = bottom.twinx()
+    ratio = [c["pool"]["hf"] / c["pool"]["hf_target"] if c["pool"].get("hf_target") else float("nan") for c in pooled]
+    lines += right.plot(ns, ratio, marker="s", linestyle="--", color="k", label="hf / hf_target")
+    right.axhline(1.0, color="k", alpha=0.3, linewidth=0.8)
+    right.set_ylabel("hf / hf_target")
+    bottom.set_xlabel("domain n (0 = source model)")
+    bottom.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    top.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
     return path
 
 

@@ -206,10 +206,11 @@ class Sampler:
         ``Sigma_j = beta_j`` (``variance="beta"``, the paper; ``"posterior"`` or an interpolation
         weight: :meth:`NoiseSchedule.reverse_variances`); guided: ``mu_hat = guidance(x, mu, Sigma_j,
         step, num_steps)`` (SGG: :mod:`dasslab.guidance.sgg`), which also gets ``context=``
-        :class:`StepContext` (the step's eps, for guidance on x0_hat) if it sets ``uses_context``.  Then ``x_{j-1} = mu_hat + sqrt(Sigma_j) z``; no noise at the
-        last step (``j == 0``); no clipping of ``x_0``.  ``z`` is drawn (from ``generator``) when not
-        given.  A guided mean with any NaN/Inf is dropped for this step (on the device, no sync;
-        counted in ``skipped``, with a warning when the statistics are read).
+        :class:`StepContext` (the step's eps, for guidance on x0_hat) if it sets ``uses_context``.
+        Then ``x_{j-1} = mu_hat + sqrt(Sigma_j) z``; no noise at the last step (``j == 0``); no
+        clipping of ``x_0``.  ``z`` is drawn (from ``generator``) when not given.  A guided mean
+        with any NaN/Inf is dropped for this step (on the device, no sync; counted in ``skipped``,
+        with a warning when the statistics are read).
         """
         j = int(j)
         if not 0 <= j < schedule.num_timesteps:

@@ -16,7 +16,21 @@ function of the global step, so DDP ranks agree and a resume continues exactly.
 
 ``ptl=direct`` is a single domain at n = N guided by the source model (Table 2 (c); with
 ``guidance=none`` the phi^N baseline of Table 2 (a)); ``ptl=none`` translates nothing (the segmenter
-keeps training on the source set: a control for the extra iterations).
+keeps training on the source set: a control for the extra iterations); ``ptl=ceiling`` is Eq. 12
+with X^n replaced by *labelled target-train images* (``dataset.target_train_labeled``, drawn from a
+second step-indexed stream): perfect translations with the same optimiser, iterations, batch,
+augmentation and learning-rate schedule — the ceiling of what translation can give.
+
+Learning rate (``ptl.lr_schedule``): ``global`` (the paper's reading, the default) decays
+lr (1 - s / S)^p once over the S = N x K adaptation iterations; ``domain`` restarts the poly decay
+at each domain's first step, lr (1 - (s - s_n) / K)^p (the last domain decays over what is left of
+S; a single-domain run — direct, none, ceiling — is the same as ``global``); ``constant`` keeps lr.
+
+Watching what PTL trains on (``ptl.watch``, :class:`dasslab.callbacks.ptl.ProgressiveTranslation`):
+at each domain start the first ``watch.images`` images of the domain's translations (its pool, or
+as many stream images translated with the domain's guide on a seed of their own) are scored —
+high-frequency energy against the target's, label consistency under ``watch.judge_ckpt``, the
+domain score when ``watch.domain_score`` — without touching the training's random streams.
 
 Cost settings (DESIGN §2.4): ``translate.num_steps`` respaces the reverse chain, ``ptl.t_max``
 strides the domains over the timesteps (t_n = round(n t_max / N), :func:`domain_timestep`), and
@@ -36,6 +50,7 @@ The module is a :class:`SegmenterModule`: the segmenter lives under ``model.`` (
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -52,11 +67,17 @@ from dasslab.diffusion.schedule import domain_timestep
 from dasslab.errors import ConfigError
 from dasslab.lit.segmenter_module import SegmenterModule
 from dasslab.translation import chunk_seed, translate_batch, translate_images
+from dasslab.utils.rng import own_rng
 
-__all__ = ["MODES", "DomainSchedule", "PTLDataModule", "PTLModule", "SourceStream", "datamodule_from_config",
-           "domain_seed", "from_config", "ptl_max_steps", "validate_ptl"]
+__all__ = ["LR_SCHEDULES", "MODES", "TARGET_LABELED", "DomainSchedule", "PTLDataModule", "PTLModule",
+           "SourceStream", "datamodule_from_config", "domain_seed", "from_config", "lr_factor", "own_rng",
+           "ptl_max_steps", "validate_ptl"]
 
-MODES = ("progressive", "direct", "none")
+MODES = ("progressive", "direct", "none", "ceiling")
+LR_SCHEDULES = ("global", "domain", "constant")
+TARGET_LABELED = "target_train_labeled"   # the dataset entry (and batch key) of ptl=ceiling's images
+WATCH_DEFAULTS = {"judge_ckpt": None, "domain_score": False, "images": 64, "classifier_steps": 400,
+                  "classifier_images": 1000}
 
 
 # --------------------------------------------------------------------------- the domain schedule
@@ -71,10 +92,10 @@ class DomainSchedule:
     T: int = 1000
 
     def domain(self, step: int) -> int:
-        """n of ``step``: ``min(1 + step // K, N)`` (progressive), N (direct), 0 (none)."""
+        """n of ``step``: ``min(1 + step // K, N)`` (progressive), N (direct, ceiling), 0 (none)."""
         if self.mode == "progressive":
             return min(1 + int(step) // self.K, self.N)
-        return self.N if self.mode == "direct" else 0
+        return self.N if self.mode in ("direct", "ceiling") else 0
 
     def start(self, step: int) -> int:
         """The first global step of the domain ``step`` belongs to."""
@@ -82,13 +103,34 @@ class DomainSchedule:
             return (self.domain(step) - 1) * self.K
         return 0
 
+    def span(self, step: int, max_steps: int) -> tuple[int, int]:
+        """(first step, length) of the domain of ``step`` in a run of ``max_steps`` iterations: K for
+        n < N; the last domain (and the single one of direct/none/ceiling) lasts to ``max_steps``."""
+        start = self.start(step)
+        if self.mode == "progressive" and self.domain(step) < self.N:
+            return start, self.K
+        return start, max(int(max_steps) - start, 1)
+
     def depth(self, n: int) -> int:
         """t_n: n (the paper) or round(n * t_max / N) (domain striding); 0 for n = 0."""
         return 0 if n == 0 else domain_timestep(n, self.N, self.t_max, self.T)
 
     @property
     def num_domains(self) -> int:
-        return {"progressive": self.N, "direct": 1}.get(self.mode, 0)
+        return {"progressive": self.N, "direct": 1, "ceiling": 1}.get(self.mode, 0)
+
+
+def lr_factor(step: int, domains: DomainSchedule, max_steps: int, power: float = 0.9, mode: str = "global") -> float:
+    """The learning-rate factor of ``step`` (``ptl.lr_schedule``): poly (1 - i / L)^power with i = step,
+    L = max_steps (``global``), i = step - s_n, L = the domain's length (``domain``), or 1 (``constant``)."""
+    if mode == "constant":
+        return 1.0
+    if mode == "domain":
+        start, length = domains.span(step, max_steps)
+        i = int(step) - start
+    else:
+        i, length = int(step), max(int(max_steps), 1)
+    return max(1.0 - min(i, length) / length, 0.0) ** float(power)
 
 
 def domain_seed(seed: int, n: int, rank: int) -> int:
@@ -126,9 +168,11 @@ class SourceStream:
     draw disjoint shards of every epoch, and any step can be fetched again exactly.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 key: str = "source"):
         if len(dataset) == 0:
-            raise ConfigError("dataset.source: the source set is empty; adaptation needs labelled source images")
+            what = "source" if key == "source" else "labelled target-train"
+            raise ConfigError(f"dataset.{key}: the {what} set is empty; adaptation needs labelled {what} images")
         self.dataset, self.items = dataset, _SeededItems(dataset)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -178,38 +222,49 @@ class _StepBatches:
 
 
 class StreamLoader:
-    """The training iterable: ``{"source": batch}`` for each step from the trainer's current step on.
+    """The training iterable: ``{"source": batch, **{key: batch}}`` for each step from the trainer's
+    current step on (``extra``: further step-indexed streams, e.g. ptl=ceiling's labelled target set).
 
     Not a DataLoader on purpose: Lightning leaves it as it is (no sampler injection); the stream
     already shards by rank. The start step is read when iteration begins (after a resume)."""
 
-    def __init__(self, stream: SourceStream, start: Callable[[], int], num_workers: int = 0) -> None:
+    def __init__(self, stream: SourceStream, start: Callable[[], int], num_workers: int = 0,
+                 extra: Mapping[str, SourceStream] | None = None) -> None:
         self.stream, self.start, self.num_workers = stream, start, int(num_workers)
+        self.extra = dict(extra or {})
 
     def __iter__(self):
-        loader = DataLoader(self.stream.items, batch_sampler=_StepBatches(self.stream, self.start()),
-                            num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
-        for batch in loader:
-            yield {"source": batch}
+        start = self.start()
+        streams = {"source": self.stream, **self.extra}
+        loaders = [DataLoader(s.items, batch_sampler=_StepBatches(s, start), num_workers=self.num_workers,
+                              pin_memory=torch.cuda.is_available()) for s in streams.values()]
+        for batches in zip(*loaders):
+            yield dict(zip(streams, batches))
 
 
 class PTLDataModule(DASSDataModule):
-    """The source set as a :class:`SourceStream` (training) and the target val split."""
+    """The source set as a :class:`SourceStream` (training) and the target val split; with
+    ``target_train_labeled`` among ``train_domains`` (ptl=ceiling) a second stream of that set, on the
+    seed ``derive_seed(seed, 11)``."""
 
-    def stream(self) -> SourceStream:
+    def stream(self, key: str = "source") -> SourceStream:
         t = self.trainer
         rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
-        return SourceStream(self.train_sets["source"], self.batch_size, self.seed, rank, world)
+        seed = self.seed if key == "source" else derive_seed(self.seed, 11)
+        return SourceStream(self.train_sets[key], self.batch_size, seed, rank, world, key=key)
 
     def train_dataloader(self) -> StreamLoader:
         t = self.trainer
-        return StreamLoader(self.stream(), lambda: t.global_step if t is not None else 0, self.num_workers)
+        extra = {k: self.stream(k) for k in self.train_sets if k != "source"}
+        return StreamLoader(self.stream(), lambda: t.global_step if t is not None else 0, self.num_workers, extra)
 
 
 def datamodule_from_config(cfg, batch_size: int | None = None) -> PTLDataModule:
-    """The adaptation datamodule (``conf/stage/adapt.yaml``): source stream + target val."""
+    """The adaptation datamodule (``conf/stage/adapt.yaml``): source stream (+ the labelled target-train
+    stream for ptl=ceiling) + target val."""
+    domains = ["source"] + ([TARGET_LABELED] if cfg.ptl.get("name") == "ceiling" else [])
     return PTLDataModule(cfg.dataset, batch_size=int(batch_size or cfg.segmenter.batch_size),
-                         num_workers=cfg.data.num_workers, train_domains=["source"], val_split=cfg.eval.split,
+                         num_workers=cfg.data.num_workers, train_domains=domains, val_split=cfg.eval.split,
                          val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
                          limit_train=cfg.data.get("limit_train"), limit_val=cfg.data.get("limit_val"))
 
@@ -218,9 +273,11 @@ def datamodule_from_config(cfg, batch_size: int | None = None) -> PTLDataModule:
 class PTLModule(SegmenterModule):
     """The segmenter being adapted (``model``), its frozen guide (``guide``) and the target DDPM.
 
-    ``ptl``: ``name`` (progressive | direct | none), ``N``, ``K``, ``t_max``, ``pool_size``,
-    ``pool_batch``, ``val_every_domains``; ``num_steps``: respacing of the reverse chain;
-    ``guidance`` / ``arrangement``: the config groups; ``diffusion_ckpt``: the target DDPM.
+    ``ptl``: ``name`` (progressive | direct | none | ceiling), ``N``, ``K``, ``t_max``, ``pool_size``,
+    ``pool_batch``, ``val_every_domains``, ``lr_schedule``, ``watch``; ``num_steps``: respacing of the
+    reverse chain; ``guidance`` / ``arrangement``: the config groups; ``diffusion_ckpt``: the target
+    DDPM; ``sampling``: keyword settings of the reverse chain passed to every translation
+    (``{"variance": translate.variance}``).
     """
 
     def __init__(self, backbone: dict, num_classes: int, class_names: Sequence[str], optim: dict,
@@ -229,13 +286,14 @@ class PTLModule(SegmenterModule):
                  inference: dict | None = None, ignore_index: int = 255, ptl: dict | None = None,
                  guidance: dict | None = None, arrangement: dict | str | None = None,
                  diffusion_ckpt: str | None = None, num_steps: int | None = None, seed: int = 0,
-                 speed: dict | None = None) -> None:
+                 speed: dict | None = None, sampling: dict | None = None) -> None:
         super().__init__(backbone, num_classes, class_names, optim, max_steps, augment, eval_subsets, train_keys,
                          schedule, inference, ignore_index)
         self.save_hyperparameters()
         p = dict(ptl or {})
         self.ptl = {"name": "progressive", "N": 1, "K": 1, "t_max": None, "pool_size": None, "pool_batch": 8,
-                    "val_every_domains": 0, **p}
+                    "val_every_domains": 0, "lr_schedule": "global", **p}
+        self.ptl["watch"] = {**WATCH_DEFAULTS, **dict(p.get("watch") or {})}
         self.guide = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._diffusion = None
         self.prepared_domain: int | None = None
@@ -251,7 +309,26 @@ class PTLModule(SegmenterModule):
 
     @property
     def translates(self) -> bool:
-        return "translated" in self.train_keys and self.ptl["name"] != "none"
+        """Whether X^n comes from the diffusion model (progressive, direct)."""
+        return "translated" in self.train_keys and self.ptl["name"] not in ("none", "ceiling")
+
+    @property
+    def ceiling(self) -> bool:
+        """Whether X^n is replaced by labelled target-train images (ptl=ceiling)."""
+        return "translated" in self.train_keys and self.ptl["name"] == "ceiling"
+
+    @property
+    def watch(self) -> dict:
+        """``ptl.watch``: judge_ckpt, domain_score, images, classifier_steps, classifier_images."""
+        return self.ptl["watch"]
+
+    def _sampling(self, fn: Callable) -> dict:
+        """The ``sampling`` keyword settings that ``fn`` (translate_batch / translate_images) takes."""
+        sampling = dict(self.hparams.get("sampling") or {})
+        if not sampling:
+            return {}
+        params = inspect.signature(fn).parameters
+        return {k: v for k, v in sampling.items() if k in params}
 
     def set_diffusion(self, diffusion) -> None:
         """Use this (frozen) DiffusionModule instead of loading ``diffusion_ckpt``."""
@@ -307,7 +384,7 @@ class PTLModule(SegmenterModule):
         guidance = self.guidance_settings
         return translate_batch(self.sampler(), images.to(self.device), labels.to(self.device), depth,
                                self.hparams.num_steps, self.guide if guidance else None, guidance,
-                               self.hparams.arrangement, gen)
+                               self.hparams.arrangement, gen, **self._sampling(translate_batch))
 
     def start_domain(self, n: int, snapshot: bool, stream: SourceStream | None = None) -> None:
         """Enter domain n: refresh the guide (at the domain's first step) and build its pool."""
@@ -324,17 +401,42 @@ class PTLModule(SegmenterModule):
         M = int(self.ptl["pool_size"])
         start = self.domains.start(self.global_step)
         images, labels = stream.images(start, M)
+        out, stats = self._translate_all(images, labels, n, domain_seed(self.hparams.seed, n, rank))
+        self._record_stats(stats)
+        return out, labels
+
+    def _translate_all(self, images: Tensor, labels: Tensor, n: int, seed: int) -> tuple[Tensor, list]:
+        """SGG(phi^{t_n}(images), guide) in chunks of ``pool_batch`` on ``seed``: (images on the CPU, Translations)."""
         guidance = self.guidance_settings
         out, stats = [], []
         for _, tr in translate_images(self.sampler(), images, labels, self.domains.depth(n), self.hparams.num_steps,
                                       self.guide if guidance else None, guidance, self.hparams.arrangement,
-                                      batch_size=int(self.ptl["pool_batch"]), seed=domain_seed(self.hparams.seed, n,
-                                                                                                rank),
-                                      device=self.device):
+                                      batch_size=int(self.ptl["pool_batch"]), seed=seed, device=self.device,
+                                      **self._sampling(translate_images)):
             out.append(tr.images.detach().cpu())
             stats.append(tr)
-        self._record_stats(stats)
-        return torch.cat(out), labels
+        return torch.cat(out), stats
+
+    @torch.no_grad()
+    def watch_images(self, n: int, stream: SourceStream) -> tuple[Tensor, Tensor]:
+        """The first ``watch.images`` images (and labels) of what domain n trains on as X^n (``ptl.watch``).
+
+        The domain's pool when there is one; otherwise the first ``watch.images`` stream images of the
+        domain translated with its guide on a seed of their own (``derive_seed(domain seed, 13)``: no
+        chunk of the training's translations shares it); for ptl=ceiling the first labelled target
+        images of ``stream``. The global RNG is left as it was (:func:`own_rng`)."""
+        count = int(self.watch["images"])
+        start = self.domains.start(self.global_step)
+        if self.ceiling:
+            return stream.images(start, count)
+        if self._pool is not None:
+            images, labels = self._pool
+            return images[:count], labels[:count]
+        images, labels = stream.images(start, count)
+        with own_rng(self.device):
+            out, _ = self._translate_all(images, labels, n,
+                                         derive_seed(domain_seed(self.hparams.seed, n, self._rank()[0]), 13))
+        return out, labels
 
     def _record_stats(self, translations) -> None:
         from dasslab.diffusion.sampler import Sampler
@@ -359,6 +461,23 @@ class PTLModule(SegmenterModule):
         return {"image": tr.images.detach(), "label": source["label"]}
 
     # ------------------------------------------------------------------ Lightning
+    def configure_optimizers(self):
+        """The optimiser of :class:`SegmenterModule`; the lr factor of ``ptl.lr_schedule`` (:func:`lr_factor`)."""
+        out = super().configure_optimizers()
+        mode = self.ptl.get("lr_schedule") or "global"
+        if mode == "global":  # the poly decay over max_steps of SegmenterModule
+            return out
+        domains, max_steps = self.domains, max(int(self.hparams.max_steps), 1)
+        power = float(self.hparams.optim.get("poly_power", 0.9))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            out["optimizer"], lambda step: lr_factor(step, domains, max_steps, power, mode))
+        return {**out, "lr_scheduler": {**out["lr_scheduler"], "scheduler": sched}}
+
+    @property
+    def watch_stream(self) -> str:
+        """The stream whose images the domain's watch scores: the labelled target set (ceiling) or the source."""
+        return TARGET_LABELED if self.ceiling else "source"
+
     def configure_callbacks(self):
         from dasslab.callbacks.ptl import ProgressiveTranslation
 
@@ -373,6 +492,8 @@ class PTLModule(SegmenterModule):
         parts = {"source": batch["source"]}
         if self.translates:
             parts["translated"] = self.translated_batch(step, batch["source"])
+        elif self.ceiling:  # perfect translations: labelled target images in place of X^n
+            parts["translated"] = batch[TARGET_LABELED]
         # the Appendix C augmentation draws from the global RNG: seed it by (seed, rank, step) so a
         # resumed run draws what the uninterrupted one drew (after translating, which has its own seeds)
         torch.manual_seed(derive_seed(self.hparams.seed, self._rank()[0], step))
@@ -384,14 +505,15 @@ class PTLModule(SegmenterModule):
             self.log(f"train/loss_{key}", loss, batch_size=parts[key]["image"].shape[0])
             total = total + loss
         self.log("train/loss", total, prog_bar=True)
-        self.log_dict({"ptl/n": float(n), "ptl/depth": float(self.domains.depth(n))})
+        self.log_dict({"ptl/n": float(n), "ptl/depth": float(self.domains.depth(n) if self.translates else 0)})
         if self.translates and self.last_translation_stats:
             self.log_dict({f"ptl/{k}": v for k, v in self.last_translation_stats.items()})
         return total
 
 
 def train_keys_for(ptl: Mapping[str, Any], loss: str) -> list[str]:
-    """The loss terms: ``[translated, source]`` (Eq. 12), ``[translated]`` (L_ada), ``[source]`` (ptl=none)."""
+    """The loss terms: ``[translated, source]`` (Eq. 12), ``[translated]`` (L_ada), ``[source]`` (ptl=none);
+    for ptl=ceiling "translated" are the labelled target images."""
     if ptl.get("name") == "none":
         return ["source"]
     return ["translated", "source"] if loss == "ada_src" else ["translated"]
@@ -417,7 +539,8 @@ def from_config(cfg, datamodule, init_ckpt: str | None = None) -> PTLModule:
         inference=plain(cfg.eval.get("inference")) or {"mode": "whole"}, ptl=ptl,
         guidance=plain(cfg.get("guidance")), arrangement=plain(cfg.get("arrangement")),
         diffusion_ckpt=cfg.get("diffusion_ckpt"), num_steps=cfg.translate.get("num_steps"), seed=int(cfg.seed),
-        speed={k: cfg.diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")})
+        speed={k: cfg.diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")},
+        sampling={"variance": cfg.translate.get("variance", "beta")})
     module.model.load_state_dict(source.model.state_dict())
     module.snapshot_guide()
     return module
@@ -437,9 +560,10 @@ def _checkpoint_classes(path: str, setting: str) -> list[str]:
 def validate_ptl(cfg, check_files: bool = True) -> None:
     """Raise :class:`ConfigError` (one line) for the first bad adaptation setting.
 
-    Settings: ptl.name/N/K/t_max/max_steps/pool_size/pool_batch/val_every_domains, translate.num_steps,
-    adapt.loss; with ``check_files``: the source set size (pool), the classes of segmenter.init_ckpt
-    and guide_ckpt against the dataset's, and the diffusion checkpoint against the crop size."""
+    Settings: ptl.name/N/K/t_max/max_steps/pool_size/pool_batch/val_every_domains/lr_schedule/watch,
+    translate.num_steps, adapt.loss, the labelled target-train split of ptl=ceiling; with
+    ``check_files``: the source set size (pool), the classes of segmenter.init_ckpt, guide_ckpt and
+    ptl.watch.judge_ckpt against the dataset's, and the diffusion checkpoint against the crop size."""
     p, T = cfg.ptl, int(cfg.diffusion.num_timesteps)
 
     def integer(key, value, lo=1, hi=None, null=False):
@@ -461,6 +585,18 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
     integer("ptl.pool_size", p.get("pool_size"), null=True)
     integer("ptl.pool_batch", p.get("pool_batch", 8))
     integer("ptl.val_every_domains", p.get("val_every_domains", 0), lo=0)
+    lr = p.get("lr_schedule", "global")
+    if lr not in LR_SCHEDULES:
+        raise ConfigError(f"ptl.lr_schedule={lr!r}: expected one of {', '.join(LR_SCHEDULES)}")
+    watch = {**WATCH_DEFAULTS, **(p.get("watch") or {})}
+    integer("ptl.watch.images", watch["images"], lo=0)
+    integer("ptl.watch.classifier_steps", watch["classifier_steps"])
+    integer("ptl.watch.classifier_images", watch["classifier_images"])
+    if not isinstance(watch["domain_score"], bool):
+        raise ConfigError(f"ptl.watch.domain_score={watch['domain_score']!r}: expected true or false")
+    if p.name == "ceiling" and cfg.dataset.get(TARGET_LABELED) is None:
+        raise ConfigError(f"ptl.name=ceiling: dataset={cfg.dataset.get('name')} has no labelled target-train split "
+                          f"(dataset.{TARGET_LABELED}); the ceiling trains on target labels")
     integer("translate.num_steps", cfg.translate.get("num_steps"), null=True)
     loss = cfg.adapt.get("loss")
     if loss not in ("ada_src", "ada"):
@@ -474,17 +610,17 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
     from dasslab.data.datamodule import build_dataset
 
     source = build_dataset(cfg.dataset, "source", train=True, limit=cfg.data.get("limit_train"))
-    if p.get("pool_size") and p.name != "none" and p.pool_size > len(source):
+    if p.get("pool_size") and p.name not in ("none", "ceiling") and p.pool_size > len(source):
         raise ConfigError(f"ptl.pool_size={p.pool_size} is larger than the source set ({len(source)} images)")
     names = list(source.class_names)
-    for key in ("segmenter.init_ckpt", "guide_ckpt"):
+    for key in ("segmenter.init_ckpt", "guide_ckpt", "ptl.watch.judge_ckpt"):
         path = OmegaConf.select(cfg, key, default=None)
         if key == "segmenter.init_ckpt" and not path:
             raise ConfigError("segmenter.init_ckpt is not set; stage=adapt starts from the source-only model")
         if path and _checkpoint_classes(path, key) != names:
             raise ConfigError(f"{key}={path}: its classes differ from dataset={cfg.dataset.name}'s {len(names)} "
                               f"classes ({', '.join(names[:4])}, …)")
-    if p.name == "none":
+    if p.name in ("none", "ceiling"):  # nothing is translated: no diffusion model
         return
     if not cfg.get("diffusion_ckpt"):
         raise ConfigError("diffusion_ckpt is not set; ptl=progressive|direct translates with the target DDPM")
