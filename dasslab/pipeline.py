@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dasslab.config import CONF_DIR
 from dasslab.errors import ConfigError
+from dasslab.provenance import add_data_inputs
 from dasslab.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,8 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
         if name not in jobs:
             raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
         needs = {}                       # setting -> label of the upstream run that fills it
-        optional = {s: up for s, up in (jobs[name].get("watch") or {}).items() if not _missing(cfg, up)}
+        watch = (jobs[name].get("watch") or {}) if cfg.pipeline.get("watch", True) else {}
+        optional = {s: up for s, up in watch.items() if not _missing(cfg, up)}
         for setting, upstream in {**(jobs[name].get("needs") or {}), **optional}.items():
             upstream_seed = _upstream_seed(cfg, upstream, seed)
             add(upstream, chain + (name,), upstream_seed)
@@ -186,6 +188,7 @@ def stage_key(sub: DictConfig) -> str:
         if value and Path(str(value)).is_file():
             st = Path(str(value)).stat()
             inputs[key] = [str(value), st.st_size, st.st_mtime_ns]
+    add_data_inputs(sub, tree, inputs)    # the files of every dataset the job reads (dasslab.provenance)
     blob = json.dumps({"config": tree, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
@@ -226,6 +229,22 @@ def job_log(job: Job) -> Path:
     return job.out.parent / f"{job.key}.log"
 
 
+def _die_with_parent() -> None:
+    """Linux: end this worker when the pipeline process that started it ends (a killed pipeline must
+    not leave its jobs running on, holding their locks). Elsewhere a no-op."""
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_job_child(job: Job, reuse: bool, threads: int) -> dict:
     """:func:`run_job` in a worker process: the run's trust setting, a share of the CPU threads, and
     its output (Lightning's included) in :func:`job_log` rather than interleaved with the other jobs'."""
@@ -236,6 +255,7 @@ def _run_job_child(job: Job, reuse: bool, threads: int) -> dict:
 
     from dasslab.utils.safe_load import trust_checkpoints
 
+    _die_with_parent()
     log_path = job_log(job)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", buffering=1) as fh:

@@ -104,6 +104,13 @@ def test_controls_keep_the_budget_need_no_ddpm_and_rows_that_translate_watch_the
             assert job.cfg.adapt.optim == full.adapt.optim and job.cfg.augment == full.augment
 
 
+def test_pipeline_watch_false_plans_no_judge(compose, tmp_path):
+    cfg = compose("debug=smoke", "stage=pipeline", "pipeline.watch=false", f"paths.output_dir={tmp_path}")
+    planned, _ = plan(cfg, ["baseline", "full"])
+    assert "judge" not in planned
+    assert all(planned[r].cfg.ptl.watch.judge_ckpt is None for r in ("baseline", "full"))
+
+
 def _keys(compose, tmp_path, *overrides) -> dict[str, str]:
     planned, _ = plan(compose("debug=smoke", "stage=pipeline", *overrides, f"paths.output_dir={tmp_path}"),
                       ["ptl_none", "ceiling", "baseline"])
