@@ -4,7 +4,7 @@ What is measured (samples per second through a ``torch.utils.data.DataLoader``
 with ``num_workers`` = 0 and 2, timed from the second batch on so that worker
 start-up is reported separately as ``first_batch_s``):
 
-* **digits** -- the built-in benchmark (DESIGN §6): source train scenes, 32x32,
+* **digits** -- the built-in benchmark (docs/method.md §7): source train scenes, 32x32,
   no transform, batch 64. Also the time to generate the cache.
 * **gta5** -- a generated GTA5-format tree (smooth random RGB images and 8-bit
   *palette* label PNGs of Cityscapes ids, at GTA5's 1914x1052), read by

@@ -1,6 +1,6 @@
 """Cost of one PTL adaptation iteration as a function of the domain n, measured on the real module.
 
-Three schedules (DESIGN §2.4), each iteration = translate what it trains on + one training step on
+Three schedules (docs/method.md §3), each iteration = translate what it trains on + one training step on
 translated + source (Eq. 12):
 
 * ``paper``     every batch translated on the fly with n guided reverse steps (t_n = n);

@@ -80,7 +80,7 @@ def _fmt(v: float) -> str:
 
 def metrics_record(metric: SegmentationMetrics, class_names: Sequence[str], split: str,
                    **extra) -> dict:
-    """The ``metrics.json`` record of DESIGN §4: miou, per_class_iou, subsets, split."""
+    """The ``metrics.json`` record of docs/method.md §5: miou, per_class_iou, subsets, split."""
     iou = metric.iou().tolist()
     if len(class_names) != len(iou):
         raise ValueError(f"{len(class_names)} class names for a {len(iou)}-class metric")

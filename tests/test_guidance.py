@@ -1,7 +1,7 @@
 """Semantic Gradient Guidance: gradients, reductions, arrangements and the guidance function.
 
 The per-class Python loop of Eq. 6-9 lives here only, as the reference the batched
-LCG must match (DESIGN §2.3).
+LCG must match (docs/method.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Each stage runs end to end in seconds with debug=smoke and leaves what DESIGN §4 promises."""
+"""Each stage runs end to end in seconds with debug=smoke and leaves what docs/method.md §5 promises."""
 
 import json
 import os

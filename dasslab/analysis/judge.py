@@ -1,4 +1,4 @@
-"""Label consistency: does each pixel of a translated image still show its class? (DESIGN §6)
+"""Label consistency: does each pixel of a translated image still show its class? (docs/method.md §7)
 
 Scored by a *judge*: a segmenter trained on labeled source AND labeled target images
 (``stage=judge``), so that it reads both domains — a judge trained on one domain only

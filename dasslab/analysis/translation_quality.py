@@ -1,4 +1,4 @@
-"""Translation quality: label consistency and domain score of phi^n, guided and not (DESIGN §6).
+"""Translation quality: label consistency and domain score of phi^n, guided and not (docs/method.md §7).
 
 Where target labels exist (the digits benchmark, or a folder pair with a labeled target
 train split), translation itself can be measured on labeled source images:

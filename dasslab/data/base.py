@@ -11,7 +11,7 @@ without a label. Scaling to ``[-1, 1]`` happens *after* the transform, so the
 diffusion model and the segmenter see one convention (the segmenter normalises
 internally).
 
-Checks done on every item (DESIGN §7: nothing silently mislabeled):
+Checks done on every item (docs/method.md §8: nothing silently mislabeled):
 
 * unreadable / corrupt image or label -> :class:`DataError` naming the file;
 * label values outside ``[0, num_classes)`` other than 255 -> :class:`DataError`

@@ -9,7 +9,7 @@ Conventions used across ``dasslab``:
   with a lookup table built by :func:`lookup_table`; every id that the table
   does not mention becomes 255, so an unknown id is never silently mislabeled.
 
-The id -> trainId tables are the ones of the public converters (DESIGN §5).
+The id -> trainId tables are the ones of the public converters (docs/method.md §6).
 """
 
 from __future__ import annotations

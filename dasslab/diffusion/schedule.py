@@ -1,6 +1,6 @@
 """The DDPM noise schedule: every coefficient of the forward and reverse process in one place.
 
-Conventions (see DESIGN.md §2.1–2.2):
+Conventions (docs/method.md §1):
 
 * Timesteps are **0-based**: ``t ∈ {0, …, T-1}``; ``t = 0`` is the paper's step 1 (``beta_1``).
   The paper's ``x_n`` (n noising steps) is therefore ``x`` at index ``t = n - 1``.

@@ -32,7 +32,7 @@ as many stream images translated with the domain's guide on a seed of their own)
 high-frequency energy against the target's, label consistency under ``watch.judge_ckpt``, the
 domain score when ``watch.domain_score`` — without touching the training's random streams.
 
-Cost settings (DESIGN §2.4): ``translate.num_steps`` respaces the reverse chain, ``ptl.t_max``
+Cost settings (docs/method.md §3): ``translate.num_steps`` respaces the reverse chain, ``ptl.t_max``
 strides the domains over the timesteps (t_n = round(n t_max / N), :func:`domain_timestep`), and
 ``ptl.pool_size`` = M translates M source images once per domain (in batches of
 ``ptl.pool_batch``) from which the domain's K iterations draw; M = K x batch with

@@ -1,6 +1,6 @@
 """Noisy and masked training samples for the guide segmenter (Appendix C).
 
-Under SGG the guide reads two kinds of inputs (DESIGN §2.3):
+Under SGG the guide reads two kinds of inputs (docs/method.md §2):
 
 * GSG (Eq. 9) feeds it the whole noisy image x_k (Eq. 2) -- *noisy, unmasked*;
 * LCG (Eq. 10) feeds it x_k masked to one class region -- *noisy, masked*.

@@ -6,7 +6,7 @@ Conventions
   convention, shared with the diffusion model). :meth:`Segmenter.normalize` maps
   them to ImageNet-normalised RGB, ``z = ((x + 1) / 2 - mean) / std``, the space
   the backbones were pretrained in. Guidance masks are applied in this space
-  (``forward_normalized``), see DESIGN.md §2.3.
+  (``forward_normalized``), see docs/method.md §2.
 - Logits are returned at the input resolution (bilinear, ``align_corners=False``).
 - :meth:`Segmenter.param_groups` follows the DeepLab convention: backbone at the
   base learning rate (``lr_mult`` 1), the freshly initialised head at 10x

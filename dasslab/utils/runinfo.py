@@ -1,4 +1,4 @@
-"""What a run directory records so that a result can be reproduced (DESIGN §7)."""
+"""What a run directory records so that a result can be reproduced (docs/method.md §8)."""
 
 from __future__ import annotations
 
