@@ -32,15 +32,207 @@ from dasslab.utils.safe_load import (  # noqa: F401  (re-exported: the project's
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "KINDS",
     "CheckpointError",
+    "CheckpointSummary",
     "UnsafeCheckpointError",
+    "check_checkpoint",
+    "check_finite",
+    "checkpoint_kind",
     "checkpoint_trusted",
+    "denoiser_factor",
     "load_diffusion",
     "load_segmenter",
     "read_checkpoint",
     "safe_torch_load",
+    "summarize_checkpoint",
     "trust_checkpoints",
 ]
+
+# --------------------------------------------------------------------------- what a checkpoint is
+KINDS = ("segmenter", "adaptation", "diffusion")
+SEGMENTERS = ("segmenter", "adaptation")       # an adaptation checkpoint holds a segmenter (under model.)
+_FOUND = {"segmenter": "a segmenter checkpoint (stage=source|oracle|judge)",
+          "adaptation": "an adaptation checkpoint (stage=adapt)",
+          "diffusion": "a diffusion checkpoint (stage=diffusion)",
+          None: "not a dasslab checkpoint (no hyper-parameters naming a segmenter or a diffusion model)"}
+_EXPECTED = {("segmenter", "adaptation"): "a segmenter checkpoint (…/checkpoints/last.ckpt of a `dasslab-train "
+                                          "stage=source|oracle|adapt` run, or its .safetensors export)",
+             ("segmenter",): "a checkpoint of a stage=source|oracle|judge run (resume continues the same kind of run)",
+             ("adaptation",): "a checkpoint of a stage=adapt run (resume continues the same kind of run)",
+             ("diffusion",): "a diffusion checkpoint (…/checkpoints/last.ckpt of a `dasslab-train stage=diffusion` "
+                             "run, or its .safetensors export)"}
+
+
+def checkpoint_kind(ckpt: dict) -> str | None:
+    """``segmenter`` | ``adaptation`` | ``diffusion`` from a checkpoint's hyper-parameters (None: not ours)."""
+    hp = ckpt.get("hyper_parameters") or {}
+    if "preset" in hp:
+        return "diffusion"
+    if "backbone" in hp and "class_names" in hp:
+        return "adaptation" if "ptl" in hp else "segmenter"
+    kind = (ckpt.get("dasslab") or {}).get("kind")
+    return kind if kind in KINDS else None
+
+
+def _nonfinite(state) -> tuple[list[str], int]:
+    """Names of the floating-point tensors of ``state`` holding a NaN or an infinity, and how many were checked."""
+    import torch
+
+    bad, n = [], 0
+    for name, t in (state or {}).items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            n += 1
+            if not bool(torch.isfinite(t).all()):
+                bad.append(name)
+    return bad, n
+
+
+def _identity(path) -> tuple | None:
+    try:
+        p = Path(path).expanduser().resolve()
+        st = p.stat()
+        return str(p), st.st_size, st.st_mtime_ns
+    except OSError:
+        return None
+
+
+_FINITE_OK: set = set()   # files whose weights were found finite in this process (by path, size, mtime)
+
+
+def check_finite(state: dict, path, setting: str) -> None:
+    """:class:`CheckpointError` naming the file when a weight is NaN or infinite (a diverged run)."""
+    ident = _identity(path)
+    if ident is not None and ident in _FINITE_OK:
+        return
+    bad, n = _nonfinite(state)
+    if bad:
+        more = f" and {len(bad) - 1} more of {n} tensors" if len(bad) > 1 else f" (1 of {n} tensors)"
+        raise CheckpointError(f"{setting}={path}: non-finite weights (NaN or inf in {bad[0]}{more}); expected "
+                              f"finite numbers (the run that wrote it diverged?)")
+    if ident is not None:
+        _FINITE_OK.add(ident)
+
+
+class CheckpointSummary:
+    """What :func:`summarize_checkpoint` learnt of a file: its kind, hyper-parameters and weight shapes."""
+
+    def __init__(self, kind, hp: dict, shapes: dict, nonfinite: list[str], tensors: int, has_state: bool):
+        self.kind, self.hp, self.shapes = kind, hp, shapes
+        self.nonfinite, self.tensors, self.has_state = nonfinite, tensors, has_state
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self.hp.get("class_names")
+        return list(names) if names is not None else None
+
+    @property
+    def backbone(self) -> dict:
+        return dict(self.hp.get("backbone") or {})
+
+
+_SUMMARIES: dict[tuple, CheckpointSummary] = {}
+
+
+def summarize_checkpoint(path, setting: str, trust: bool | None = None) -> CheckpointSummary:
+    """Read ``path`` once (safely, tensors memory-mapped) and summarise it; memoised by path, size and mtime."""
+    ident = _identity(path)
+    if ident is not None and ident in _SUMMARIES:
+        return _SUMMARIES[ident]
+    ckpt = read_checkpoint(path, setting, trust=trust, mmap=True)
+    state = ckpt.get("state_dict")
+    state = state if isinstance(state, dict) else {}
+    bad, n = _nonfinite(state)
+    import torch
+
+    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    summary = CheckpointSummary(checkpoint_kind(ckpt), dict(ckpt.get("hyper_parameters") or {}), shapes, bad, n,
+                                "state_dict" in ckpt)
+    if ident is not None:
+        _SUMMARIES[ident] = summary
+        if not bad:
+            _FINITE_OK.add(ident)
+    return summary
+
+
+def _segmenter_shapes(backbone: dict, num_classes: int) -> dict | None:
+    """``model.<name>`` -> shape of the segmenter ``backbone`` describes (built on the meta device: no memory)."""
+    import torch
+
+    from dasslab.segmentation import build_segmenter
+
+    try:
+        with torch.device("meta"):
+            model = build_segmenter(str(backbone["name"]), int(num_classes), pretrained=False, weights=None,
+                                    freeze_bn=backbone.get("freeze_bn"), **dict(backbone.get("options") or {}))
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta: its name was compared already
+        return None
+    return {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def denoiser_factor(preset: str, unet_overrides: dict | None = None) -> int:
+    """Image sides a denoiser of ``preset`` takes are multiples of this (``2 ** (levels - 1)``)."""
+    from dasslab.diffusion.unet import PRESETS
+
+    channels = (unet_overrides or {}).get("block_out_channels") or PRESETS[preset]["block_out_channels"]
+    return 2 ** (len(channels) - 1)
+
+
+def _names(names) -> str:
+    names = list(names)
+    return ", ".join(names[:4]) + (", …" if len(names) > 4 else "")
+
+
+def check_checkpoint(path, setting: str, kinds=SEGMENTERS, *, class_names=None, classes_of: str = "the dataset",
+                     backbone: dict | None = None, diffusion: dict | None = None,
+                     trust: bool | None = None) -> CheckpointSummary:
+    """Check the checkpoint a run is about to read, before any work: one :class:`CheckpointError` line naming
+    ``setting`` and the file if it is not of one of ``kinds``, holds non-finite weights, predicts other
+    classes than ``class_names``, is another architecture than ``backbone`` (the run's ``backbone`` config:
+    name, then every weight's shape) or, for a diffusion checkpoint, another model than ``diffusion``
+    (``preset``, ``num_timesteps``, ``beta_start``, ``beta_end``, ``unet_overrides``)."""
+    kinds = tuple(kinds)
+    s = summarize_checkpoint(path, setting, trust)
+    if s.kind not in kinds or not s.has_state:
+        if s.kind is None:
+            noun = "segmenter" if set(kinds) & set(SEGMENTERS) else "diffusion"
+            found = f"not a {noun} checkpoint (its hyper-parameters name no dasslab model)"
+        else:
+            found = _FOUND[s.kind] if s.has_state else f"{_FOUND[s.kind]} without weights"
+        raise CheckpointError(f"{setting}={path}: {found}; expected {_EXPECTED.get(kinds, ' or '.join(kinds))}")
+    if s.nonfinite:
+        bad = s.nonfinite
+        more = f" and {len(bad) - 1} more of {s.tensors} tensors" if len(bad) > 1 else f" (1 of {s.tensors} tensors)"
+        raise CheckpointError(f"{setting}={path}: non-finite weights (NaN or inf in {bad[0]}{more}); expected "
+                              f"finite numbers (the run that wrote it diverged?)")
+    if s.kind in SEGMENTERS and backbone is not None:
+        have, want = s.backbone.get("name"), backbone.get("name")
+        if have != want:
+            raise CheckpointError(f"{setting}={path}: a {have} segmenter; expected backbone={want} (the run's "
+                                  f"backbone: weights of one architecture cannot initialise another)")
+    if s.kind in SEGMENTERS and class_names is not None and s.class_names != list(class_names):
+        names = s.class_names or []
+        raise CheckpointError(f"{setting}={path}: {len(names)} classes ({_names(names)}); expected {classes_of}'s "
+                              f"{len(list(class_names))} classes ({_names(class_names)})")
+    if s.kind in SEGMENTERS and backbone is not None:
+        want = _segmenter_shapes(backbone, len(class_names) if class_names is not None
+                                 else len(s.class_names or []) or 1)
+        for key, shape in (want or {}).items():
+            have = s.shapes.get(key)
+            if have != shape:
+                what = "no such weight" if have is None else f"shape {list(have)}"
+                raise CheckpointError(f"{setting}={path}: its {backbone.get('name')} segmenter has other layers than "
+                                      f"backbone.options describes ({key}: {what} there, {list(shape)} expected)")
+    if s.kind == "diffusion" and diffusion is not None:
+        for key, want in diffusion.items():
+            have = s.hp.get(key)
+            if key == "unet_overrides":
+                have, want = have or None, want or None
+            if have != want and not (isinstance(have, float) and isinstance(want, float) and abs(have - want) < 1e-12):
+                raise CheckpointError(f"{setting}={path}: a diffusion model with {key}={have!r}; expected the run's "
+                                      f"{'diffusion.unet' if key == 'unet_overrides' else 'diffusion.' + key}="
+                                      f"{want!r}")
+    return s
 
 
 def _load_state(module, state: dict, path, setting: str, strict: bool) -> None:
@@ -58,8 +250,10 @@ def _read_kind(path, setting: str, map_location, trust, key: str, kind: str, sta
     ckpt = read_checkpoint(path, setting, map_location, trust=trust)
     hp = dict(ckpt.get("hyper_parameters", {}))
     if key not in hp or "state_dict" not in ckpt:
-        raise CheckpointError(f"{setting}={path}: not {kind} checkpoint (expected …/checkpoints/last.ckpt "
+        found = _FOUND[checkpoint_kind(ckpt)]
+        raise CheckpointError(f"{setting}={path}: {found}; expected {kind} checkpoint (…/checkpoints/last.ckpt "
                               f"of a `dasslab-train {stage}` run)")
+    check_finite(ckpt["state_dict"], path, setting)
     return ckpt, hp
 
 

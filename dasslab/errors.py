@@ -30,5 +30,9 @@ class ConfigError(DasslabError, ValueError):
     """A config value is invalid; the message names the setting and what was expected."""
 
 
+class StaleOutputError(DasslabError):
+    """An output folder holds files made from other inputs or settings (reusing them would pass old results as new)."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """A weights file or checkpoint that only unpickling with code execution could read (``trust_checkpoint``)."""

@@ -15,30 +15,34 @@ from dasslab.cli import entry_point
 
 
 def run(cfg: DictConfig) -> dict:
+    """Check the settings, the split (labelled, pre-scanned) and the checkpoint before anything is evaluated or
+    written; then ``metrics.json`` (with the checkpoint's identity and the data's fingerprint) and overlays."""
     from torch.utils.data import DataLoader
 
     from dasslab.checkpoints import load_segmenter
-    from dasslab.data.base import DataError
-    from dasslab.data.datamodule import build_dataset, eval_collate
+    from dasslab.data.datamodule import eval_collate
     from dasslab.evaluate import evaluate_segmenter
+    from dasslab.preflight import check_eval_inputs
+    from dasslab.provenance import dataset_fingerprint, file_identity
     from dasslab.utils.runinfo import save_config
+    from dasslab.validate import validate_eval
 
+    validate_eval(cfg)
+    ds = check_eval_inputs(cfg)
     out = Path(cfg.paths.output_dir)
-    save_config(cfg, out)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     module = load_segmenter(cfg.ckpt, setting="ckpt").to(device)
     module.inference = OmegaConf.to_container(cfg.eval.inference, resolve=True)
-    ds = build_dataset(cfg.dataset, cfg.eval.split, train=False, limit=cfg.data.get("limit_val"))
-    if list(ds.class_names) != list(module.class_names):
-        raise DataError(f"ckpt={cfg.ckpt} predicts {len(module.class_names)} classes {module.class_names[:5]}… but "
-                        f"dataset.{cfg.eval.split} has {len(ds.class_names)} {list(ds.class_names)[:5]}…")
+    save_config(cfg, out)
     loader = DataLoader(ds, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
                         collate_fn=eval_collate)
     return evaluate_segmenter(module, loader, list(ds.class_names), out,
                               subsets=cfg.dataset.eval_subsets, split=cfg.eval.split, overlays=cfg.eval.overlays,
                               extra={"checkpoint": str(cfg.ckpt), "dataset": cfg.dataset.name,
-                                     "inference": OmegaConf.to_container(cfg.eval.inference)})
+                                     "inference": OmegaConf.to_container(cfg.eval.inference),
+                                     "made_by": {"checkpoint": file_identity(cfg.ckpt),
+                                                 "data": dataset_fingerprint(ds)}})
 
 
 @entry_point("eval")  # hydra.main + one-line errors, one folder per job (dasslab/cli.py)

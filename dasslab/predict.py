@@ -14,9 +14,15 @@ that wrote the checkpoint, read from its ``.hydra/config.yaml``, or ``size=[H,W]
 or with a sliding window (``mode=slide``, windows of the training crop unless ``crop`` is set), and
 the logits are resized back to the original size before the argmax — what ``dasslab-eval`` does.
 
-Resumable: an image whose outputs all exist is skipped, and every file is written atomically, so
-an interrupted run is simply started again. An unreadable image is reported on one line and
-skipped; the others are still done, and the command exits with status 1 at the end.
+Resumable, never stale: ``predict.json`` records what made the predictions (``settings``: the
+checkpoint by content, its classes, the input folder, the input size, the inference mode, window
+and stride, the overlay's alpha), written before the first image. A rerun into the same folder
+with the same record only does what is missing -- an image whose outputs all exist and are newer
+than the image itself is skipped; a rerun with another checkpoint or other settings is refused
+with one line naming what changed (``overwrite=true`` removes the old PNGs and redoes every
+image). Every file is written atomically, so an interrupted run is simply started again. An
+unreadable image is reported on one line and skipped; the others are still done, and the command
+exits with status 1 at the end.
 """
 
 from __future__ import annotations
@@ -97,14 +103,28 @@ def _pair(value, setting: str) -> list[int] | None:
 
 
 def _run_config(ckpt: Path):
-    """The resolved config of the run that wrote ``…/checkpoints/last.ckpt`` (``.hydra/config.yaml``), or None."""
+    """The resolved config of the run that wrote ``…/checkpoints/last.ckpt`` (``.hydra/config.yaml``), or None.
+
+    A damaged file is one line (:class:`~dasslab.provenance.RecordError`), not a silent fall-back to another
+    input size: it is read only when the size is not given."""
+    from dasslab.provenance import RecordError
+
     for run_dir in (ckpt.parent.parent, ckpt.parent):
         path = run_dir / ".hydra" / "config.yaml"
         if path.is_file():
             try:
-                return OmegaConf.load(path)
-            except Exception:  # noqa: BLE001 - a damaged config only means we know less
-                return None
+                cfg = OmegaConf.load(path)
+            except Exception as e:  # noqa: BLE001 - whatever the YAML parser raises
+                mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+                detail = (f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark and problem
+                          else " ".join(str(e).split())[:120])
+                raise RecordError(f"{path}: unreadable run config of ckpt={ckpt} ({type(e).__name__}: {detail}); "
+                                  f"expected the YAML the training run wrote; set size=[H,W] (or size=native) to "
+                                  f"segment without it") from None
+            if not isinstance(cfg, DictConfig):
+                raise RecordError(f"{path}: run config of ckpt={ckpt} is not a mapping; expected the YAML the "
+                                  f"training run wrote; set size=[H,W] (or size=native) to segment without it")
+            return cfg
     return None
 
 
@@ -173,6 +193,15 @@ def _as_list(batch: list[dict]) -> list[dict]:
     return batch
 
 
+def _fresh(image: Path, outputs: Sequence[Path]) -> bool:
+    """Every output exists and was written after the image was last changed (an edited image is redone)."""
+    try:
+        changed = image.stat().st_mtime_ns
+        return all(o.stat().st_mtime_ns >= changed for o in outputs)
+    except OSError:
+        return False
+
+
 # --------------------------------------------------------------------------- segmenting
 @dataclass
 class Summary:
@@ -194,8 +223,10 @@ def segment(module, inputs: torch.Tensor, sizes: Sequence[tuple[int, int]], mode
 
 def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolution: Resolution,
                    mode: str = "whole", stride: Sequence[int] | None = None, kinds: Sequence[str] = KINDS,
-                   alpha: float = 0.5, batch_size: int = 4, num_workers: int = 0, progress: bool = True) -> Summary:
-    """Segment every image under ``input_dir`` into ``output_dir`` (see the module docstring)."""
+                   alpha: float = 0.5, batch_size: int = 4, num_workers: int = 0, progress: bool = True,
+                   redo: bool = False) -> Summary:
+    """Segment every image under ``input_dir`` into ``output_dir`` (see the module docstring); ``redo``: every
+    image, also those whose outputs exist."""
     from tqdm import tqdm
 
     from dasslab.data.labels import palette
@@ -223,7 +254,7 @@ def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolu
                                       f"(rename one of them)")
             continue
         targets[rel] = f
-        if all((output_dir / k / rel).is_file() for k in kinds):
+        if not redo and _fresh(f, [output_dir / k / rel for k in kinds]):
             summary.existing += 1
         else:
             todo.append(f)
@@ -243,7 +274,14 @@ def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolu
         ok = [it for it in items if "error" not in it]
         if ok:
             inputs = torch.stack([it["input"] for it in ok]).to(device)
-            labels = segment(module, inputs, [it["image"].shape[:2] for it in ok], mode, resolution.crop, stride)
+            try:
+                labels = segment(module, inputs, [it["image"].shape[:2] for it in ok], mode, resolution.crop, stride)
+            except ValueError as e:           # e.g. a window larger than this image (size=native)
+                for it in ok:
+                    summary.failed[str(todo[it["index"]])] = f"{todo[it['index']]}: {e}"
+                    bar.write(f"error: {todo[it['index']]}: {e}; skipped", file=sys.stderr)
+                bar.update(len(items))
+                continue
             for it, label in zip(ok, labels):
                 rel = output_name(todo[it["index"]], input_dir)
                 if "labels" in kinds:
@@ -265,28 +303,95 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(cfg: DictConfig) -> Summary:
-    from dasslab.checkpoints import load_segmenter, trust_checkpoints
-    from dasslab.utils.io import atomic_write_text
+def prediction_settings(ckpt, class_names, input_dir, res: Resolution, mode: str, stride, alpha: float) -> dict:
+    """What makes the predictions of a folder: the record ``predict.json`` keeps and a rerun must match."""
+    from dasslab.provenance import file_identity
 
-    with trust_checkpoints(cfg.get("trust_checkpoint")):
-        module = load_segmenter(cfg.ckpt, setting="ckpt")
-    module = module.to(_device(str(cfg.device)))
+    slide = mode == "slide"
+    return {"checkpoint": file_identity(ckpt), "classes": list(class_names),
+            "input": str(Path(input_dir).expanduser().resolve()), "size": res.size, "mode": mode,
+            "crop": res.crop if slide else None, "stride": list(stride) if slide and stride else None,
+            "overlay_alpha": float(alpha)}
+
+
+def _predicted(output_dir: Path) -> list[Path]:
+    return [p for k in KINDS if (output_dir / k).is_dir() for p in (output_dir / k).rglob("*.png")]
+
+
+def check_output(output_dir: str | Path, settings: dict, overwrite: bool = False) -> bool:
+    """May this run add to ``output_dir``? True when it holds the same record (or nothing); with ``overwrite``
+    True as well (the caller removes the old PNGs); else :class:`StaleOutputError` naming what changed."""
+    from dasslab.errors import StaleOutputError
+    from dasslab.provenance import describe_change, differences, read_record
+
+    out = Path(output_dir).expanduser()
+    record = out / "predict.json"
+    if overwrite:
+        return True
+    if record.is_file():
+        old = read_record(record, "prediction record", "delete it with the predictions beside it, choose another "
+                                                      "output, or set overwrite=true")
+        old = old.get("settings")
+        if not isinstance(old, dict):
+            raise StaleOutputError(f"output={out}: predict.json does not record how its predictions were made "
+                                   f"(written by an older dasslab-predict); choose another output, delete it, or set "
+                                   f"overwrite=true to redo every image")
+        diff = differences(old, settings)
+        if diff:
+            k = diff[0]
+            raise StaleOutputError(f"output={out}: its predictions were made with other settings "
+                                   f"({describe_change(k, old.get(k), settings.get(k))}"
+                                   f"{' …' if len(diff) > 1 else ''}); choose another output, delete it, or set "
+                                   f"overwrite=true to redo every image")
+    elif _predicted(out):
+        raise StaleOutputError(f"output={out}: holds predictions but no predict.json; cannot tell how they were made: "
+                               f"choose another output or set overwrite=true to redo every image")
+    return True
+
+
+def run(cfg: DictConfig) -> Summary:
+    """Check every setting, the checkpoint and the output folder's record, then segment (see the module docstring)."""
+    from dasslab.checkpoints import SEGMENTERS, check_checkpoint, load_segmenter, trust_checkpoints
+    from dasslab.utils.io import atomic_write_text
+    from dasslab.validate import validate_predict
+
+    validate_predict(cfg)
+    list_images(cfg.input, exclude=cfg.output)      # the input folder holds images
     size = cfg.get("size")
     size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
     crop = OmegaConf.to_container(cfg.crop) if OmegaConf.is_config(cfg.get("crop")) else cfg.get("crop")
-    res = training_resolution(cfg.ckpt, dict(module.hparams), size=size, crop=crop)
     stride = _pair(OmegaConf.to_container(cfg.stride) if OmegaConf.is_config(cfg.get("stride")) else cfg.get("stride"),
                    "stride")
+    with trust_checkpoints(cfg.get("trust_checkpoint")):
+        info = check_checkpoint(cfg.ckpt, "ckpt", SEGMENTERS)
+    res = training_resolution(cfg.ckpt, info.hp, size=size, crop=crop)
+    if cfg.mode == "slide" and res.crop is None:
+        raise ConfigError("crop=null: mode=slide needs the window size; set crop=[H,W] (the training crop is unknown)")
+    if cfg.mode == "slide" and res.size is not None and (res.crop[0] > res.size[0] or res.crop[1] > res.size[1]):
+        raise ConfigError(f"crop={res.crop}: larger than the input size {res.size} ({res.source}); expected at most "
+                          f"{res.size}")
     kinds = list(cfg.outputs)
+    alpha = float(cfg.overlay_alpha)
+    settings = prediction_settings(cfg.ckpt, info.class_names or [], cfg.input, res, cfg.mode, stride, alpha)
+    overwrite = bool(cfg.get("overwrite", False))
+    check_output(cfg.output, settings, overwrite)
+    with trust_checkpoints(cfg.get("trust_checkpoint")):
+        module = load_segmenter(cfg.ckpt, setting="ckpt")
+    module = module.to(_device(str(cfg.device)))
+    out = Path(cfg.output).expanduser()
+    if overwrite:
+        for old in _predicted(out):
+            old.unlink()
+    record = {"settings": settings, "complete": False, "checkpoint": str(cfg.ckpt), "input": str(cfg.input),
+              "size": res.size, "size_from": res.source, "mode": cfg.mode,
+              "crop": res.crop if cfg.mode == "slide" else None, "outputs": kinds}
+    atomic_write_text(out / "predict.json", json.dumps(record, indent=2))
     log.info(f"segmenting {cfg.input} at {res.size or 'native size'} ({res.source}), mode={cfg.mode}")
     summary = predict_folder(module, cfg.input, cfg.output, res, mode=cfg.mode, stride=stride, kinds=kinds,
-                             alpha=float(cfg.overlay_alpha), batch_size=int(cfg.batch_size),
-                             num_workers=int(cfg.num_workers), progress=bool(cfg.progress))
-    record = {"checkpoint": str(cfg.ckpt), "input": str(cfg.input), "size": res.size, "size_from": res.source,
-              "mode": cfg.mode, "crop": res.crop if cfg.mode == "slide" else None, "outputs": kinds,
-              "written": summary.written, "existing": summary.existing, "failed": summary.failed}
-    atomic_write_text(Path(cfg.output).expanduser() / "predict.json", json.dumps(record, indent=2))
+                             alpha=alpha, batch_size=int(cfg.batch_size),
+                             num_workers=int(cfg.num_workers), progress=bool(cfg.progress), redo=overwrite)
+    record.update(complete=True, written=summary.written, existing=summary.existing, failed=summary.failed)
+    atomic_write_text(out / "predict.json", json.dumps(record, indent=2))
     return summary
 
 

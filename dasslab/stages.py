@@ -16,7 +16,7 @@ in ``train.py``, ``validate.py`` or ``pipeline.py`` changes.
 Every stage writes into its run directory ``paths.output_dir``: ``.hydra/config.yaml``
 (the resolved config), ``run_info.json`` (git revision, library versions, seed,
 effective batch), ``checkpoints/last.ckpt``, and for segmenters ``metrics.json``
-(DESIGN §4) and prediction overlays.
+(docs/method.md §5) and prediction overlays.
 """
 
 from __future__ import annotations
@@ -118,13 +118,34 @@ def _resume_path(cfg: DictConfig, out: Path) -> str | None:
     return str(resume)
 
 
-def _record_run(cfg: DictConfig, out: Path, stage: str, batch_size: int, paper_batch: int | None) -> None:
+def _inputs(cfg: DictConfig, dm) -> dict:
+    """What the run reads: each dataset split's fingerprint (root, files, sizes, mtimes, classes) and the
+    checkpoint files it was given (path, size, mtime) -- ``run_info.json``'s ``inputs``."""
+    from dasslab.provenance import dataset_fingerprint, file_identity
+
+    sets = dict(getattr(dm, "train_sets", None) or {})
+    if getattr(dm, "val_set", None) is not None:
+        sets[dm.val_split] = dm.val_set
+    data = {}
+    for key, ds in sets.items():
+        try:
+            data[key] = dataset_fingerprint(ds)
+        except (AttributeError, TypeError, OSError):   # a dataset made in memory: no files to name
+            continue
+    files = {k: file_identity(OmegaConf.select(cfg, k), digest=False)
+             for k in ("segmenter.init_ckpt", "diffusion_ckpt", "guide_ckpt", "backbone.weights", "resume")
+             if OmegaConf.select(cfg, k) not in (None, "", "auto", "none")}
+    return {"data": data, "files": files}
+
+
+def _record_run(cfg: DictConfig, out: Path, stage: str, batch_size: int, paper_batch: int | None,
+                dm=None) -> None:
     t = cfg.trainer
     eff = effective_batch(batch_size, t.devices if isinstance(t.devices, int) else 1, t.accumulate_grad_batches,
                           t.get("num_nodes", 1))
     warning = check_effective_batch(eff, paper_batch, f"stage={stage}")
     write_run_info(out, stage=stage, seed=cfg.seed, effective_batch_size=eff, paper_batch_size=paper_batch,
-                   batch_size_warning=warning)
+                   batch_size_warning=warning, inputs=_inputs(cfg, dm) if dm is not None else None)
 
 
 def run_stage(cfg: DictConfig) -> dict:
@@ -143,7 +164,7 @@ def run_stage(cfg: DictConfig) -> dict:
     callbacks = [instantiate(c) for c in (stage.get("callbacks") or {}).values() if c is not None]
     # a stage may leave max_steps to its module (PTL: N x K)
     max_steps = int(stage.max_steps if stage.get("max_steps") is not None else module.hparams.max_steps)
-    _record_run(cfg, out, stage.name, dm.batch_size, stage.get("paper_batch_size"))
+    _record_run(cfg, out, stage.name, dm.batch_size, stage.get("paper_batch_size"), dm)
     # validation during training only before the end: the final evaluation covers the last step
     val_every = stage.get("val_every")
     val_every = val_every if val_every and val_every < max_steps and stage.get("evaluate") else None

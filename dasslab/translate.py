@@ -11,7 +11,11 @@ dataset in the ``folder`` layout that any model can train on::
 
 Resumable: images are processed in fixed chunks, each with its own seed, and a
 chunk whose files all exist is skipped, so a rerun after an interruption ends
-with exactly the files an uninterrupted run writes. Every PNG is written to a
+with exactly the files an uninterrupted run writes. Only a run with the same
+record adds to a folder: ``manifest.json`` holds the data translated (root, file
+names, sizes and mtimes, classes), the checkpoints (by content), the guidance,
+depth, steps and seed; a rerun with anything else is refused with one line naming
+what changed, before any image is written. Every PNG is written to a
 temporary file and renamed, so no half-written file is ever left behind.
 With ``guidance=sgg|lcg_only|gsg_only`` and ``translate.guide_ckpt=…`` the
 reverse steps are guided (SGG, Sec. 4.2).
@@ -33,16 +37,14 @@ from dasslab.checkpoints import load_diffusion, load_segmenter
 from dasslab.cli import entry_point
 from dasslab.data.datamodule import build_dataset
 from dasslab.data.io import read_image
-from dasslab.errors import ConfigError, DasslabError
+from dasslab.errors import ConfigError, StaleOutputError  # noqa: F401  (StaleOutputError: re-exported)
+from dasslab.provenance import dataset_fingerprint, describe_change, differences, file_identity, read_record
 from dasslab.translation import guidance_enabled, translate_images
 from dasslab.utils.io import atomic_write_png, atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 
-
-class StaleOutputError(DasslabError):
-    """An output folder holds files made with other settings."""
 
 SPLITS = {"source": "source", "target": "target", "target_val": "target_val"}
 
@@ -69,9 +71,13 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device(want)
 
 
+def _guided(cfg: DictConfig) -> bool:
+    return bool(guidance_enabled(OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") else None))
+
+
 def _guide(cfg: DictConfig, device: torch.device):
     """The guide segmenter when guidance is on (else None)."""
-    if not guidance_enabled(OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") else None):
+    if not _guided(cfg):
         return None
     path = cfg.translate.get("guide_ckpt")
     if not path:
@@ -80,50 +86,61 @@ def _guide(cfg: DictConfig, device: torch.device):
     return load_segmenter(path, setting="guide_ckpt").to(device).model.eval().requires_grad_(False)
 
 
-def _file_id(path) -> dict | None:
-    """Path, size and mtime of an input file: enough to tell that it changed."""
-    if not path:
-        return None
-    st = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def fingerprint(cfg: DictConfig, depth: int, guided: bool) -> dict:
-    """Every setting that determines the images of one depth folder (the export reuses files only if equal)."""
+def fingerprint(cfg: DictConfig, depth: int, guided: bool, data: dict | None = None) -> dict:
+    """Every setting and input that determines the images of one depth folder (files are reused only if equal):
+    the data itself (``data``: :func:`dasslab.provenance.dataset_fingerprint` of the translated images and
+    labels -- root, names, sizes, mtimes, classes), the checkpoints by content, the sampling settings."""
     t = cfg.translate
     return {"depth": int(depth), "num_steps": t.num_steps, "variance": t.get("variance", "beta"),
             "split": t.split, "limit": t.limit,
             "batch_size": int(t.batch_size), "seed": int(cfg.seed), "image_size": list(cfg.dataset.image_size),
-            "dataset": cfg.dataset.name, "diffusion_ckpt": _file_id(t.diffusion_ckpt),
-            "guide_ckpt": _file_id(t.guide_ckpt) if guided else None,
+            "data": data, "diffusion_ckpt": file_identity(t.diffusion_ckpt),
+            "guide_ckpt": file_identity(t.guide_ckpt) if guided else None,
             "guidance": OmegaConf.to_container(cfg.guidance, resolve=True) if guided else None,
             "arrangement": OmegaConf.to_container(cfg.arrangement, resolve=True) if guided else None}
 
 
 def _check_same(droot: Path, fp: dict) -> None:
-    """Refuse to add to a folder written with other settings (stale images would pass as new)."""
+    """Refuse to add to a folder written with other settings or from other data (stale images would pass as new)."""
     manifest = droot / "manifest.json"
     if not manifest.is_file():
         if any((droot / "source" / "images").glob("*.png")):
             raise StaleOutputError(f"translate.out_dir={droot.parent}: {droot.name} holds images but no manifest; "
                                    f"cannot tell how they were made: choose another translate.out_dir")
         return
-    old = json.loads(manifest.read_text()).get("settings", {})
-    diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+    old = read_record(manifest, "translation manifest", f"delete {droot} or choose another translate.out_dir")
+    old = old.get("settings", {})
+    diff = differences(old, fp)
     if diff:
         k = diff[0]
         raise StaleOutputError(f"translate.out_dir={droot.parent}: {droot.name} was written with other settings "
-                               f"({k}: {old.get(k)!r} there, {fp.get(k)!r} now{' …' if len(diff) > 1 else ''}); "
+                               f"({describe_change(k, old.get(k), fp.get(k))}{' …' if len(diff) > 1 else ''}); "
                                f"choose another translate.out_dir or delete it")
 
 
 def export_translations(cfg: DictConfig) -> list[Path]:
-    """Translate ``translate.split`` at every requested depth; returns the depth folders."""
+    """Translate ``translate.split`` at every requested depth; returns the depth folders.
+
+    Everything is checked before the first image is written: the split (pre-scanned), every depth folder's
+    record against this run's settings and data, the diffusion checkpoint against the image size."""
+    from dasslab.preflight import prescan_split
+
     t = cfg.translate
     depths = [int(d) for d in (t.depths if t.get("depths") else [t.depth])]
     split = t.split
     if split not in SPLITS:
         raise ConfigError(f"translate.split={split!r}: expected one of {list(SPLITS)}")
+    ds = build_dataset(cfg.dataset, SPLITS[split], train=False, resize_labels=True, limit=t.limit)
+    prescan_split(cfg, ds, SPLITS[split])
+    indices = list(range(len(ds)))
+    out = Path(t.out_dir)
+    guided = _guided(cfg)
+    if guided and not t.get("guide_ckpt"):
+        _guide(cfg, torch.device("cpu"))         # the one-line error: guidance needs a guide
+    data = dataset_fingerprint(ds)
+    prints = {depth: fingerprint(cfg, depth, guided, data) for depth in depths}
+    for depth in depths:                          # every folder checked before any is written
+        _check_same(depth_dir(out, depth), prints[depth])
     device = _device(cfg)
     module = load_diffusion(t.diffusion_ckpt, setting="diffusion_ckpt").to(device)
     T = module.schedule.num_timesteps
@@ -131,12 +148,12 @@ def export_translations(cfg: DictConfig) -> list[Path]:
     if bad:
         raise ConfigError(f"translate.depths={depths}: {bad} outside 0..{T} (the diffusion schedule's T)")
     size = list(cfg.dataset.image_size)
-    module.check_data((1, 3, *size), what=f"dataset.image_size={size}")
-    ds = build_dataset(cfg.dataset, SPLITS[split], train=False, resize_labels=True)
-    indices = list(range(len(ds)))[: t.limit or None]
-    out = Path(t.out_dir)
-    _check_writable(out)
+    try:
+        module.check_data((1, 3, *size), what=f"dataset.image_size={size}")
+    except ValueError as e:
+        raise ConfigError(f"diffusion_ckpt={t.diffusion_ckpt}: {e}") from None
     guide = _guide(cfg, device)
+    _check_writable(out)
     from dasslab.diffusion.sampler import sampler_options
 
     sampler = module.sampler(**sampler_options(OmegaConf.to_container(cfg.diffusion, resolve=True), device))
@@ -147,7 +164,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
     for depth in depths:
         droot = depth_dir(out, depth)
         img_dir, lab_dir = droot / "source" / "images", droot / "source" / "labels"
-        fp = fingerprint(cfg, depth, guide is not None)
+        fp = prints[depth]
         _check_same(droot, fp)
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)

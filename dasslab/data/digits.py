@@ -1,4 +1,4 @@
-"""The built-in digits DASS benchmark (DESIGN §6), generated from data bundled with scikit-learn.
+"""The built-in digits DASS benchmark (docs/method.md §7), generated from data bundled with scikit-learn.
 
 Scenes of 1-3 handwritten digits (``sklearn.datasets.load_digits``, 8x8 scans
 upscaled with bilinear interpolation to 35-60 % of the scene side; a digit's
@@ -211,6 +211,8 @@ class Digits(FolderDomain):
         digit_scale: (lo, hi) range of a digit's side as a fraction of the scene side.
         labels: load labels; default everywhere except target train (set True for the target oracle).
     """
+
+    GENERATED = True   # its files are a function of the generation settings (dasslab.provenance)
 
     def __init__(self, root, domain: str = "source", split: str = "train", transform=None,
                  size: int = 32, n_train: int = 3000, n_val: int = 600, seed: int = 0, *,

@@ -1,14 +1,17 @@
-"""Bring-your-own domains: the ``dataset=folder`` layout of DESIGN §4.
+"""Bring-your-own domains: the ``dataset=folder`` layout of docs/method.md §5.
 
 ::
 
     ROOT/classes.txt                 one class name per line; line i = class index i
     ROOT/source/images/*.png|jpg     ROOT/source/labels/*.png   (uint8 class index, 255 = ignore)
+                                     (images may also be .bmp .tif .tiff .webp)
     ROOT/target/images/*.png|jpg     (unlabeled: diffusion training and adaptation)
     ROOT/target_val/images/*         ROOT/target_val/labels/*.png
 
-Images and labels pair by file stem. Any other ``ROOT/<domain>/`` folder with
-the same structure (e.g. ``source_val``, written by the digits benchmark) can be
+Images and labels pair by file stem; labels are PNG only. Other files in an ``images/`` or
+``labels/`` folder are kept in ``ignored_files`` and reported by the pre-scan. ``classes.txt`` is
+UTF-8 (with or without a byte-order mark) or UTF-16 with a byte-order mark. Any other
+``ROOT/<domain>/`` folder with the same structure (e.g. ``source_val``, written by the digits benchmark) can be
 read too. Label files are single-channel (or palette) PNGs whose pixel values
 are class indices; a value outside ``[0, K)`` other than 255 raises
 :class:`~dasslab.data.io.DataError` when the sample is loaded.
@@ -25,6 +28,7 @@ multiple of ``dataset.size_multiple`` (default 8, what the diffusion UNets need)
 
 from __future__ import annotations
 
+import codecs
 from collections import Counter
 from pathlib import Path
 
@@ -36,12 +40,36 @@ LAYOUT = "folder layout ROOT/classes.txt + ROOT/<domain>/images/* (+ ROOT/<domai
 LABELED_BY_DEFAULT = {"source": True, "target": False, "target_val": True, "source_val": True}
 
 
+def _decode_text(path: Path) -> str:
+    """A text file as users write it: UTF-8 with or without a byte-order mark, or UTF-16 with one (what
+    Windows editors save as "Unicode"); anything else is one :class:`DataError` line naming the byte."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: damaged UTF-16 text ({e.reason} at byte {e.start}); expected one class name "
+                            f"per line, saved as UTF-8") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad = data[e.start:e.start + 1].hex()
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{bad} at position {e.start}, e.g. Latin-1 or cp1252); "
+                        f"expected one class name per line, saved as UTF-8") from None
+
+
 def read_classes(path) -> list[str]:
-    """Read ``classes.txt``: one name per line, trailing blank lines ignored."""
+    """Read ``classes.txt``: one name per line, trailing blank lines ignored.
+
+    UTF-8 (a byte-order mark is dropped) or UTF-16 with a byte-order mark; Windows line ends are fine."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: classes file not found; expected one class name per line (line i = class i)")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = _decode_text(path)
+    if "\x00" in text:
+        raise DataError(f"{path}: holds NUL characters (UTF-16 without a byte-order mark?); expected one class "
+                        f"name per line, saved as UTF-8")
+    lines = text.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     names = [line.strip() for line in lines]
@@ -78,16 +106,23 @@ class FolderDomain(SegmentationDataset):
             raise DataError(f"{setting}={root}: no {domain}/images/ folder; expected the {LAYOUT}")
         if labels is None:
             labels = LABELED_BY_DEFAULT.get(domain, (root / domain / "labels").is_dir())
-        images = list_files(img_dir)
+        skipped: list[Path] = []          # files the loader does not read: the pre-scan reports them
+        images = list_files(img_dir, skipped=skipped)
         if labels:
             lab_dir = root / domain / "labels"
             if not lab_dir.is_dir():
                 raise DataError(f"{setting}={root}: no {domain}/labels/ folder; expected label PNGs "
                                 f"paired by stem with {domain}/images/ (or pass labels=False)")
-            samples = pair_by_stem(images, list_files(lab_dir, (".png",)), f"{lab_dir}/<stem>.png")
+            label_files = list_files(lab_dir, (".png",), skipped=skipped)
+            for other in skipped:          # a label saved in another format: say so, not "has no label"
+                if other.parent == lab_dir and other.stem in images and other.stem not in label_files:
+                    raise DataError(f"{other}: a label saved as {other.suffix}; labels are read only as PNG "
+                                    f"(lossless: JPEG changes class indices); expected {lab_dir}/{other.stem}.png")
+            samples = pair_by_stem(images, label_files, f"{lab_dir}/<stem>.png")
         else:
             samples = [(p, None) for p in images.values()]
         self.domain = domain
+        self.ignored_files = skipped
         super().__init__(
             samples,
             read_index_label,

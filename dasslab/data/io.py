@@ -6,7 +6,7 @@ naming the file and what was expected when a file is missing, unreadable or of t
 wrong kind. ``DataError`` lives in :mod:`dasslab.errors` and is re-exported here and
 by :mod:`dasslab.data.base`.
 
-Label formats (DESIGN §5):
+Label formats (docs/method.md §6):
 
 * :func:`read_index_label` -- 8-bit single-channel or *palette* PNGs whose pixel
   values are indices (GTA5, Cityscapes, ``folder``). Read with PIL so that a
@@ -29,7 +29,9 @@ from dasslab.errors import DataError
 
 __all__ = ["DataError", "list_files", "read_first_channel_label", "read_image", "read_index_label", "write_png"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what read_image decodes
+# files a data folder may hold that are not data (the pre-scan does not report them)
+NOT_DATA = ("thumbs.db", "desktop.ini")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -103,16 +105,21 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
         raise DataError(f"{path}: could not write PNG")
 
 
-def list_files(folder: str | os.PathLike, extensions=IMAGE_EXTENSIONS) -> dict[str, Path]:
+def list_files(folder: str | os.PathLike, extensions=IMAGE_EXTENSIONS, skipped: list | None = None) -> dict[str, Path]:
     """Map file stem -> path for files in ``folder`` with one of ``extensions`` (case-insensitive).
 
     Two files with the same stem (``a.png`` and ``a.jpg``) are ambiguous and raise :class:`DataError`.
+    ``skipped`` (a list) receives the other files of the folder that look like data (not hidden, not
+    ``Thumbs.db``): what the loader leaves out, which the pre-scan reports rather than drop silently.
     """
     out: dict[str, Path] = {}
     with os.scandir(folder) as it:
         for entry in it:
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() not in extensions or not entry.is_file():
+                if (skipped is not None and entry.is_file() and not entry.name.startswith(".")
+                        and entry.name.lower() not in NOT_DATA):
+                    skipped.append(Path(entry.path))
                 continue
             if stem in out:
                 raise DataError(

@@ -1,4 +1,4 @@
-"""Pre-scan: check every split a run will read before it trains (DESIGN §8: bad input fails early).
+"""Pre-scan: check every split a run will read before it trains (docs/method.md §8: bad input fails early).
 
 A corrupt or mislabeled file used to be found only when a loader reached it: a corrupt
 target-val image failed *after* training, a corrupt source image in a short run was never
@@ -8,6 +8,8 @@ checks, per split:
 
 * existence and pairing (building the dataset: root, folders, image/label stems, not empty),
   and that its class list matches ``dataset.num_classes`` (``classes.txt`` mismatch);
+* files in its folders that the loader does not read (a ``.gif`` among the images, a text file):
+  named, not silently left out (:func:`check_ignored`);
 * decodability of every image and label (``data.prescan=full``: every pixel decoded, so a
   truncated PNG/JPEG is caught; ``headers``: images only opened and CRC-verified, labels
   still decoded since their values are checked);
@@ -234,6 +236,23 @@ def scan_split(ds, key: str, mode: str = "full", workers: int | None = None,
                      label_resized=resized, image_sizes=dict(sizes.most_common(5)))
 
 
+def check_ignored(ds, key: str) -> None:
+    """Files in a split's folders that its loader does not read (``ignored_files`` of a ``folder`` domain: an
+    image format it does not decode, a text file among the images) are an error naming the first, not a
+    silent omission."""
+    from dasslab.data.io import IMAGE_EXTENSIONS
+
+    ignored = list(getattr(_base(ds), "ignored_files", None) or [])
+    if not ignored:
+        return
+    first = Path(ignored[0])
+    kind = "labels" if first.parent.name == "labels" else "images"
+    expected = ".png" if kind == "labels" else " ".join(IMAGE_EXTENSIONS)
+    more = f"; {len(ignored)} such files in dataset.{key}" if len(ignored) > 1 else ""
+    raise DataError(f"{first}: not read by the loader (extension {first.suffix or 'none'!s}; {kind} are read from "
+                    f"{expected}); convert it or move it out of the folder{more}")
+
+
 def scan_datasets(datasets: dict, mode: str = "full", num_classes: int | None = None) -> PrescanReport:
     """Check built datasets (``{key: dataset}``); what :func:`prescan` and the datamodule's ``setup`` call."""
     if mode not in MODES:
@@ -244,6 +263,7 @@ def scan_datasets(datasets: dict, mode: str = "full", num_classes: int | None = 
     known: dict = {}  # image path -> size: an image listed by two entries is decoded once
     scans = []
     for key, ds in datasets.items():
+        check_ignored(ds, key)
         k = getattr(ds, "num_classes", None)
         if num_classes is not None and k is not None and k != num_classes:
             raise DataError(f"dataset.{key}: {k} classes (class list of {getattr(_base(ds), 'root', '?')}) "

@@ -33,7 +33,13 @@ def segmenter(cfg, datamodule, train_keys: Sequence[str] = ("source",), init_ckp
         schedule={k: cfg.diffusion[k] for k in ("num_timesteps", "beta_start", "beta_end")},
         inference=plain(cfg.eval.get("inference")) or {"mode": "whole"})
     if init_ckpt:
-        module.model.load_state_dict(source_model(init_ckpt, names, cfg.dataset.name).model.state_dict())
+        source = source_model(init_ckpt, names, cfg.dataset.name)
+        try:
+            module.model.load_state_dict(source.model.state_dict())
+        except RuntimeError as e:          # another architecture: one line, not torch's list of tensors
+            detail = " ".join(str(e).split("\n", 1)[-1].split())[:200]
+            raise CheckpointError(f"segmenter.init_ckpt={init_ckpt}: a {source.hparams.backbone.get('name')} "
+                                  f"segmenter that does not fit backbone={cfg.backbone.name} ({detail})") from None
     return module
 
 

@@ -121,8 +121,10 @@ def safe_torch_load(path: str | Path, setting: str, map_location="cpu", trust: b
 
 
 def _one_line(e: Exception) -> str:
-    first = next((line for line in str(e).splitlines() if line.strip()), "")
-    return f"{type(e).__name__}: {first.strip()}"[:300]
+    first = next((line for line in str(e).splitlines() if line.strip()), "").strip()
+    if len(first) > 160 and ". " in first:      # a library's explanation after its first sentence: dropped
+        first = first.split(". ", 1)[0]
+    return f"{type(e).__name__}: {first}"[:300]
 
 
 def _read_safetensors(p: Path, setting: str, map_location="cpu") -> dict:
@@ -145,14 +147,16 @@ def _read_safetensors(p: Path, setting: str, map_location="cpu") -> dict:
     return {"state_dict": state, "hyper_parameters": info.get("hyper_parameters", {}), "dasslab": info}
 
 
-def read_checkpoint(path: str | Path, setting: str, map_location="cpu", trust: bool | None = None) -> dict:
-    """The dict stored in a checkpoint file (``.ckpt`` or an exported ``.safetensors``), read safely."""
+def read_checkpoint(path: str | Path, setting: str, map_location="cpu", trust: bool | None = None,
+                    mmap: bool = False) -> dict:
+    """The dict stored in a checkpoint file (``.ckpt`` or an exported ``.safetensors``), read safely
+    (``mmap``: a ``.ckpt``'s tensors stay on disk until touched)."""
     p = Path(path).expanduser() if path else None
     if p is None or not p.is_file():
         raise CheckpointError(f"{setting}={path}: file not found")
     if p.suffix == SAFETENSORS_SUFFIX:
         return _read_safetensors(p, setting, map_location)
-    ckpt = safe_torch_load(p, setting, map_location, trust=trust)
+    ckpt = safe_torch_load(p, setting, map_location, trust=trust, mmap=mmap)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{setting}={path}: not a checkpoint (holds a {type(ckpt).__name__})")
     return ckpt

@@ -1,0 +1,455 @@
+"""Bad inputs and faults for the table-driven test (tests/test_inputs_checked.py) and the note's table
+(scripts/bad_inputs_table.py): small generated files, each case a real command line.
+
+``make_world(tmp)`` writes a tiny ``folder`` dataset (16x16 images, 3 classes), damaged copies of it,
+checkpoints made without training (segmenters and a DDPM built from their hyper-parameters, some with
+NaN weights, another class count, another architecture) and damaged side files; ``cases(world)``
+returns ``{name: (module, argv, [substrings the one line must hold], [folders that must stay empty])}``.
+``run_cases`` runs them in ONE child process through the real entry points (``main()`` with ``sys.argv``,
+i.e. Hydra and the one-line wrapper of ``dasslab/cli.py``), so the imports are paid once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CLASSES = ("background", "a", "b")
+SMALL = {"name": "small", "pretrained": False, "weights": None, "freeze_bn": False,
+         "options": {"widths": [32, 64, 128], "stem_stride": 1}}
+
+DRIVER = r"""
+import contextlib, importlib, io, json, os, sys
+from pathlib import Path
+
+def snapshot(dirs):
+    out = {}
+    for d in dirs:
+        for p in Path(d).rglob("*") if Path(d).is_dir() else []:
+            if p.is_file():
+                st = p.stat()
+                out[str(p)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+def allowed(path, dirs):
+    rel = [Path(path).relative_to(d) for d in dirs if Path(path).is_relative_to(d)]
+    return any(r.parts[0] == ".hydra" or (len(r.parts) == 1 and r.suffix == ".log") for r in rel)
+
+import time
+cases_file, results_file = sys.argv[1], sys.argv[2]
+cases = json.loads(Path(cases_file).read_text())
+results = {}
+for name, module, argv, watch in cases:
+    main = importlib.import_module(module).main
+    sys.argv = [module] + argv
+    err, out = io.StringIO(), io.StringIO()
+    before = snapshot(watch)
+    start = time.perf_counter()
+    code = 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+        except BaseException as e:  # a bug: reported as such
+            import traceback
+            code = f"raised {type(e).__name__}: {e}"
+            err.write(traceback.format_exc())
+    after = snapshot(watch)
+    written = sorted(p for p, v in after.items() if before.get(p) != v and not allowed(p, watch))
+    results[name] = {"code": code, "stderr": err.getvalue(), "written": written,
+                     "seconds": round(time.perf_counter() - start, 2)}
+Path(results_file).write_text(json.dumps(results))
+"""
+
+
+# --------------------------------------------------------------------------- data
+def folder_dataset(root: Path, classes=CLASSES, n: int = 4, size: int = 16, seed: int = 0) -> Path:
+    """A valid ``dataset=folder`` tree: ``n`` labelled source, ``n`` target, ``n`` labelled target-val images."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for domain, labelled in (("source", True), ("target", False), ("target_val", True)):
+        (root / domain / "images").mkdir(parents=True)
+        if labelled:
+            (root / domain / "labels").mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                root / domain / "images" / f"{i}.png")
+            if labelled:
+                Image.fromarray(rng.integers(0, len(classes), (size, size), dtype=np.uint8)).save(
+                    root / domain / "labels" / f"{i}.png")
+    return root
+
+
+def variant(good: Path, dest: Path, edit) -> Path:
+    shutil.copytree(good, dest)
+    edit(dest)
+    return dest
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:60])
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _nan_first(state: dict) -> dict:
+    import torch
+
+    key = next(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    return {**state, key: torch.full_like(state[key], float("nan"))}
+
+
+def segmenter_ckpt(path: Path, classes=CLASSES, backbone: dict | None = None, nan: bool = False,
+                   adapt: bool = False, seed: int = 0) -> Path:
+    """A segmenter checkpoint as a run writes it (state_dict + hyper_parameters), without training."""
+    import torch
+
+    from dasslab.lit.segmenter_module import SegmenterModule
+
+    torch.manual_seed(seed)
+    module = SegmenterModule(backbone=dict(backbone or SMALL), num_classes=len(classes), class_names=list(classes),
+                             optim={"lr": 0.01}, max_steps=1)
+    state = module.state_dict()
+    hp = dict(module.hparams)
+    if adapt:
+        hp["ptl"] = {"name": "progressive", "N": 2, "K": 1}
+    torch.save({"state_dict": _nan_first(state) if nan else state, "hyper_parameters": hp}, path)
+    return path
+
+
+def diffusion_ckpt(path: Path, image_size=(16, 16), num_timesteps: int = 1000, nan: bool = False) -> Path:
+    import torch
+
+    from dasslab.lit.diffusion_module import DiffusionModule
+
+    torch.manual_seed(0)
+    module = DiffusionModule(preset="small", image_size=list(image_size), num_timesteps=num_timesteps)
+    state = module.state_dict()
+    torch.save({"state_dict": _nan_first(state) if nan else state, "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def make_world(tmp: Path) -> dict:
+    """Every file the cases read (see the module docstring)."""
+    import torch
+
+    from dasslab.export_weights import export_weights
+
+    w = {"tmp": tmp, "out": tmp / "out"}
+    good = w["good"] = folder_dataset(tmp / "good")
+    w["latin1"] = variant(good, tmp / "latin1", lambda r: (r / "classes.txt").write_bytes(
+        "background\ncaf\u00e9\nb\n".encode("latin-1")))
+    w["gif"] = variant(good, tmp / "gif", lambda r: Image.new("RGB", (16, 16)).save(r / "source" / "images" / "9.gif"))
+
+    def jpg_label(r):
+        (r / "source" / "labels" / "1.png").unlink()
+        Image.new("L", (16, 16)).save(r / "source" / "labels" / "1.jpg")
+
+    w["jpglabel"] = variant(good, tmp / "jpglabel", jpg_label)
+    w["corrupt_src"] = variant(good, tmp / "corrupt_src", lambda r: truncate(r / "source" / "images" / "2.png"))
+    w["corrupt_val"] = variant(good, tmp / "corrupt_val", lambda r: truncate(r / "target_val" / "images" / "3.png"))
+    w["ids"] = variant(good, tmp / "ids", lambda r: Image.fromarray(np.full((16, 16), 7, np.uint8)).save(
+        r / "source" / "labels" / "1.png"))
+    ck = tmp / "ckpt"
+    ck.mkdir()
+    w["seg3"] = segmenter_ckpt(ck / "seg3.ckpt")
+    w["seg5"] = segmenter_ckpt(ck / "seg5.ckpt", classes=("background", "a", "b", "c", "d"))
+    w["seg_wide"] = segmenter_ckpt(ck / "seg_wide.ckpt", backbone={**SMALL, "options": {"widths": [16, 32, 64]}})
+    w["seg_nan"] = segmenter_ckpt(ck / "seg_nan.ckpt", nan=True)
+    w["seg_nan_st"] = export_weights(w["seg_nan"], ck / "seg_nan.safetensors")
+    w["adapt3"] = segmenter_ckpt(ck / "adapt3.ckpt", adapt=True)
+    w["diff"] = diffusion_ckpt(ck / "diff.ckpt")
+    w["diff_nan"] = diffusion_ckpt(ck / "diff_nan.ckpt", nan=True)
+    w["diff_t500"] = diffusion_ckpt(ck / "diff_t500.ckpt", num_timesteps=500)
+    (ck / "corrupt.ckpt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    w["corrupt_ckpt"] = ck / "corrupt.ckpt"
+    torch.save(torch.load(w["seg3"], weights_only=True)["state_dict"], ck / "plain_state.pth")
+    w["plain_state"] = ck / "plain_state.pth"
+    nan_weights = {k[len("model."):]: v for k, v in torch.load(w["seg_nan"], weights_only=True)["state_dict"].items()
+                   if k.startswith("model.")}
+    torch.save(nan_weights, ck / "nan_backbone.pth")
+    w["nan_weights"] = ck / "nan_backbone.pth"
+    # a segmenter run folder whose saved config is damaged (predict reads it for the input size)
+    run = tmp / "damaged_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    shutil.copy(w["seg3"], run / "checkpoints" / "last.ckpt")
+    (run / ".hydra" / "config.yaml").write_text("dataset: {image_size: [16, 16\n  oops: [")
+    w["damaged_run_ckpt"] = run / "checkpoints" / "last.ckpt"
+    # images to segment, an output folder with a damaged record, a translation folder with a damaged manifest
+    w["images"] = tmp / "images"
+    w["images"].mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+            w["images"] / f"im{i}.png")
+    damaged = w["out"] / "predict_damaged_record"
+    damaged.mkdir(parents=True)
+    (damaged / "predict.json").write_text('{"settings": {"checkpoint": ')
+    manifest = w["out"] / "translate_damaged_manifest" / "translated" / "n0004"
+    manifest.mkdir(parents=True)
+    (manifest / "manifest.json").write_text("{not json")
+    return w
+
+
+# --------------------------------------------------------------------------- the cases
+def folder(root) -> list[str]:
+    return ["dataset=folder", f"dataset.root={root}", "dataset.image_size=[16,16]", "dataset.crop_size=[16,16]"]
+
+
+def slug(name: str) -> str:
+    """A folder name for a case (Hydra's override grammar takes no ``=``, ``>``, ``[`` … in a value)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def cases(w: dict) -> dict:
+    """name -> (module, argv, substrings of the one line, folders that must not receive outputs)."""
+    out, good = w["out"], w["good"]
+    train, translate, evaluate, predict = "dasslab.train", "dasslab.translate", "dasslab.eval", "dasslab.predict"
+    smoke = ["debug=smoke", "logger=none"]
+    c: dict = {}
+
+    def t(name, extra, must, stage="source", root=good):
+        run = out / slug(name)
+        c[name] = (train, [f"stage={stage}", *smoke, *folder(root), *extra, f"paths.output_dir={run}"], must, [run])
+
+    # ---- settings: types, ranges, finiteness, choices (train)
+    t("segmenter.lr=nan", ["segmenter.lr=nan"], ["segmenter.lr=nan", "finite number > 0"])
+    t("segmenter.lr negative", ["segmenter.lr=-0.1"], ["segmenter.lr=-0.1", "> 0"])
+    t("weight decay negative", ["segmenter.weight_decay=-1"], ["segmenter.weight_decay=-1", ">= 0"])
+    t("momentum 1.5", ["segmenter.momentum=1.5"], ["segmenter.momentum=1.5", "[0, 1)"])
+    t("batch size 0", ["segmenter.batch_size=0"], ["segmenter.batch_size=0", "integer >= 1"])
+    t("batch size 2.5", ["segmenter.batch_size=2.5"], ["segmenter.batch_size=2.5", "integer"])
+    t("max_steps text", ["segmenter.max_steps=abc"], ["segmenter.max_steps='abc'", "integer"])
+    t("seed negative", ["seed=-3"], ["seed=-3", "integer in 0.."])
+    t("unknown optimizer", ["segmenter.optimizer=adam"], ["segmenter.optimizer='adam'", "sgd, adamw"])
+    t("inference mode bogus", ["eval.inference.mode=bogus"], ["eval.inference.mode='bogus'", "whole, slide"])
+    t("slide without window", ["eval.inference.mode=slide"], ["eval.inference.crop=null", "window"])
+    t("slide window too large", ["eval.inference.mode=slide", "eval.inference.crop=[64,64]"],
+      ["eval.inference.crop=[64, 64]", "at most [16, 16]"])
+    t("eval split absent", ["eval.split=source_val"], ["eval.split=source_val", "expected one of"])
+    t("limit_train 0", ["data.limit_train=0"], ["data.limit_train=0", "integer >= 1"])
+    t("prescan mode", ["data.prescan=sometimes"], ["data.prescan='sometimes'", "full, headers, off"])
+    t("augment.p nan", ["augment.p=nan"], ["augment.p=nan", "[0, 1]"])
+    t("accumulate 0", ["trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches=0", ">= 1"])
+    t("precision", ["trainer.precision=8-bit"], ["trainer.precision='8-bit'", "bf16-mixed"])
+    t("trust_checkpoint maybe", ["trust_checkpoint=maybe"], ["trust_checkpoint='maybe'", "true or false"])
+    t("unknown backbone name", ["backbone.name=resnet9000"], ["backbone.name='resnet9000'", "deeplabv2_r101"])
+    t("diffusion.lr=inf", ["diffusion.lr=inf"], ["diffusion.lr=inf", "finite number > 0"], stage="diffusion")
+    t("ema decay 1.5", ["diffusion.ema_decay=1.5"], ["diffusion.ema_decay=1.5", "[0, 1]"], stage="diffusion")
+    t("adam beta 1.0", ["diffusion.adam_betas=[0.9,1.0]"], ["diffusion.adam_betas[1]=1.0", "[0, 1)"],
+      stage="diffusion")
+    t("image size vs denoiser", ["dataset.image_size=[18,18]", "dataset.crop_size=[18,18]"],
+      ["dataset.crop_size=[18, 18]", "multiples of 4"], stage="diffusion")
+    t("lcg_input bogus", ["guidance=sgg", "guidance.lcg_input=bogus"], ["guidance.lcg_input='bogus'", "masked"])
+    t("loss_on bogus", ["guidance=sgg", "guidance.loss_on=x1"], ["guidance.loss_on='x1'", "x_t"])
+    t("through_denoiser on x_t", ["guidance=sgg", "guidance.through_denoiser=true"],
+      ["guidance.through_denoiser=true", "loss_on=x0"])
+    t("variance 2", ["translate.variance=2"], ["translate.variance=2", "[0, 1]"])
+    t("lr_schedule bogus", ["ptl.lr_schedule=sometimes", f"segmenter.init_ckpt={w['seg3']}"],
+      ["ptl.lr_schedule='sometimes'", "global, domain, constant"], stage="adapt")
+    t("quality setting NaN", ["quality.settings.sgg.scale=nan"], ["quality.settings.sgg", "guidance.scale=nan"],
+      stage="quality")
+    t("ceiling without target labels", ["ptl=ceiling", f"segmenter.init_ckpt={w['seg3']}"],
+      ["ptl.name=ceiling", "target_train_labeled"], stage="adapt")
+    # ---- checkpoints: kind, finite weights, classes, architecture (train)
+    t("init_ckpt NaN safetensors", [f"segmenter.init_ckpt={w['seg_nan_st']}"],
+      [f"segmenter.init_ckpt={w['seg_nan_st']}", "non-finite weights"])
+    t("init_ckpt other layer shapes", [f"segmenter.init_ckpt={w['seg_wide']}"],
+      [f"segmenter.init_ckpt={w['seg_wide']}", "other layers"])
+    t("init_ckpt other backbone", ["backbone=fcn8s_vgg16", "backbone.pretrained=false",
+                                   f"segmenter.init_ckpt={w['seg3']}"],
+      [f"segmenter.init_ckpt={w['seg3']}", "a small segmenter", "backbone=fcn8s_vgg16"])
+    t("init_ckpt 5 classes", [f"segmenter.init_ckpt={w['seg5']}"],
+      [f"segmenter.init_ckpt={w['seg5']}", "5 classes", "3 classes"])
+    t("init_ckpt is a DDPM", [f"segmenter.init_ckpt={w['diff']}"],
+      [f"segmenter.init_ckpt={w['diff']}", "a diffusion checkpoint", "expected a segmenter"])
+    t("adapt init NaN", [f"segmenter.init_ckpt={w['seg_nan']}", f"diffusion_ckpt={w['diff']}"],
+      [f"segmenter.init_ckpt={w['seg_nan']}", "non-finite"], stage="adapt")
+    t("adapt diffusion_ckpt NaN", [f"segmenter.init_ckpt={w['seg3']}", f"diffusion_ckpt={w['diff_nan']}"],
+      [f"diffusion_ckpt={w['diff_nan']}", "non-finite"], stage="adapt")
+    t("resume from adaptation", [f"resume={w['adapt3']}"],
+      [f"resume={w['adapt3']}", "an adaptation checkpoint", "stage=source|oracle|judge"])
+    t("resume corrupt", [f"resume={w['corrupt_ckpt']}"], [f"resume={w['corrupt_ckpt']}", "cannot read"])
+    t("resume DDPM of other T", [f"resume={w['diff_t500']}"],
+      [f"resume={w['diff_t500']}", "num_timesteps=500", "1000"], stage="diffusion")
+    t("backbone.weights NaN", [f"backbone.weights={w['nan_weights']}"],
+      [f"backbone.weights={w['nan_weights']}", "non-finite"])
+    # ---- data files (train: the pre-scan)
+    t("classes.txt Latin-1", [], [str(w["latin1"] / "classes.txt"), "not UTF-8", "saved as UTF-8"], root=w["latin1"])
+    t("GIF among images", [], [str(w["gif"] / "source" / "images" / "9.gif"), "not read by the loader"],
+      root=w["gif"])
+    t("JPEG label", [], [str(w["jpglabel"] / "source" / "labels" / "1.jpg"), "read only as PNG"],
+      root=w["jpglabel"])
+    t("label ids outside classes", [], [str(w["ids"] / "source" / "labels" / "1.png"), "outside [0, 3)"],
+      root=w["ids"])
+    # ---- pipeline: every job checked before the first runs, damaged job record
+    t("pipeline job setting", ["pipeline.rows=[source_only,full]", "ptl.lr_schedule=bogus",
+                               f"paths.cache_dir={out / 'cache_a'}"],
+      ["pipeline job full", "ptl.lr_schedule='bogus'"], stage="pipeline")
+    t("pipeline parallel 0", ["pipeline.parallel=0"], ["pipeline.parallel=0", "integer >= 1"], stage="pipeline")
+    t("pipeline damaged DONE.json", pipeline_done_argv(w), ["DONE.json", "unreadable job record"], stage="pipeline")
+
+    # ---- translate
+    def tr(name, extra, must, root=good):
+        run = out / slug(name)
+        argv = [*smoke, *folder(root), f"diffusion_ckpt={w['diff']}", "translate.depths=[4]",
+                "translate.num_steps=2", *extra, f"paths.output_dir={run}"]
+        c[name] = (translate, argv, must, [run])
+
+    tr("translate: segmenter as DDPM", [f"diffusion_ckpt={w['seg3']}"],
+       [f"diffusion_ckpt={w['seg3']}", "a segmenter checkpoint", "expected a diffusion checkpoint"])
+    tr("translate: DDPM NaN", [f"diffusion_ckpt={w['diff_nan']}"], [f"diffusion_ckpt={w['diff_nan']}", "non-finite"])
+    tr("translate: size vs denoiser", ["dataset.image_size=[18,18]", "dataset.crop_size=[16,16]"],
+       ["dataset.image_size=[18, 18]", "multiples of 4"])
+    tr("translate: depth > T of checkpoint", [f"diffusion_ckpt={w['diff_t500']}", "translate.depths=[600]"],
+       ["translate.depths=600", "T=500"])
+    tr("translate: split bogus", ["translate.split=elsewhere"], ["translate.split='elsewhere'", "source, target"])
+    tr("translate: batch 0", ["translate.batch_size=0"], ["translate.batch_size=0", "integer >= 1"])
+    tr("translate: limit -3", ["translate.limit=-3"], ["translate.limit=-3", "integer >= 1"])
+    tr("translate: steps 0", ["translate.num_steps=0"], ["translate.num_steps=0", "integer > 0"])
+    tr("translate: corrupt source image", [], [str(w["corrupt_src"] / "source" / "images" / "2.png"), "decode"],
+       root=w["corrupt_src"])
+    tr("translate: guide of 5 classes", ["guidance=sgg", f"guide_ckpt={w['seg5']}"],
+       [f"guide_ckpt={w['seg5']}", "5 classes", "3 classes"])
+    tr("translate: guidance without guide", ["guidance=sgg"], ["guidance=sgg", "needs guide_ckpt"])
+    tr("translate: guide is a DDPM", ["guidance=sgg", f"guide_ckpt={w['diff']}"],
+       [f"guide_ckpt={w['diff']}", "a diffusion checkpoint"])
+    dm = out / "translate_damaged_manifest"
+    c["translate: damaged manifest"] = (translate, [*smoke, *folder(good), f"diffusion_ckpt={w['diff']}",
+                                                    "translate.depths=[4]", "translate.num_steps=2",
+                                                    f"paths.output_dir={dm}"],
+                                        [str(dm / "translated" / "n0004" / "manifest.json"), "unreadable"], [dm])
+
+    # ---- eval
+    def ev(name, extra, must, root=good, ckpt=None):
+        run = out / slug(name)
+        argv = ["dataset=folder", f"dataset.root={root}", "dataset.image_size=[16,16]",
+                f"ckpt={ckpt or w['seg3']}", *extra, f"paths.output_dir={run}"]
+        c[name] = (evaluate, argv, must, [run])
+
+    ev("eval: NaN checkpoint", [], [f"ckpt={w['seg_nan']}", "non-finite"], ckpt=w["seg_nan"])
+    ev("eval: DDPM checkpoint", [], [f"ckpt={w['diff']}", "a diffusion checkpoint"], ckpt=w["diff"])
+    ev("eval: 5-class checkpoint", [], [f"ckpt={w['seg5']}", "5 classes", "dataset.target_val"], ckpt=w["seg5"])
+    ev("eval: plain state dict", [], [f"ckpt={w['plain_state']}", "not a segmenter checkpoint"], ckpt=w["plain_state"])
+    ev("eval: missing checkpoint", [], ["ckpt=", "file not found"], ckpt=w["tmp"] / "none.ckpt")
+    ev("eval: inference mode", ["eval.inference.mode=bogus"], ["eval.inference.mode='bogus'", "whole, slide"])
+    ev("eval: unlabelled split", ["eval.split=target"], ["eval.split=target", "has no labels"])
+    ev("eval: split not in dataset", ["eval.split=source_val"], ["eval.split=source_val", "has no dataset.source_val"])
+    ev("eval: corrupt val image", [], [str(w["corrupt_val"] / "target_val" / "images" / "3.png"), "decode"],
+       root=w["corrupt_val"])
+    ev("eval: batch 0", ["eval.batch_size=0"], ["eval.batch_size=0", "integer >= 1"])
+    ev("eval: limit_val -1", ["data.limit_val=-1"], ["data.limit_val=-1", "integer >= 1"])
+    ev("eval: device", ["device=tpu9"], ["device='tpu9'", "auto, cpu, cuda"])
+
+    # ---- predict
+    def pr(name, extra, must, ckpt=None, output=None):
+        run = output or out / slug(name)
+        argv = [f"ckpt={ckpt or w['seg3']}", f"input={w['images']}", f"output={run}", "size=[16,16]",
+                "num_workers=0", "progress=false", *extra]
+        c[name] = (predict, argv, must, [run])
+
+    pr("predict: DDPM checkpoint", [], [f"ckpt={w['diff']}", "a diffusion checkpoint"], ckpt=w["diff"])
+    pr("predict: NaN safetensors", [], [f"ckpt={w['seg_nan_st']}", "non-finite"], ckpt=w["seg_nan_st"])
+    pr("predict: corrupt checkpoint", [], [f"ckpt={w['corrupt_ckpt']}", "cannot read"], ckpt=w["corrupt_ckpt"])
+    pr("predict: mode bogus", ["mode=bogus"], ["mode='bogus'", "whole, slide"])
+    pr("predict: size [0,3]", ["size=[0,3]"], ["size=[0, 3]", "two positive integers"])
+    pr("predict: overlay alpha 2", ["overlay_alpha=2"], ["overlay_alpha=2", "[0, 1]"])
+    pr("predict: batch 0", ["batch_size=0"], ["batch_size=0", "integer >= 1"])
+    pr("predict: window larger than input", ["mode=slide", "crop=[64,64]"], ["crop=[64, 64]", "at most [16, 16]"])
+    pr("predict: stride 0", ["stride=[0,1]"], ["stride=[0, 1]", "positive integers"])
+    pr("predict: outputs", ["outputs=[labels,heatmap]"], ["outputs=", "subset"])
+    pr("predict: overwrite maybe", ["overwrite=maybe"], ["overwrite='maybe'", "true or false"])
+    pr("predict: missing input", [f"input={w['tmp'] / 'nowhere'}"], ["input=", "folder not found"])
+    c["predict: damaged run config"] = (predict, [f"ckpt={w['damaged_run_ckpt']}", f"input={w['images']}",
+                                                  f"output={out / 'predict_run_config'}", "num_workers=0",
+                                                  "progress=false"],
+                                        [".hydra/config.yaml", "unreadable run config", "size=[H,W]"],
+                                        [out / "predict_run_config"])
+    pr("predict: damaged predict.json", [], ["predict.json", "unreadable prediction record"],
+       output=out / "predict_damaged_record")
+    return c
+
+
+def pipeline_done_argv(w: dict) -> list[str]:
+    return ["pipeline.rows=[source_only]", f"paths.cache_dir={w['out'] / 'cache_b'}"]
+
+
+def plant_damaged_done(w: dict, conf_dir: str) -> Path:
+    """Write a damaged DONE.json where the ``pipeline damaged DONE.json`` case's source_only job would be reused."""
+    from hydra import compose, initialize_config_dir
+
+    from dasslab.pipeline import plan
+
+    argv = ["stage=pipeline", "debug=smoke", "logger=none", *folder(w["good"]), *pipeline_done_argv(w),
+            f"paths.output_dir={w['out'] / slug('pipeline damaged DONE.json')}"]
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        cfg = compose("train", argv)
+    planned, _ = plan(cfg, list(cfg.pipeline.rows))
+    done = planned["source_only"].out / "DONE.json"
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text('{"miou": 11.3, ')
+    return done
+
+
+def run_cases(cs: dict, tmp: Path, env: dict | None = None, timeout: int = 600) -> dict:
+    """Run every case in one child process; ``{name: {code, stderr, written}}``."""
+    payload = tmp / "cases.json"
+    payload.write_text(json.dumps([[n, m, [str(a) for a in argv], [str(d) for d in watch]]
+                                   for n, (m, argv, _, watch) in cs.items()]))
+    results = tmp / "results.json"
+    env = dict(os.environ if env is None else env)
+    for key in ("HYDRA_FULL_ERROR", "DASSLAB_DEBUG", "_DASSLAB_DEBUG_REQUESTED"):
+        env.pop(key, None)
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline",
+               DASSLAB_ROOT=str(tmp))
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(payload), str(results)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if not results.is_file():
+        raise RuntimeError(f"the driver failed: {proc.stderr[-3000:]}")
+    return json.loads(results.read_text())
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+BOILERPLATE = ("debug=smoke", "logger=none", "dataset=folder", "dataset.image_size=[16,16]",
+               "dataset.crop_size=[16,16]", "dataset.root=T/good", "num_workers=0", "progress=false", "size=[16,16]",
+               "translate.depths=[4]", "translate.num_steps=2", "input=T/images")
+
+
+def table(cs: dict, results: dict, tmp: Path) -> str:
+    """The note's table: input | command | line printed. ``T`` stands for the test's folder; every command also
+    has the settings of ``BOILERPLATE`` (16x16 ``folder`` data in T/good, debug=smoke), which are not shown,
+    nor the first ``diffusion_ckpt=T/ckpt/diff.ckpt`` of translate, ``ckpt=T/ckpt/seg3.ckpt`` (eval, predict,
+    when not replaced) and the output folders."""
+    cmd = {"dasslab.train": "dasslab-train", "dasslab.translate": "dasslab-translate", "dasslab.eval": "dasslab-eval",
+           "dasslab.predict": "dasslab-predict"}
+    rows = ["| input | command | line printed |", "|---|---|---|"]
+    for name, (module, argv, _, _) in cs.items():
+        shown_args, outputs, seen = [], [], set()
+        defaults = {"dasslab.translate": "diffusion_ckpt=T/ckpt/diff.ckpt", "dasslab.eval": "ckpt=T/ckpt/seg3.ckpt",
+                    "dasslab.predict": "ckpt=T/ckpt/seg3.ckpt"}
+        for a in (str(a).replace(str(tmp), "T") for a in argv):
+            key = a.split("=", 1)[0]
+            default = a == defaults.get(module) and key not in seen
+            seen.add(key)
+            if key in ("paths.output_dir", "output"):
+                outputs.append(a)
+            elif not (a in BOILERPLATE or default or key == "paths.cache_dir"):
+                shown_args.append(a)
+        shown_args = shown_args or outputs          # the fault is in the output folder: name it
+        lines = [line.replace(str(tmp), "T") for line in error_lines(results[name]["stderr"])]
+        shown = " / ".join(lines) if lines else f"(exit {results[name]['code']}, nothing printed)"
+        esc = lambda text: text.replace("|", "\\|")  # noqa: E731  (a pipe inside a cell)
+        rows.append(f"| {esc(name)} | `{esc(cmd[module] + ' ' + ' '.join(shown_args))}` | `{esc(shown)}` |")
+    return "\n".join(rows) + "\n"
