@@ -8,7 +8,7 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
-from dasslab.visualize import grid, log_image, save_png, to_uint8
+from dasslab.visualize import grid, log_image, save_figure, save_png, to_uint8
 
 
 class DiffusionSampleGrid(L.Callback):
@@ -110,12 +110,7 @@ def _save_miou_and_pool_panels(path: Path, curve: list[dict], pooled: list[dict]
         ax.grid(alpha=0.3)
     top.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 class DomainGrid(L.Callback):
