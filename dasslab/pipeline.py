@@ -119,6 +119,14 @@ def _upstream_seed(cfg: DictConfig, upstream: str, seed: int | None) -> int | No
     return seed if seed is not None and cfg.pipeline.jobs[upstream].get("per_seed") else None
 
 
+def job_upstreams(cfg: DictConfig, name: str) -> dict[str, str]:
+    """``{setting: upstream job}`` that job ``name`` fills from other jobs: its ``needs``, plus its optional
+    ``watch`` upstreams where they can run on this dataset (and ``pipeline.watch`` is on)."""
+    job = cfg.pipeline.jobs[name]
+    watch = (job.get("watch") or {}) if cfg.pipeline.get("watch", True) else {}
+    return {**(job.get("needs") or {}), **{s: up for s, up in watch.items() if not _missing(cfg, up)}}
+
+
 def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
     """Every job ``rows`` need, in an order where each comes after what it needs; and the skipped rows."""
     jobs = cfg.pipeline.jobs
@@ -134,9 +142,7 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
         if name not in jobs:
             raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
         needs = {}                       # setting -> label of the upstream run that fills it
-        watch = (jobs[name].get("watch") or {}) if cfg.pipeline.get("watch", True) else {}
-        optional = {s: up for s, up in watch.items() if not _missing(cfg, up)}
-        for setting, upstream in {**(jobs[name].get("needs") or {}), **optional}.items():
+        for setting, upstream in job_upstreams(cfg, name).items():
             upstream_seed = _upstream_seed(cfg, upstream, seed)
             add(upstream, chain + (name,), upstream_seed)
             needs[setting] = _label(upstream, upstream_seed)

@@ -20,7 +20,7 @@ def validate_jobs(cfg) -> None:
     (:func:`validate_config` without files: upstream checkpoints do not exist yet), the files the user
     gave it (not those upstream jobs fill), and the record (``DONE.json``) of a finished job it will reuse."""
     from dasslab.errors import DasslabError
-    from dasslab.pipeline import _missing, job_config
+    from dasslab.pipeline import _missing, job_config, job_upstreams
     from dasslab.preflight import check_run_files
 
     jobs = cfg.pipeline.jobs
@@ -34,8 +34,7 @@ def validate_jobs(cfg) -> None:
             raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
         if name not in jobs:
             raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
-        watch = (jobs[name].get("watch") or {}) if cfg.pipeline.get("watch", True) else {}
-        ups = {**(jobs[name].get("needs") or {}), **{s: u for s, u in watch.items() if not _missing(cfg, u)}}
+        ups = job_upstreams(cfg, name)
         for up in ups.values():
             walk(up, chain + (name,))
         upstreams[name] = ups
