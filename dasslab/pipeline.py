@@ -390,7 +390,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
 
 MIN_GAP = 1.0   # mIoU points the oracle (the ceiling) must be above source only for "gap closed" ("share of
                 # ceiling") to be reported
-REFERENCES = ("ptl_none", "baseline")   # rows every other row is compared with run by run: beats_<row>
+REFERENCES = ("ptl_none", "baseline", "self_training", "best")   # rows every other row is compared with run by
+                                                                   # run (where the table has them): beats_<row>
 
 
 def mean_std(values) -> tuple[float | None, float | None]:
@@ -450,7 +451,8 @@ def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -
     - ``ceiling_share`` = (row - source_only) / (ceiling - source_only), if the ceiling is MIN_GAP above;
     - run per seed: ``paired_gain`` ({seed: row - that seed's source_only, or source_only's one run where
       all seeds share it}), ``paired_gain_mean``, ``wins`` (seeds with a gain > 0) of ``n_paired``;
-    - ``beats_ptl_none``, ``beats_baseline``: "k/n", the paired runs (as above) where the row is higher.
+    - ``beats_<ref>`` for each REFERENCES row the table has (ptl_none, baseline, self_training, best): "k/n",
+      the paired runs (as above) where the row is higher.
 
     :func:`results_markdown` prints it; ``dasslab-tables`` computes its rows with it.
     """
