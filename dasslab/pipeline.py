@@ -52,6 +52,7 @@ from dasslab.utils.io import atomic_write_text
 log = logging.getLogger(__name__)
 
 RUN_DIR = "@RUN_DIR@"          # stands for the job's own run dir while hashing
+SWITCHED_OFF = ("adapt.self_training",)   # sections read only with `enabled: true`; left out of the key when off
 CKPT_KEYS = ("segmenter.init_ckpt", "diffusion_ckpt", "guide_ckpt", "quality.judge_ckpt", "ptl.watch.judge_ckpt")
 
 
@@ -185,6 +186,10 @@ def stage_key(sub: DictConfig) -> str:
               *(sub.pipeline.get("job_ignore") or [])]
     for dotted in ignore:
         _drop(tree, dotted)
+    for dotted in SWITCHED_OFF:   # a section that is off is not read: hashed as if it were absent
+        section = OmegaConf.select(sub, dotted)
+        if section is not None and section.get("enabled") is False:
+            _drop(tree, dotted)
     inputs = {}
     filled = set(sub.pipeline.get("filled") or [])   # upstream jobs: their path already holds their key
     for key in CKPT_KEYS:
