@@ -397,7 +397,9 @@ DDP_SCRIPT = textwrap.dedent("""
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.rows.append({"step": trainer.global_step - 1, "n": int(trainer.callback_metrics["ptl/n"]),
                               "names": list(batch["source"]["name"]),
-                              "guide": float(sum(p.double().sum() for p in module.guide.parameters()))})
+                              "target_names": list(batch["target"]["name"]),
+                              "guide": float(sum(p.double().sum() for p in module.guide.parameters())),
+                              "teacher": [float(v.double().sum()) for v in module.teacher.state_dict().values()]})
 
     L.seed_everything(cfg.seed)
     dm = datamodule_from_config(cfg)
@@ -421,7 +423,8 @@ def test_ddp_two_cpu_ranks_agree_on_n_and_split_the_source(adapt_cfg, trained, t
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "ddp"
     overrides = SMOKE + TINY + [f"segmenter.init_ckpt={trained['source']}", f"diffusion_ckpt={trained['diffusion']}",
-                                "ptl.val_every_domains=1", "ptl.pool_size=2", "ptl.pool_batch=2"]
+                                "ptl.val_every_domains=1", "ptl.pool_size=2", "ptl.pool_batch=2",
+                                "adapt.self_training.enabled=true"]   # + self-training: one teacher on both ranks
     env = dict(os.environ, DASSLAB_DATA=str(trained["data"]), DASSLAB_ROOT=str(tmp_path), OMP_NUM_THREADS="1",
                PL_DISABLE_FORK="1")
     proc = subprocess.run([sys.executable, str(script), str(CONF), str(out), *overrides], env=env, cwd=tmp_path,
@@ -432,7 +435,9 @@ def test_ddp_two_cpu_ranks_agree_on_n_and_split_the_source(adapt_cfg, trained, t
     assert [row["n"] for row in r0["rows"]] == [row["n"] for row in r1["rows"]] == [1, 1, 2, 2]
     for a, b in zip(r0["rows"], r1["rows"]):
         assert not set(a["names"]) & set(b["names"])      # each rank its own shard of the source set
+        assert not set(a["target_names"]) & set(b["target_names"])   # ... and of the target-train images
         assert a["guide"] == pytest.approx(b["guide"], rel=1e-6)  # the same guide on both ranks
+        assert a["teacher"] == b["teacher"]                       # the same EMA teacher, weights and BN statistics
     # the val mIoU after each domain is computed on both ranks' shards together: the same number
     assert [c["n"] for c in r0["curve"]] == [0, 1, 2]
     assert [c["miou"] for c in r0["curve"]] == pytest.approx([c["miou"] for c in r1["curve"]])

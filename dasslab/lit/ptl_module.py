@@ -38,6 +38,14 @@ strides the domains over the timesteps (t_n = round(n t_max / N), :func:`domain_
 ``ptl.pool_batch``) from which the domain's K iterations draw; M = K x batch with
 ``pool_batch`` = batch gives exactly the on-the-fly translations (``pool_size: null``).
 
+Target self-training (``adapt.self_training``, beyond the paper; DACS / DAFormer style,
+:mod:`dasslab.segmentation.self_training`): with ``enabled`` the module keeps an EMA teacher of the
+segmenter (``teacher.``, in the checkpoint), draws a third step-indexed stream of unlabeled
+target-train images, and adds to Eq. 12 the confidence-weighted cross-entropy on ClassMix images —
+half of the classes of the translated batch (``mix: translated``; ``auto`` where PTL translates) or
+of the source batch (``mix: source``; ``auto`` with ptl=none|ceiling) pasted onto the target images,
+labelled elsewhere by the teacher. The guide snapshot stays the paper's (the segmenter, not the teacher).
+
 Source batches come from :class:`SourceStream`: the batch of step s on rank r is a pure function
 of (seed, s, r) — indices and augmentation seeds — so a resumed run sees the same data, and a
 domain's pool holds translations of the very images its iterations train on.
@@ -66,16 +74,22 @@ from dasslab.data.transforms import derive_seed, seed_transforms
 from dasslab.diffusion.schedule import domain_timestep
 from dasslab.errors import ConfigError
 from dasslab.lit.segmenter_module import SegmenterModule
+from dasslab.segmentation import self_training as st
 from dasslab.translation import chunk_seed, translate_batch, translate_images
 from dasslab.utils.rng import own_rng
 
 __all__ = ["LR_SCHEDULES", "MODES", "TARGET_LABELED", "DomainSchedule", "PTLDataModule", "PTLModule",
            "SourceStream", "datamodule_from_config", "domain_seed", "from_config", "lr_factor", "own_rng",
-           "ptl_max_steps", "validate_ptl"]
+           "ptl_max_steps", "self_training_settings", "validate_ptl", "validate_self_training"]
 
 MODES = ("progressive", "direct", "none", "ceiling")
 LR_SCHEDULES = ("global", "domain", "constant")
 TARGET_LABELED = "target_train_labeled"   # the dataset entry (and batch key) of ptl=ceiling's images
+TARGET = "target"                          # the unlabeled target-train images (and batch key) of self-training
+STREAM_SALT = {TARGET_LABELED: 11, TARGET: 12}   # each extra stream's seed: derive_seed(seed, salt)
+SELF_TRAINING_DEFAULTS = {"enabled": False, "ema": 0.999, "threshold": 0.968, "mix": "auto", "weight": 1.0,
+                          "jitter": 0.2, "p_jitter": 0.2, "blur": True}
+MIX_SOURCES = ("auto", "source", "translated")
 WATCH_DEFAULTS = {"judge_ckpt": None, "domain_score": False, "images": 64, "classifier_steps": 400,
                   "classifier_images": 1000}
 
@@ -245,12 +259,13 @@ class StreamLoader:
 class PTLDataModule(DASSDataModule):
     """The source set as a :class:`SourceStream` (training) and the target val split; with
     ``target_train_labeled`` among ``train_domains`` (ptl=ceiling) a second stream of that set, on the
-    seed ``derive_seed(seed, 11)``."""
+    seed ``derive_seed(seed, 11)``; with ``target`` (self-training) one of the unlabeled target-train
+    images, on ``derive_seed(seed, 12)``."""
 
     def stream(self, key: str = "source") -> SourceStream:
         t = self.trainer
         rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)
-        seed = self.seed if key == "source" else derive_seed(self.seed, 11)
+        seed = self.seed if key == "source" else derive_seed(self.seed, STREAM_SALT[key])
         return SourceStream(self.train_sets[key], self.batch_size, seed, rank, world, key=key)
 
     def train_dataloader(self) -> StreamLoader:
@@ -261,8 +276,10 @@ class PTLDataModule(DASSDataModule):
 
 def datamodule_from_config(cfg, batch_size: int | None = None) -> PTLDataModule:
     """The adaptation datamodule (``conf/stage/adapt.yaml``): source stream (+ the labelled target-train
-    stream for ptl=ceiling) + target val."""
+    stream for ptl=ceiling, + the unlabeled target-train stream for self-training) + target val."""
     domains = ["source"] + ([TARGET_LABELED] if cfg.ptl.get("name") == "ceiling" else [])
+    if self_training_settings(cfg)["enabled"]:
+        domains.append(TARGET)
     return PTLDataModule(cfg.dataset, batch_size=int(batch_size or cfg.segmenter.batch_size),
                          num_workers=cfg.data.num_workers, train_domains=domains, val_split=cfg.eval.split,
                          val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
@@ -277,7 +294,8 @@ class PTLModule(SegmenterModule):
     ``pool_batch``, ``val_every_domains``, ``lr_schedule``, ``watch``; ``num_steps``: respacing of the
     reverse chain; ``guidance`` / ``arrangement``: the config groups; ``diffusion_ckpt``: the target
     DDPM; ``sampling``: keyword settings of the reverse chain passed to every translation
-    (``{"variance": translate.variance}``).
+    (``{"variance": translate.variance}``); ``self_training``: ``adapt.self_training`` (the EMA
+    teacher, pseudo-labels and ClassMix term; off by default).
     """
 
     def __init__(self, backbone: dict, num_classes: int, class_names: Sequence[str], optim: dict,
@@ -286,7 +304,8 @@ class PTLModule(SegmenterModule):
                  inference: dict | None = None, ignore_index: int = 255, ptl: dict | None = None,
                  guidance: dict | None = None, arrangement: dict | str | None = None,
                  diffusion_ckpt: str | None = None, num_steps: int | None = None, seed: int = 0,
-                 speed: dict | None = None, sampling: dict | None = None) -> None:
+                 speed: dict | None = None, sampling: dict | None = None,
+                 self_training: dict | None = None) -> None:
         super().__init__(backbone, num_classes, class_names, optim, max_steps, augment, eval_subsets, train_keys,
                          schedule, inference, ignore_index)
         self.save_hyperparameters()
@@ -295,6 +314,9 @@ class PTLModule(SegmenterModule):
                     "val_every_domains": 0, "lr_schedule": "global", **p}
         self.ptl["watch"] = {**WATCH_DEFAULTS, **dict(p.get("watch") or {})}
         self.guide = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.st = {**SELF_TRAINING_DEFAULTS, **dict(self_training or {})}
+        if self.st["enabled"]:   # h_0 = g_0 (the EMA's alpha_0 = 0 makes it so at step 0 anyway)
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._diffusion = None
         self.prepared_domain: int | None = None
         self._pool: tuple[Tensor, Tensor] | None = None
@@ -354,8 +376,45 @@ class PTLModule(SegmenterModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.guide.eval()  # the guide always runs with running BN statistics
+        self.guide.eval()  # the guide (and the teacher) always run with running BN statistics
+        if self.self_training:
+            self.teacher.eval()
         return self
+
+    @property
+    def self_training(self) -> bool:
+        """Whether the target self-training term is on (``adapt.self_training.enabled``)."""
+        return bool(self.st["enabled"])
+
+    def mix_key(self, parts: Mapping[str, dict]) -> str:
+        """The labelled batch whose classes ClassMix pastes onto the target images (``self_training.mix``)."""
+        mode = self.st["mix"]
+        if mode == "auto":
+            return "translated" if "translated" in parts else "source"
+        return mode
+
+    def update_teacher(self, step: int) -> None:
+        """h_s = alpha_s h_{s-1} + (1 - alpha_s) g_s, before the step's first forward: under DDP the segmenter's
+        BN statistics were just broadcast from rank 0 and its weights are equal, so every rank's teacher is."""
+        st.ema_update(self.teacher, self.model, st.ema_alpha(step, self.st["ema"]))
+
+    def self_training_loss(self, parts: Mapping[str, dict], target: Tensor, step: int) -> Tensor:
+        """L_st of step ``step`` (:mod:`dasslab.segmentation.self_training`): the teacher's pseudo-labels on
+        ``target``, ClassMix with ``parts[mix_key]``, the strong augmentation, the confidence-weighted CE of
+        the segmenter. Its randomness is seeded by (seed, rank, step)."""
+        s, ignore = self.st, self.hparams.ignore_index
+        with torch.no_grad():
+            pseudo, q = st.pseudo_labels(self.teacher(target), s["threshold"])
+        labelled = parts[self.mix_key(parts)]
+        gen = torch.Generator().manual_seed(derive_seed(self.hparams.seed, 17, self._rank()[0], step))
+        mask = st.classmix_masks(labelled["label"], gen, ignore)
+        image, label, weight = st.mix(labelled["image"], labelled["label"], target, pseudo, q, mask)
+        image = st.strong_augment(image, gen, float(s["jitter"]), float(s["p_jitter"]), bool(s["blur"]))
+        loss = st.weighted_ce(self.model(image), label, weight, ignore)
+        B = target.shape[0]
+        self.log_dict({"train/loss_st": loss, "st/pseudo_weight": q.mean(), "st/pasted": mask.float().mean()},
+                      batch_size=B)
+        return float(s["weight"]) * loss
 
     def snapshot_guide(self) -> None:
         """g_{n-1} := the current segmenter (frozen), at the start of domain n."""
@@ -489,6 +548,8 @@ class PTLModule(SegmenterModule):
         if self.prepared_domain != n:
             raise RuntimeError(f"PTLModule: domain {n} was not prepared at step {step}; "
                                "the ProgressiveTranslation callback must run (configure_callbacks adds it)")
+        if self.self_training:
+            self.update_teacher(step)
         parts = {"source": batch["source"]}
         if self.translates:
             parts["translated"] = self.translated_batch(step, batch["source"])
@@ -504,6 +565,8 @@ class PTLModule(SegmenterModule):
             loss = self.loss_on(parts[key]["image"], parts[key]["label"])
             self.log(f"train/loss_{key}", loss, batch_size=parts[key]["image"].shape[0])
             total = total + loss
+        if self.self_training:
+            total = total + self.self_training_loss(parts, batch[TARGET]["image"], step)
         self.log("train/loss", total, prog_bar=True)
         self.log_dict({"ptl/n": float(n), "ptl/depth": float(self.domains.depth(n) if self.translates else 0)})
         if self.translates and self.last_translation_stats:
@@ -540,10 +603,20 @@ def from_config(cfg, datamodule, init_ckpt: str | None = None) -> PTLModule:
         guidance=plain(cfg.get("guidance")), arrangement=plain(cfg.get("arrangement")),
         diffusion_ckpt=cfg.get("diffusion_ckpt"), num_steps=cfg.translate.get("num_steps"), seed=int(cfg.seed),
         speed={k: cfg.diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")},
-        sampling={"variance": cfg.translate.get("variance", "beta")})
+        sampling={"variance": cfg.translate.get("variance", "beta")}, self_training=self_training_settings(cfg))
     module.model.load_state_dict(source.model.state_dict())
     module.snapshot_guide()
+    if module.self_training:
+        module.teacher.load_state_dict(module.model.state_dict())
     return module
+
+
+def self_training_settings(cfg) -> dict:
+    """``adapt.self_training`` over its defaults (off where the config has no such section)."""
+    from dasslab.lit.build import plain
+
+    adapt = cfg.get("adapt") or {}
+    return {**SELF_TRAINING_DEFAULTS, **(plain(adapt.get("self_training")) or {})}
 
 
 # --------------------------------------------------------------------------- config-time checks
@@ -603,6 +676,7 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
         raise ConfigError(f"adapt.loss={loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
     if p.name == "none" and loss == "ada":
         raise ConfigError("adapt.loss=ada with ptl=none: nothing is translated, L_ada is empty; use adapt.loss=ada_src")
+    validate_self_training(cfg)
     if not check_files:
         return
     from omegaconf import OmegaConf
@@ -636,3 +710,40 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
         raise ConfigError(f"diffusion_ckpt={cfg.diffusion_ckpt}: T={diffusion.hparams.num_timesteps} timesteps, "
                           f"fewer than the deepest domain needs ({p.get('t_max') or p.N})")
 
+
+
+def validate_self_training(cfg) -> None:
+    """One line for the first bad ``adapt.self_training`` setting (and a dataset without target images)."""
+    raw = (cfg.get("adapt") or {}).get("self_training") or {}
+    unknown = sorted(set(raw) - set(SELF_TRAINING_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"adapt.self_training.{unknown[0]}: unknown setting; expected one of "
+                          f"{', '.join(SELF_TRAINING_DEFAULTS)}")
+    s = self_training_settings(cfg)
+
+    def number(key, lo, hi, lo_open=False, hi_open=False):
+        v = s[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open or hi is None else ']'}"
+            raise ConfigError(f"adapt.self_training.{key}={v!r}: expected a number in {rng}")
+
+    for key in ("enabled", "blur"):
+        if not isinstance(s[key], bool):
+            raise ConfigError(f"adapt.self_training.{key}={s[key]!r}: expected true or false")
+    number("ema", 0, 1, hi_open=True)
+    number("threshold", 0, 1)
+    number("weight", 0, None)
+    number("jitter", 0, 1)
+    number("p_jitter", 0, 1)
+    if s["mix"] not in MIX_SOURCES:
+        raise ConfigError(f"adapt.self_training.mix={s['mix']!r}: expected one of {', '.join(MIX_SOURCES)}")
+    if not s["enabled"]:
+        return
+    if s["mix"] == "translated" and cfg.ptl.name not in ("progressive", "direct", "ceiling"):
+        raise ConfigError(f"adapt.self_training.mix=translated with ptl={cfg.ptl.name}: nothing is translated; "
+                          "use mix=source or auto")
+    if cfg.dataset.get(TARGET) is None:
+        raise ConfigError(f"adapt.self_training.enabled=true: dataset={cfg.dataset.get('name')} has no target-train "
+                          f"images (dataset.{TARGET}); self-training learns from them")
