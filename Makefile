@@ -30,7 +30,7 @@ test: $(STAMP)  ## run the test suite (CPU, a few minutes)
 test-fast: $(STAMP)  ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
 
-slurm-test: $(STAMP)  ## only the SLURM test: a local Slurm (root; installed if missing), 1 node x 2 tasks, DDP
+slurm-test: $(STAMP)  ## only the Slurm tests: a local Slurm (root; installed if missing), an experiment of 2 dependent jobs, DDP
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -rs tests/test_slurm.py $(PYTEST_ARGS)
 
 demo: $(STAMP)  ## the whole method on the built-in digits benchmark: source only, oracle, baseline, full (ARGS=…)
@@ -43,20 +43,36 @@ lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check dasslab tests benchmarks
 
 # The paper's tables: exactly the runs each needs, shared stages once (dasslab/reproduce.py).
-# LAUNCHER=slurm (default: SLURM via hydra-submitit-launcher) | local; DRY_RUN=1 prints the plan;
-# SEEDS=5 repeats the adaptation runs; ARGS='dataset.source.root=… dataset.target.root=…'.
-LAUNCHER ?= slurm
+# LAUNCHER=auto (default: slurm where sbatch is on PATH, else local) | slurm (every job its own Slurm job,
+# afterok on what it needs; returns at once) | local (here, one experiment after the other);
+# DRY_RUN=1 prints the plan; SEEDS=5 repeats the adaptation runs; ARGS='dataset.source.root=… dataset.target.root=…'.
+LAUNCHER ?= auto
 REPRODUCE = $(VENV)/bin/dasslab-reproduce --launcher $(LAUNCHER) $(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(filter-out 0,$(DRY_RUN)),--dry-run)
-reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table5 reproduce-table6: reproduce-table%: $(STAMP)  ## a paper table (LAUNCHER, DRY_RUN, SEEDS, ARGS)
-	$(REPRODUCE) table$* $(ARGS)
+reproduce-table1: $(STAMP)  ## Table 1: source only and SGG + PTL, 3 backbones x GTA5/SYNTHIA (LAUNCHER DRY_RUN SEEDS ARGS)
+	$(REPRODUCE) table1 $(ARGS)
 
-reproduce-table4:  ## Table 4 has no runs defined in dasslab
+reproduce-table2: $(STAMP)  ## Table 2: the ablations (a)-(f) (LAUNCHER DRY_RUN SEEDS ARGS)
+	$(REPRODUCE) table2 $(ARGS)
+
+reproduce-table3: $(STAMP)  ## Table 3: L_ada alone vs L_ada + L_src (LAUNCHER DRY_RUN SEEDS ARGS)
+	$(REPRODUCE) table3 $(ARGS)
+
+reproduce-table4:  ## Table 4: no runs are defined for it in dasslab
 	@echo "Table 4: no runs are defined for it in dasslab (see README, Reproducing the paper)"
 
-reproduce-fig5: $(STAMP)  ## Fig. 5: sweeps over N and lambda of the full method (Hydra multirun)
-	$(VENV)/bin/dasslab-train -m experiment=table2f_full 'ptl.N=100,200,400,600' $(ARGS)
-	$(VENV)/bin/dasslab-train -m experiment=table2f_full guidance.calibrate=false 'guidance.scale=20,40,80,160' $(ARGS)
+reproduce-table5: $(STAMP)  ## Table 5: the LCG/GSG arrangements (LAUNCHER DRY_RUN SEEDS ARGS)
+	$(REPRODUCE) table5 $(ARGS)
+
+reproduce-table6: $(STAMP)  ## Table 6: the guide without / with the Appendix C augmentation (LAUNCHER DRY_RUN SEEDS ARGS)
+	$(REPRODUCE) table6 $(ARGS)
+
+# Fig. 5: two sweeps of the full method, each one folder (outputs/table2f_full/<time>/0..3); the source model and
+# the DDPM are trained once and reused by every N and lambda. LAUNCHER=slurm submits every job to Slurm.
+FIG5 = $(VENV)/bin/dasslab-train -m experiment=table2f_full $(if $(filter slurm,$(LAUNCHER)),hydra/launcher=slurm)
+reproduce-fig5: $(STAMP)  ## Fig. 5: sweeps over N and lambda of the full method (Hydra multirun; LAUNCHER ARGS)
+	$(FIG5) 'ptl.N=100,200,400,600' $(ARGS)
+	$(FIG5) guidance.calibrate=false 'guidance.scale=20,40,80,160' $(ARGS)
 
 clean:  ## remove the venv and caches (not outputs/ or data/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

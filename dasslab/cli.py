@@ -13,10 +13,14 @@ which is ``hydra.main(config_name="train")`` plus:
   ``error: <message>`` on stderr and the command exits with status 2. The full traceback
   is printed only with ``HYDRA_FULL_ERROR=1`` or ``DASSLAB_DEBUG=1``. Other exceptions
   (bugs) keep their traceback.
-* **One directory per job.** ``paths.output_dir`` is set to Hydra's job folder: the run
-  folder of a single run, ``hydra.sweep.dir/<job.num>`` of each multirun (``-m``) job (with
-  an explicit ``paths.output_dir=DIR``: the run writes ``DIR``, multirun job *k* ``DIR/k``),
-  so jobs never share a folder.
+* **One directory per job, one per sweep.** Hydra's run folder and sweep folder are
+  ``paths.output_dir`` (``conf/hydra/default.yaml``): a single run writes ``paths.output_dir``; a
+  multirun (``-m``) is the folder ``paths.output_dir`` (``multirun.yaml``) whose job *k* gets
+  ``paths.output_dir`` = its subfolder *k* (``.hydra/``, its log and all it writes), so jobs never share
+  a folder and nothing goes elsewhere. Given ``paths.output_dir=DIR`` on the command line (and no
+  ``paths.cache_dir``), the pipeline cache is ``DIR``'s sibling ``cache`` (``conf/paths/default.yaml``).
+  In a multirun, W&B runs are grouped by sweep: ``logger.wandb.group`` becomes
+  ``<group>/<sweep folder name>`` unless given on the command line.
 * **Checked output folder.** ``paths.output_dir`` must be a folder that can be created
   and written, else one line naming the setting.
 * **Each log line once, and where things go.** Lightning's own console handler is
@@ -122,18 +126,19 @@ def check_output_dir(path: str | os.PathLike, setting: str = "paths.output_dir")
     return out
 
 
-def _explicit_output_dir(overrides) -> bool:
-    return any(str(o).split("=", 1)[0].lstrip("+~") == "paths.output_dir" for o in overrides)
+def _given(overrides, key: str) -> bool:
+    """``key`` is set on the command line (``key=…``, ``+key=…``, ``++key=…``)."""
+    return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in overrides)
 
 
 def job_output_dir(cfg) -> Path:
-    """Make ``cfg.paths.output_dir`` this job's own folder; returns it.
+    """Make ``cfg.paths.output_dir`` this job's own folder, Hydra's job folder (``hydra.runtime.output_dir``:
+    the run folder, or ``<sweep folder>/<job.num>`` in a multirun); returns it.
 
-    Unless ``paths.output_dir`` is given on the command line it becomes Hydra's job folder
-    (``hydra.run.dir``, or ``hydra.sweep.dir/<job.num>`` in a multirun), so a ``${now:}`` in
-    its default cannot resolve to another second than the folder Hydra made, and a DDP
-    worker process (started with the parent's ``hydra.run.dir``) writes where rank 0 does.
-    Given explicitly in a multirun, job *k* writes ``DIR/k``.
+    So a ``${now:}`` in its default cannot resolve to another second than the folder Hydra made, and a
+    DDP worker process (started with the parent's ``hydra.run.dir``) writes where rank 0 does. Before
+    that, the cache (``paths.cache_dir``) is pinned: beside ``paths.output_dir`` when that is given on the
+    command line, else where the config puts it; and a multirun's W&B group names its sweep.
     """
     from omegaconf import OmegaConf, open_dict
 
@@ -149,20 +154,23 @@ def job_output_dir(cfg) -> Path:
     if hc is None or OmegaConf.is_missing(hc.runtime, "output_dir"):
         return Path(cfg.paths.output_dir)
     job_dir = Path(hc.runtime.output_dir)
-    if not _explicit_output_dir(hc.overrides.task):
-        out = job_dir
-    elif hc.mode == RunMode.MULTIRUN:
-        out = Path(cfg.paths.output_dir) / str(hc.job.num)
-    else:
-        return Path(cfg.paths.output_dir)
+    given = list(hc.overrides.task)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
+        if _given(given, "paths.output_dir") and not _given(given, "paths.cache_dir"):
+            cfg.paths.cache_dir = str(Path(cfg.paths.output_dir).parent / "cache")
+        elif cfg.paths.get("cache_dir") is not None:
+            cfg.paths.cache_dir = str(cfg.paths.cache_dir)      # resolved before output_dir changes
+        wandb = cfg.logger.get("wandb") if cfg.get("logger") else None
+        if hc.mode == RunMode.MULTIRUN and wandb is not None and not _given(given, "logger.wandb.group"):
+            sweep = Path(str(hc.sweep.dir)).name
+            wandb.group = f"{wandb.group}/{sweep}"
+        cfg.paths.output_dir = str(job_dir)
     saved = job_dir / str(hc.output_subdir or ".hydra") / "config.yaml"
     if hc.output_subdir is not None and saved.exists():  # Hydra saved it before the job ran
         from dasslab.utils.io import atomic_write_text
 
         atomic_write_text(saved, OmegaConf.to_yaml(cfg))
-    return out
+    return job_dir
 
 
 def log_once() -> None:
@@ -186,8 +194,10 @@ def prepare_job(cfg) -> Path:
     if cfg.get("paths") is not None:
         check_output_dir(cfg.paths.output_dir)
     log_once()
-    data = cfg.paths.get("data_dir") if cfg.get("paths") is not None else None
-    log.info(f"outputs: {Path(out).resolve()}" + (f"; data cache: {Path(data).resolve()}" if data else ""))
+    paths = cfg.get("paths") or {}
+    data, cache = paths.get("data_dir"), paths.get("cache_dir")
+    log.info(f"outputs: {Path(out).resolve()}" + (f"; pipeline cache: {Path(cache).resolve()}" if cache else "")
+             + (f"; data cache: {Path(data).resolve()}" if data else ""))
     return out
 
 

@@ -1,4 +1,9 @@
-"""Loggers that keep a run's history across resumes.
+"""The run's loggers: CSV history kept across resumes; W&B runs that carry the whole run.
+
+:func:`make_loggers` builds ``cfg.logger``'s loggers for a Trainer. A W&B logger gets, as its W&B config,
+the run's whole resolved config (dataset, trainer, data, every setting) and ``run``: the run's record
+(``run_info.json``: git revision, library versions, seed, effective batch), with the model's own
+hyper-parameters under ``module`` (:class:`WandbLogger`), so that runs compare by any setting.
 
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` when it finds one, so ``resume=auto``
 used to leave only the rows logged after the resume. :class:`ResumableCSVLogger` keeps
@@ -11,11 +16,15 @@ still starts a fresh file.
 from __future__ import annotations
 
 import csv
+import json
 import os
+from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 
 def _step(row: dict) -> float:
@@ -72,3 +81,62 @@ class ResumableCSVLogger(CSVLogger):
         self._fs.makedirs(self.root_dir, exist_ok=True)
         self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's ``WandbLogger`` whose model hyper-parameters go under ``module`` in the W&B config, beside
+    (not over) the run's config that :func:`make_loggers` hands it."""
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        from lightning.fabric.utilities.logger import (
+            _convert_json_serializable,
+            _convert_params,
+            _sanitize_callable_params,
+        )
+
+        params = _convert_json_serializable(_sanitize_callable_params(_convert_params(params)))
+        self.experiment.config.update({"module": params}, allow_val_change=True)
+
+
+def run_record(out: str | Path | None) -> dict:
+    """``run_info.json`` of run folder ``out`` without its file lists (git revision, versions, seed, batch …),
+    or the code's git revision and versions where the run has none yet."""
+    from dasslab.utils.runinfo import git_revision, library_versions
+
+    path = Path(out) / "run_info.json" if out is not None else None
+    if path is not None and path.is_file():
+        try:
+            info = json.loads(path.read_text())
+            info.pop("inputs", None)
+            return info
+        except (OSError, ValueError):
+            pass
+    return {"git_revision": git_revision(), "versions": library_versions()}
+
+
+def run_config(cfg, out: str | Path | None = None) -> dict:
+    """What a W&B run of ``cfg`` records as its config: the resolved config and ``run`` (:func:`run_record`)."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("hydra", None)
+    return {**tree, "run": run_record(out)}
+
+
+def make_loggers(cfg, out: str | Path | None = None) -> list:
+    """``cfg.logger``'s loggers; a W&B one with :func:`run_config` as its config (``out``: the run folder)."""
+    from hydra.utils import get_class, instantiate
+    from omegaconf import OmegaConf
+
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if node is None:
+            continue
+        target = str(node.get("_target_", ""))
+        if target.endswith("WandbLogger"):
+            kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+            loggers.append(get_class(target)(**kwargs, config=run_config(cfg, out)))
+        else:
+            loggers.append(instantiate(node))
+    return loggers

@@ -26,19 +26,27 @@ already holds that job's key, so a plan can be computed before anything runs).
 Forgetting an entry in an ``ignore`` list costs a retrain, never a stale reuse.
 A job whose ``DONE.json`` exists is reused; two processes that want the same job at
 once serialise on a file lock (the second waits, then reuses).
+
+Who runs a job (:mod:`dasslab.jobrun`): the pipeline process plans, locks and writes the records; a job
+that trains as several processes (DDP: ``trainer.devices`` > 1) runs in a child process that starts its
+own ranks, so no rank ever waits on a lock. Under ``hydra/launcher=slurm`` every job becomes a Slurm job of
+its own with ``afterok`` dependencies on the jobs it needs, plus one job that writes the results, and the
+pipeline returns once they are submitted (:mod:`dasslab.slurm`).
+
+W&B (``logger=wandb``): every job's run is in the experiment's group (``logger.wandb.group``: the
+experiment, or ``<experiment>/<sweep>`` in a multirun) with the job's row as its job type; the results,
+reused jobs' included, go to one summary run of the experiment (:mod:`dasslab.wandb_report`).
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 import logging
 import shutil
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +54,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dasslab.config import CONF_DIR
 from dasslab.errors import ConfigError
+from dasslab.jobrun import World, launched_world, run_job
+from dasslab.jobrun import die_with_parent as _die_with_parent
 from dasslab.provenance import add_data_inputs
 from dasslab.utils.io import atomic_write_text
 
@@ -102,11 +112,18 @@ def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: i
         sub.merge_with(job.set)
     for setting, path in checkpoints.items():
         OmegaConf.update(sub, setting, str(path), force_add=True)
+    group = OmegaConf.select(cfg, "logger.wandb.group")          # the experiment's (resolved before renaming)
     sub.task_name = name
     if seed is not None:
         sub.seed = int(seed)
     sub.pipeline.filled = list(checkpoints)
     sub.pipeline.job_ignore = list(job.get("ignore") or [])
+    if sub.get("logger") and sub.logger.get("wandb") is not None:    # logger.* is not in the cache key
+        w = sub.logger.wandb
+        w.group, w.job_type = str(group), name
+        w.name = name if seed is None else f"{name}-seed{seed}"
+        tags = OmegaConf.to_container(w.tags, resolve=True) if w.get("tags") is not None else []
+        w.tags = list(dict.fromkeys([str(cfg.task_name), *map(str, tags)]))     # experiment, row, dataset, …
     return sub
 
 
@@ -204,56 +221,9 @@ def stage_key(sub: DictConfig) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def run_job(job: Job, reuse: bool = True) -> dict:
-    """Run a planned job in its cache folder, or reuse the finished run there."""
-    from dasslab.stages import run_stage
-    from dasslab.validate import validate_config
-
-    finished = job.out / "DONE.json"
-    with _locked(job.out.parent / f"{job.key}.lock"):
-        if reuse and finished.is_file():
-            print(f"[pipeline] {job.name}: reusing {job.out}")
-            return {**json.loads(finished.read_text()), "reused": True}
-        print(f"[pipeline] {job.name}: running stage={job.stage} in {job.out}")
-        validate_config(job.cfg)
-        t0 = time.perf_counter()
-        result = dict(run_stage(job.cfg) or {})
-        result["run_dir"] = str(job.out)
-        result["seconds"] = round(time.perf_counter() - t0, 1)      # wall time of the stage (the timing table)
-        atomic_write_text(finished, json.dumps(result, indent=2, default=str))
-    return result
-
-
 def job_log(job: Job) -> Path:
     """Where a job run in its own process (``pipeline.parallel`` > 1) writes its output."""
     return job.out.parent / f"{job.key}.log"
-
-
-def _die_with_parent() -> None:
-    """Linux: end this worker when the pipeline process that started it ends (a killed pipeline must
-    not leave its jobs running on, holding their locks). Elsewhere a no-op."""
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _run_job_child(job: Job, reuse: bool, threads: int) -> dict:
@@ -285,14 +255,17 @@ def _run_job_child(job: Job, reuse: bool, threads: int) -> dict:
             raise
 
 
-def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1) -> dict[str, dict]:
+def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1,
+            world: World | None = None) -> dict[str, dict]:
     """Run the planned jobs; with ``parallel`` > 1, up to that many at once (each in its own spawned
     process, started as soon as every job it needs has finished). Jobs still share the per-job lock,
-    so pipelines started side by side never train one job twice. The first failure stops the plan."""
+    so pipelines started side by side never train one job twice. The first failure stops the plan.
+    With ``world`` (ranks launched outside dasslab) the jobs run one after the other on every rank
+    (:func:`dasslab.jobrun.run_job`: rank 0 decides, the others follow)."""
     if parallel < 1:
         raise ConfigError(f"pipeline.parallel={parallel}: expected an integer >= 1 (jobs run at once)")
-    if parallel == 1:
-        return {name: run_job(job, reuse) for name, job in planned.items()}
+    if parallel == 1 or world is not None:
+        return {name: run_job(job, reuse, world) for name, job in planned.items()}
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -359,14 +332,47 @@ def _is_row(cfg: DictConfig, label: str) -> bool:
 
 
 def run_pipeline(cfg: DictConfig) -> dict:
-    """Run ``pipeline.rows`` (and the jobs they need); write ``results.json`` and ``results.md``."""
+    """Run ``pipeline.rows`` (and the jobs they need); write ``results.json`` and ``results.md``.
+
+    Under ``hydra/launcher=slurm`` the jobs are submitted as Slurm jobs instead (:mod:`dasslab.slurm`) and
+    the results are written by the last of them. Ranks of a launch of several processes
+    (:func:`dasslab.jobrun.launched_world`) all run the jobs; rank 0 alone writes the results."""
     planned, skipped = plan(cfg, list(cfg.pipeline.rows))
     for row, why in skipped.items():
         print(f"[pipeline] {row}: skipped ({why})")
     if cfg.pipeline.get("dry_run"):
         print(plan_text(planned))
         return {"plan": {n: {"stage": j.stage, "run_dir": str(j.out), "needs": j.needs} for n, j in planned.items()}}
-    done = execute(planned, bool(cfg.pipeline.reuse), int(cfg.pipeline.get("parallel") or 1))
+    from dasslab.slurm import hydra_slurm_params, submit_pipeline
+
+    slurm = hydra_slurm_params()
+    if slurm is not None:
+        return submit_pipeline(cfg, planned, skipped, slurm, finish=write_results, reuse=bool(cfg.pipeline.reuse))
+    world = launched_world()
+    done = execute(planned, bool(cfg.pipeline.reuse), int(cfg.pipeline.get("parallel") or 1), world)
+    if world is not None and world.rank > 0:
+        return {}
+    return write_results(cfg, planned, skipped, done)
+
+
+def finished_records(planned: dict[str, Job]) -> dict[str, dict]:
+    """Every planned job's ``DONE.json`` (what a job that ran elsewhere, e.g. on Slurm, recorded)."""
+    done = {}
+    for name, job in planned.items():
+        record = job.out / "DONE.json"
+        if not record.is_file():
+            raise ConfigError(f"pipeline: job {name} has not finished (no {record}); expected every job of the "
+                              f"plan done before the results are written")
+        done[name] = {**json.loads(record.read_text()), "reused": True}
+    return done
+
+
+def write_results(cfg: DictConfig, planned: dict[str, Job], skipped: dict[str, str],
+                  done: dict[str, dict] | None = None) -> dict:
+    """``results.json``, ``results.md``, ``timings.json`` and the rows' pictures in ``paths.output_dir`` from the
+    jobs' records (``done``; read from their ``DONE.json`` when None), and the experiment's W&B summary run
+    where ``logger=wandb``. Returns the summary (:func:`summarize`)."""
+    done = finished_records(planned) if done is None else done
     timings = {name: {"stage": job.stage, "seconds": done[name].get("seconds"),
                       "reused": bool(done[name].get("reused"))} for name, job in planned.items()}
     out = Path(cfg.paths.output_dir)
@@ -390,6 +396,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
             shutil.copy2(pic, out / f"{row}_{pic.name}")
     atomic_write_text(out / "results.md", md)
     print(md)
+    if cfg.get("logger") and cfg.logger.get("wandb") is not None:
+        from dasslab.wandb_report import log_experiment
+
+        log_experiment(cfg, summary, rows, timings, md)
     return summary
 
 

@@ -4,27 +4,32 @@ Each table is a list of experiment configs (``conf/experiment/``, one file per r
 paper). Every experiment is a pipeline (``stage=pipeline``) whose jobs are planned
 (:func:`dasslab.pipeline.plan`); jobs with the same run folder — the same resolved
 settings — are the same job, so the Cityscapes diffusion model shared by GTA5 and
-SYNTHIA, or a source model shared by several rows, is planned once. Jobs are grouped
-into waves (a job runs after everything it waits for) and each wave is launched as
-Hydra multiruns of ``dasslab-train`` — locally one after the other (``--launcher local``)
-or as SLURM jobs through hydra-submitit-launcher (``--launcher slurm``). Finished jobs
-are reused, so a preempted reproduction is resumed by running the same command again.
+SYNTHIA, or a source model shared by several rows, is planned once.
 
-``--dry-run`` prints the plan (each job, its overrides, its folder, what it waits for)
-and runs nothing. ``--seeds 3`` repeats the adaptation runs with seeds 0, 1, 2 (the
-paper averages five); nothing else is repeated.
+``--launcher local`` runs the experiments here, one after the other (each reuses the jobs
+the earlier ones finished). ``--launcher slurm`` submits every job of the table once as a
+Slurm job of its own, ``afterok`` on the Slurm jobs it needs, and one results job per
+experiment, then returns (:mod:`dasslab.slurm`; cluster settings as for ``hydra/launcher=slurm``).
+``--launcher auto`` (the default): slurm where ``sbatch`` is on PATH, else local. Each
+experiment writes its results to ``<paths.log_dir>/reproduce/<table>/<experiment>``; then
+``dasslab-tables runs=<that folder> out=…`` makes the table. Finished jobs are reused, so a
+stopped reproduction is resumed by running the same command again.
+
+``--dry-run`` prints the plan (each job, its folder, what it waits for) and runs nothing.
+``--seeds 3`` repeats the adaptation runs with seeds 0, 1, 2 (the paper averages five);
+nothing else is repeated.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dasslab.config import CONF_DIR
 
@@ -54,11 +59,26 @@ class Item:
     wave: int = 0
 
 
-def compose_experiment(experiment: str, overrides: list[str]):
+def compose_experiment(experiment: str, overrides: list[str], hydra: bool = False):
+    """The config of ``experiment`` with ``overrides`` (with its ``hydra`` node when asked: launcher settings)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.utils import setup_globals
 
+    setup_globals()       # Hydra's resolvers (now, …), as in a dasslab-train run
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", [f"experiment={experiment}", *overrides])
+        return compose("train", [f"experiment={experiment}", *overrides], return_hydra_config=hydra)
+
+
+def seed_overrides(seeds: int | None) -> list[str]:
+    return [f"pipeline.seeds=[{','.join(str(s) for s in range(seeds))}]"] if seeds else []
+
+
+def experiment_overrides(table: str, experiment: str, overrides: list[str]) -> list[str]:
+    """Where an experiment of ``table`` writes its results: ``<log_dir>/reproduce/<table>/<experiment>``, with
+    the cache where the config puts it (shared by every table and run)."""
+    cfg = compose_experiment(experiment, overrides)
+    out = Path(str(cfg.paths.log_dir)) / "reproduce" / table / experiment
+    return [f"paths.output_dir={out}", f"paths.cache_dir={cfg.paths.cache_dir}"]
 
 
 def plan_table(table: str, seeds: int | None, overrides: list[str]) -> list[Item]:
@@ -68,7 +88,7 @@ def plan_table(table: str, seeds: int | None, overrides: list[str]) -> list[Item
 
     if table not in TABLES:
         raise ConfigError(f"reproduce: unknown table {table!r}; expected one of {', '.join(TABLES)}")
-    extra = list(overrides) + ([f"pipeline.seeds=[{','.join(str(s) for s in range(seeds))}]"] if seeds else [])
+    extra = list(overrides) + seed_overrides(seeds)
     items: dict[str, Item] = {}
     for experiment in TABLES[table]:
         cfg = compose_experiment(experiment, extra)
@@ -87,27 +107,6 @@ def plan_table(table: str, seeds: int | None, overrides: list[str]) -> list[Item
     return sorted(items.values(), key=lambda i: (i.wave, i.experiment, i.row, i.seed or 0))
 
 
-def commands(items: list[Item], launcher: str, overrides: list[str]) -> list[list[list[str]]]:
-    """Per wave, the ``dasslab-train -m`` commands that run its jobs (one per experiment and kind)."""
-    waves: dict[int, dict[tuple, list[Item]]] = defaultdict(lambda: defaultdict(list))
-    for it in items:
-        waves[it.wave][(it.experiment, it.seed is not None)].append(it)
-    out = []
-    for w in sorted(waves):
-        cmds = []
-        for (experiment, seeded), group in sorted(waves[w].items()):
-            rows = sorted({it.row for it in group})
-            cmd = ["dasslab-train", "-m", f"experiment={experiment}", "stage=pipeline",
-                   "pipeline.rows=" + ",".join(f"[{r}]" for r in rows)]
-            if seeded:
-                cmd.append("pipeline.seeds=" + ",".join(f"[{s}]" for s in sorted({it.seed for it in group})))
-            if launcher != "local":
-                cmd.append(f"hydra/launcher={launcher}")
-            cmds.append(cmd + list(overrides))
-        out.append(cmds)
-    return out
-
-
 def print_plan(items: list[Item]) -> None:
     names = {it.run_dir: f"{it.experiment}:{it.row}" + ("" if it.seed is None else f"@seed{it.seed}") for it in items}
     by_stage: dict[str, int] = defaultdict(int)
@@ -119,6 +118,47 @@ def print_plan(items: list[Item]) -> None:
     print("jobs per stage: " + ", ".join(f"{k} {v}" for k, v in sorted(by_stage.items())) + f"; total {len(items)}")
 
 
+def run_local(table: str, seeds: int | None, overrides: list[str]) -> int:
+    """Each experiment of ``table`` here, one after the other (``dasslab-train experiment=…``)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "dasslab-train")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "dasslab.train"]
+    for experiment in TABLES[table]:
+        args = [f"experiment={experiment}", *experiment_overrides(table, experiment, overrides), *overrides,
+                *seed_overrides(seeds)]
+        print("[reproduce] " + " ".join(["dasslab-train", *args]), flush=True)
+        code = subprocess.call([*cmd, *args])
+        if code:
+            print(f"error: experiment {experiment} failed (exit status {code}); rerun the same command to resume "
+                  f"(finished jobs are reused)", file=sys.stderr)
+            return 1
+    return 0
+
+
+def submit_slurm(table: str, seeds: int | None, overrides: list[str], engine=None) -> dict[str, dict]:
+    """Every job of ``table`` once as a Slurm job (afterok on what it needs) and one results job per experiment
+    (:mod:`dasslab.slurm`); returns ``{experiment: what was submitted}``."""
+    from omegaconf import open_dict
+
+    from dasslab.pipeline import plan, write_results
+    from dasslab.slurm import SlurmEngine, launcher_params, submit_pipeline
+    from dasslab.validate import validate_config
+
+    submitted = {}
+    for experiment in TABLES[table]:
+        cfg = compose_experiment(experiment, [*experiment_overrides(table, experiment, overrides), *overrides,
+                                              *seed_overrides(seeds), "hydra/launcher=slurm"], hydra=True)
+        if engine is None:
+            engine = SlurmEngine(launcher_params(cfg.hydra.launcher))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate_config(cfg)             # every job's settings and files, here, before anything is queued
+        planned, skipped = plan(cfg, list(cfg.pipeline.rows))
+        print(f"[reproduce] {experiment}:", flush=True)
+        submitted[experiment] = submit_pipeline(cfg, planned, skipped, engine.params, finish=write_results,
+                                                reuse=bool(cfg.pipeline.reuse), engine=engine)
+    return submitted
+
+
 def main(argv: list[str] | None = None) -> int:
     from dasslab.errors import DasslabError
 
@@ -126,40 +166,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("table", choices=sorted(TABLES))
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 0) or 0) or None,
                     help="repeat the adaptation runs with seeds 0..S-1 (default: the configs' seed)")
-    ap.add_argument("--launcher", default=os.environ.get("LAUNCHER", "local"),
-                    help="local (one after the other) or a hydra/launcher option, e.g. slurm")
+    ap.add_argument("--launcher", default=os.environ.get("LAUNCHER") or "auto", choices=["auto", "local", "slurm"],
+                    help="local: run here, one experiment after the other; slurm: submit every job as a Slurm job "
+                         "and return; auto (default): slurm where sbatch is on PATH, else local")
     ap.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "") not in ("", "0"),
-                    help="print the plan and the commands, run nothing")
+                    help="print the plan, run nothing")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. dataset.source.root=…")
     args = ap.parse_args(argv)
+    launcher = args.launcher
+    if launcher == "auto":
+        launcher = "slurm" if shutil.which("sbatch") else "local"
     try:
         items = plan_table(args.table, args.seeds, args.overrides)
+        print_plan(items)
+        print(f"launcher: {launcher}" + (" (auto)" if args.launcher == "auto" else ""))
+        if args.dry_run:
+            return 0
+        if launcher == "slurm":
+            if shutil.which("sbatch") is None:
+                print("error: --launcher slurm submits to Slurm but sbatch is not on PATH; use --launcher local to "
+                      "run here", file=sys.stderr)
+                return 2
+            submit_slurm(args.table, args.seeds, args.overrides)
+            return 0
+        return run_local(args.table, args.seeds, args.overrides)
     except DasslabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print_plan(items)
-    waves = commands(items, args.launcher, args.overrides)
-    for w, cmds in enumerate(waves):
-        for cmd in cmds:
-            print(f"[wave {w}] " + shlex.join(cmd))
-    if args.dry_run:
-        return 0
-    if args.launcher != "local" and shutil.which("sbatch") is None:
-        print(f"error: LAUNCHER={args.launcher} submits to SLURM but sbatch is not on PATH; "
-              f"use LAUNCHER=local to run here", file=sys.stderr)
-        return 2
-    exe = os.path.join(os.path.dirname(sys.executable), "dasslab-train")
-    for w, cmds in enumerate(waves):
-        cmds = [[exe, *c[1:]] for c in cmds]
-        if args.launcher == "local":     # one machine: one job at a time
-            codes = [subprocess.call(c) for c in cmds]
-        else:                            # the cluster runs each wave's jobs side by side
-            codes = [p.wait() for p in [subprocess.Popen(c) for c in cmds]]
-        if any(codes):
-            print(f"error: wave {w}: {sum(1 for c in codes if c)} of {len(codes)} commands failed; "
-                  f"rerun the same command to resume (finished jobs are reused)", file=sys.stderr)
-            return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -64,7 +64,9 @@ def call(node: DictConfig, *args, **extra):
 def make_trainer(cfg: DictConfig, out: Path, max_steps: int, callbacks: list | None = None,
                  val_every: int | None = None, checkpoint_every: int | None = None) -> L.Trainer:
     """A Trainer from ``cfg.trainer`` + the configured loggers and callbacks."""
-    loggers = [instantiate(v) for v in (cfg.get("logger") or {}).values() if v is not None]
+    from dasslab.loggers import make_loggers
+
+    loggers = make_loggers(cfg, out)
     cbs = []
     kw = OmegaConf.to_container(cfg.trainer, resolve=True)
     for name, v in (cfg.get("callbacks") or {}).items():

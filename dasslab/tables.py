@@ -1,13 +1,18 @@
 """``dasslab-tables runs=DIR[,DIR…]|GLOB out=DIR``: run directories -> the paper's result tables.
 
 Input: run directories (``.hydra/config.yaml`` + ``metrics.json``), Hydra multirun sweep folders
-(``multirun.yaml`` + ``0/``, ``1/`` …), ``dasslab-train stage=pipeline`` folders (``results.json``
-naming each row's run), or any folder holding such directories (searched recursively); globs
-are expanded. Runs of stages that report no mIoU (diffusion, translate, …) are not table rows.
+(``multirun.yaml`` + ``0/``, ``1/`` …, whose jobs may be experiments), ``dasslab-train stage=pipeline``
+folders (``results.json`` naming each row's run), the pipeline cache (``outputs/cache``: each finished
+job is a row named by its job), or any folder holding such directories (searched recursively); globs
+are expanded. Runs of stages that report no mIoU (diffusion, translate, …) are not table rows. A run
+reached several times (a cached source model that every experiment of a sweep reuses) counts once.
 
 Output (``out``): one Markdown table and one CSV per (paper table, dataset) — the paper table
-is read from the experiment name (``task_name: table2a_…`` -> Table 2), other runs go to
-"runs" — plus ``tables.md`` with all of them. Columns as DASS papers print them: the IoU of
+is read from the experiment name (``task_name: table2a_…`` -> Table 2; a pipeline's rows belong to its
+experiment), other experiments get their own table and loose runs go to "runs" — plus ``tables.md``
+with all of them. A paper table's rows are named and ordered as the paper's (source only first,
+Table 2's (a)-(f) by their letters); rows that share a name show only the settings that tell them
+apart (a swept ``ptl.N=…``, not every setting that follows from it). Columns as DASS papers print them: the IoU of
 every class, then mIoU; for SYNTHIA -> Cityscapes the 16 scored classes, mIoU over 16 and
 mIoU* over 13. Runs whose configs differ only in ``seed`` (and in paths, loggers, …: see
 ``IGNORE``) are one row: mean ± sample std (n - 1) over the seeds, with the number of runs.
@@ -57,6 +62,7 @@ class Run:
     describe: dict = field(default_factory=dict)  # the choices/overrides that name the setting
     metrics: dict | None = None
     row: str | None = None                        # pipeline row name
+    experiment: str | None = None                 # the experiment (pipeline task_name) whose row it is
 
     @property
     def stage(self) -> str | None:
@@ -215,7 +221,10 @@ def runs_in_pipeline(run_dir: Path) -> list[Run]:
     """The rows of a ``stage=pipeline`` run (``results.json``: row -> {miou, run_dir}, {per_seed: {seed: {miou,
     run_dir}}} for a row run per seed, or {skipped}): one run per seed."""
     results = json.loads((run_dir / "results.json").read_text())
-    root = read_config(run_dir).get("paths.root_dir")
+    config = read_config(run_dir)
+    root, experiment = config.get("paths.root_dir"), config.get("task_name")
+    experiment = str(experiment) if experiment else None
+    describe = read_describe(run_dir)              # the experiment's choices and overrides (a sweep job's)
     runs = []
     for row, r in results.items():
         if not isinstance(r, dict):
@@ -224,7 +233,7 @@ def runs_in_pipeline(run_dir: Path) -> list[Run]:
         entries = list((r.get("per_seed") or {}).values()) if isinstance(r.get("per_seed"), dict) else [r]
         if r.get("skipped") or not any(isinstance(e, dict) and e.get("run_dir") for e in entries):
             runs.append(Run(run_dir, "missing", f"row skipped: {r.get('skipped', 'no run')}", row=row,
-                            config=read_config(run_dir), describe={"row": row}))
+                            config=config, describe={**describe, "row": row}, experiment=experiment))
             continue
         for e in entries:
             where = Path(e["run_dir"])
@@ -233,6 +242,7 @@ def runs_in_pipeline(run_dir: Path) -> list[Run]:
                     where = cand
                     break
             run = load_run(where, row=row)
+            run.experiment, run.describe = experiment, {**describe, **run.describe}
             if run.status == "missing":
                 run.reason = f"row {row}: run folder {e['run_dir']} not found"
             runs.append(run)
@@ -242,7 +252,27 @@ def runs_in_pipeline(run_dir: Path) -> list[Run]:
 def runs_in_run_dir(run_dir: Path) -> list[Run]:
     if (run_dir / "results.json").is_file() and not (run_dir / "metrics.json").is_file():
         return runs_in_pipeline(run_dir)
-    return [load_run(run_dir)]
+    run = load_run(run_dir)
+    if (run_dir / "DONE.json").is_file() and run.config.get("task_name") and run.stage not in NO_MIOU_STAGES:
+        run.row = str(run.config["task_name"])          # a pipeline job in the cache: a row named by its job
+    return [run]
+
+
+def merge_duplicates(runs: list[Run]) -> list[Run]:
+    """Each run folder once per table (rows of several pipelines may name one cached run): the first of them,
+    with the describing settings all of them agree on (a sweep's N is no setting of the source model that
+    its jobs share)."""
+    first: dict[tuple, Run] = {}
+    out = []
+    for run in runs:
+        key = (str(run.path.resolve()), run.row, table_id(run)) if run.status != "missing" else (id(run),)
+        if key not in first:
+            first[key] = run
+            out.append(run)
+            continue
+        kept = first[key]
+        kept.describe = {k: v for k, v in kept.describe.items() if run.describe.get(k) == v}
+    return out
 
 
 def _is_run(d: Path) -> bool:
@@ -283,7 +313,7 @@ def find_runs(inputs: Iterable[str | Path]) -> list[Run]:
 
     for d in dirs:
         visit(d)
-    return [r for r in runs if r.row is not None or r.stage not in NO_MIOU_STAGES]
+    return merge_duplicates([r for r in runs if r.row is not None or r.stage not in NO_MIOU_STAGES])
 
 
 # --------------------------------------------------------------------------- grouping
@@ -346,10 +376,17 @@ def metric_value(metrics: dict | None, name: str) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def table_id_of(experiment: str | None) -> str | None:
+    """``Table N`` for a paper experiment's name (``table2f_full``), else None."""
+    m = re.match(r"table(\d+)", str(experiment or ""))
+    return f"Table {m.group(1)}" if m else None
+
+
 def table_id(run: Run) -> str:
-    name = str(run.config.get("task_name") or "")
-    m = re.match(r"table(\d+)", name)
-    return f"Table {m.group(1)}" if m else "runs"
+    """The table a run belongs to: its experiment's paper table, or the experiment (a pipeline's rows), or
+    the paper table of its own task name, else "runs"."""
+    return (table_id_of(run.experiment) or run.experiment or table_id_of(run.config.get("task_name"))
+            or "runs")
 
 
 def dataset_of(run: Run) -> str:
@@ -365,14 +402,51 @@ def group(runs: Sequence[Run], extra_ignore: Sequence[str] = ()) -> dict[tuple[s
     out = {}
     for key, rows in tables.items():
         rows = list(rows.values())
-        _label(rows, extra_ignore)
+        _label(rows, extra_ignore, key[0])
+        if key[0].startswith("Table") and all(r.first.row for r in rows):    # the paper's order
+            rows.sort(key=lambda r: (FIRST_ROWS.get(r.label.split(",")[0], 9), r.label))
         out[key] = rows
     return out
 
 
-def _label(rows: list[Row], extra_ignore: Sequence[str]) -> None:
-    """Name each row by what differs between the rows of its table: the pipeline row name, then the
-    choices/overrides that differ; where that leaves two rows alike, the config keys that differ."""
+# Table 2's rows as the paper names them (pipeline row -> name); a row of another paper table is named by its
+# experiment (table3a_ada_only -> "(a) ada only", table5_alternate -> "alternate").
+TABLE2_ROWS = {"baseline": "(a) baseline φ^N", "wo_sgg": "(b) w/o SGG", "wo_ptl": "(c) w/o PTL",
+               "wo_lcg": "(d) w/o LCG", "wo_gsg": "(e) w/o GSG", "full": "(f) SGG + PTL"}
+FIRST_ROWS = {"source only": 0, "oracle": 1, "ceiling": 2}
+
+
+def paper_row_name(row: str, experiment: str | None) -> str:
+    """A pipeline row's name in its paper table (see :data:`TABLE2_ROWS`)."""
+    if row == "source_only":
+        return "source only"
+    if table_id_of(experiment) == "Table 2" and row in TABLE2_ROWS:
+        return TABLE2_ROWS[row]
+    m = re.match(r"table\d+([a-z]?)_(.+)", str(experiment or ""))
+    if row == "full" and m:
+        return (f"({m.group(1)}) " if m.group(1) else "") + m.group(2).replace("_", " ")
+    return row
+
+
+def _varying(descs: list[dict]) -> list[str]:
+    """The keys whose values differ between ``descs``, less those that vary in step with an earlier key
+    (``translate.depth`` follows a swept ``ptl.N``: only ``ptl.N`` is shown)."""
+    keys, seen = [], set()
+    for k in sorted({k for d in descs for k in d}):
+        values = [str(d.get(k, "\0absent")) for d in descs]
+        if len(set(values)) < 2:
+            continue
+        pattern = tuple(values.index(v) for v in values)      # which rows share a value
+        if pattern not in seen:
+            seen.add(pattern)
+            keys.append(k)
+    return keys
+
+
+def _label(rows: list[Row], extra_ignore: Sequence[str], table: str = "runs") -> None:
+    """Name each row: its row name (a paper table's own name for it, see :func:`paper_row_name`), then — among
+    rows of one name — the choices/overrides that tell them apart (the swept settings); where those leave two
+    rows alike, the config keys that do (at most 6)."""
     def desc(row: Row) -> dict:
         d = {}
         for r in row.runs:
@@ -381,23 +455,29 @@ def _label(rows: list[Row], extra_ignore: Sequence[str]) -> None:
                     d.setdefault(k, v)
         return d
 
-    def labels(descs: list[dict], limit: int | None = None) -> list[str]:
-        keys = sorted({k for d in descs for k in d})
-        varying = [k for k in keys if len({str(d.get(k)) for d in descs}) > 1][:limit]
-        out = []
-        for row, d in zip(rows, descs):
-            parts = [row.first.row] if row.first.row else []
-            parts += [f"{k}={d[k]}" for k in varying if k in d]
-            out.append(", ".join(parts))
-        return out
+    def name(row: Row) -> str | None:
+        r = row.first
+        if r.row is None:
+            return None
+        return paper_row_name(r.row, r.experiment or r.config.get("task_name")) if table.startswith("Table") \
+            else r.row
 
-    names = labels([desc(r) for r in rows])
-    if len(set(names)) < len(names):  # the choices do not tell the rows apart: the config does
-        cfgs = [{k: json.dumps(v, default=str) for k, v in r.first.config.items() if not ignored(k, extra_ignore)}
-                for r in rows]
-        names = labels(cfgs, limit=6)
-    for row, name in zip(rows, names):
-        row.label = name or str(row.first.config.get("task_name") or row.first.path.name)
+    def labels(members: list[Row], descs: list[dict], limit: int | None = None) -> list[str]:
+        varying = _varying(descs)[:limit]
+        return [", ".join(([name(row)] if name(row) else []) + [f"{k}={d[k]}" for k in varying if k in d])
+                for row, d in zip(members, descs)]
+
+    by_name: dict[str | None, list[Row]] = {}
+    for row in rows:
+        by_name.setdefault(name(row), []).append(row)
+    for members in by_name.values():
+        names = labels(members, [desc(r) for r in members])
+        if len(set(names)) < len(names):  # the choices do not tell the rows apart: the config does
+            cfgs = [{k: json.dumps(v, default=str) for k, v in r.first.config.items()
+                     if not ignored(k, extra_ignore)} for r in members]
+            names = labels(members, cfgs, limit=6)
+        for row, label in zip(members, names):
+            row.label = label or str(row.first.config.get("task_name") or row.first.path.name)
 
 
 # --------------------------------------------------------------------------- the paper's numbers
@@ -412,8 +492,8 @@ def load_paper(path: str | Path = PAPER_FILE) -> list[dict]:
 def _matches(run: Run, match: dict) -> bool:
     for key, want in match.items():
         have = run.row if key == "row" and run.row else run.config.get(key)
-        if key == "row" and not run.row:
-            have = run.config.get("task_name")
+        if key == "row" and not run.row or key == "task_name" and run.experiment:
+            have = run.experiment or run.config.get("task_name")
         options = want if isinstance(want, list) else [want]
         if str(have) not in {str(o) for o in options}:
             return False
@@ -623,7 +703,8 @@ def write_tables(runs: Sequence[Run], out_dir: str | Path, paper_file: str | Pat
 
 # --------------------------------------------------------------------------- command line
 USAGE = ("usage: dasslab-tables runs=DIR[,DIR…] [runs=GLOB …] out=DIR [paper=FILE] [ignore=KEY,…]\n"
-         "  DIR: a run folder, a multirun sweep folder, a pipeline run, or a folder holding any of them")
+         "  DIR: a run folder, a multirun sweep folder (experiments included), a pipeline run, the pipeline\n"
+         "  cache (outputs/cache), or a folder holding any of them; a run reached twice counts once.")
 
 
 def parse_args(argv: Sequence[str]) -> dict:
@@ -631,7 +712,8 @@ def parse_args(argv: Sequence[str]) -> dict:
     args: dict = {"runs": [], "out": None, "paper": str(PAPER_FILE), "ignore": []}
     for a in argv:
         if a in ("-h", "--help"):
-            raise SystemExit(USAGE)
+            print(USAGE)
+            raise SystemExit(0)
         key, eq, value = a.partition("=")
         if not eq:
             key, value = "runs", a

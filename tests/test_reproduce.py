@@ -1,5 +1,7 @@
-"""`make reproduce-tableN`: the plan holds each needed stage once, in dependency order; seeds repeat adaptation only."""
+"""`make reproduce-tableN`: the plan holds each needed stage once, in dependency order; seeds repeat adaptation only;
+on Slurm every job is submitted once, after the jobs it needs, with one results job per experiment."""
 
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dasslab.reproduce import TABLES, commands, plan_table
+from dasslab.reproduce import TABLES, plan_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -39,14 +41,48 @@ def test_seeds_repeat_only_the_adaptation_runs():
     assert (three["source"], three["diffusion"]) == (one["source"], one["diffusion"])
 
 
-def test_commands_run_each_wave_after_the_previous_and_launch_on_slurm():
-    items = plan_table("table1", 2, [])
-    waves = commands(items, "slurm", ["dataset.target.root=/data/cs"])
-    assert len(waves) == 2
-    first = " ".join(" ".join(c) for c in waves[0])
-    assert first.count("[diffusion]") == 1 and "[full]" not in first
-    assert all("hydra/launcher=slurm" in c and "dataset.target.root=/data/cs" in c for w in waves for c in w)
-    assert all("pipeline.seeds=[0],[1]" in c for c in waves[1])
+def test_slurm_submits_every_job_of_a_table_once_after_what_it_needs(tmp_path, digits_data_dir, monkeypatch):
+    from dasslab.reproduce import submit_slurm
+    from dasslab.slurm import SlurmEngine
+
+    log = []
+
+    class Recorder:
+        def __init__(self):
+            self.params = {}
+
+        def update_parameters(self, **params):
+            self.params.update(params)
+
+        def submit(self, fn):
+            log.append({"id": str(1000 + len(log)), "fn": fn, **self.params})
+            return type("Job", (), {"job_id": log[-1]["id"]})()
+
+    monkeypatch.setenv("DASSLAB_DATA", str(digits_data_dir))
+    engine = SlurmEngine({"timeout_min": 60}, executor=lambda folder, n: Recorder(), state=lambda i: None)
+    smoke = ["dataset=digits", "debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40"]
+    submitted = submit_slurm("table2", 2, smoke, engine=engine)
+    jobs = [s for s in log if hasattr(s["fn"], "job")]
+    results = [s for s in log if not hasattr(s["fn"], "job")]
+    assert len(results) == len(TABLES["table2"]) == len(submitted)            # one results job per experiment
+    stages = Counter(s["fn"].job.stage for s in jobs)
+    assert stages == {"source": 1, "diffusion": 1, "adapt": 2 * 6}          # shared jobs once; adaptations x 2 seeds
+    assert len({str(s["fn"].job.out) for s in jobs}) == len(jobs)
+    ids = {str(s["fn"].job.out): s["id"] for s in jobs}
+    for s in jobs:
+        job = s["fn"].job
+        if job.stage == "adapt":
+            after = set(s["slurm_dependency"].removeprefix("afterok:").split(":"))
+            assert after == {s2["id"] for s2 in jobs if s2["fn"].job.stage in ("source", "diffusion")}
+            assert job.cfg.dataset.name == "digits" and job.cfg.seed in (0, 1)
+        else:
+            assert "slurm_dependency" not in s
+    for experiment, r in zip(TABLES["table2"], results):
+        mine = submitted[experiment]["submitted"]
+        assert set(r["slurm_dependency"].removeprefix("afterok:").split(":")) == {i for i in mine.values() if i}
+        out = Path(r["fn"].args[0].paths.output_dir)
+        assert out == tmp_path / "outputs" / "reproduce" / "table2" / experiment
+        assert set(mine.values()) <= set(ids.values())
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
@@ -60,6 +96,7 @@ def test_dry_run_from_the_command_line_prints_the_plan_and_runs_nothing(tmp_path
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "waits for:" in proc.stdout and "jobs per stage" in proc.stdout
+    assert ("launcher: slurm (auto)" if shutil.which("sbatch") else "launcher: local (auto)") in proc.stdout
     assert not (tmp_path / "outputs").exists()
 
 

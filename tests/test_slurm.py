@@ -1,11 +1,15 @@
-"""A real SLURM run: Hydra multirun -> hydra-submitit-launcher -> Slurm (1 node x 2 tasks) -> Lightning DDP.
+"""Slurm: an experiment's jobs as Slurm jobs with afterok dependencies, requeue with resume, DDP over tasks.
 
-``scripts/slurm/start_slurm.sh`` installs (apt-get, as root) and starts a single-node Slurm with
-accounting; the test submits one small training run through ``hydra/launcher=slurm`` with
-``trainer.strategy=ddp trainer.devices=2`` on CPU (gloo), so both Slurm tasks are DDP ranks
-(Lightning's SLURMEnvironment), and checks the run's ``metrics.json``. Only daemons this test
-started are stopped afterwards (``scripts/slurm/stop_slurm.sh`` ends the pids it recorded). Where
-Slurm cannot be had (not root, no apt-get, install fails) the test is skipped with the reason.
+Without Slurm: the engine (:mod:`dasslab.slurm`) against a recording executor — what it submits, after
+what, in which shape, what it leaves alone — and the launcher config.
+
+With a real Slurm (``scripts/slurm/start_slurm.sh`` installs it with apt-get as root and starts a
+single node with accounting; skipped with the reason where it cannot): a smoke experiment of two
+dependent stages — the source model (1 task), then the adaptation as 1 node x 2 tasks DDP on CPU
+(gloo) — submitted by ``dasslab-train … hydra/launcher=slurm``, which returns at once; the results job
+writes ``results.json``; ``sacct`` shows three jobs, in order, the second with two tasks. A sweep of
+one stage through hydra-submitit-launcher (``-m``) runs DDP over two tasks in its sweep folder. Only
+daemons this module started are stopped afterwards (``scripts/slurm/stop_slurm.sh``).
 
 ``make slurm-test`` runs only this file.
 """
@@ -16,19 +20,164 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "slurm"
+TESTS = Path(__file__).resolve().parent
 
-# What the Slurm job runs. Switch the stage here (e.g. to the adaptation stage with its inputs).
-STAGE = ["stage=source"]
-JOB = STAGE + ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv"]
-DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.num_nodes=1", "trainer.accelerator=cpu"]
+SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv",
+         "trainer.accelerator=cpu"]
+DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.num_nodes=1"]
 
 
+# --------------------------------------------------------------------------- the engine, no Slurm needed
+class Recorder:
+    """A submitit-like executor that records each submission and hands out job ids 100, 101, …"""
+
+    def __init__(self, log: list, base: int):
+        self.log, self.params, self.base = log, {}, base
+
+    def update_parameters(self, **params):
+        self.params.update(params)
+
+    def submit(self, fn):
+        job_id = str(self.base + len(self.log))
+        self.log.append({"id": job_id, "fn": fn, **self.params})
+        return type("Job", (), {"job_id": job_id})()
+
+
+def _engine(log, states=None, base=100):
+    from dasslab.slurm import SlurmEngine
+
+    return SlurmEngine({"partition": "gpu", "timeout_min": 30, "gpus_per_node": 2, "max_num_timeout": 3,
+                        "additional_parameters": {"qos": "high"}},
+                       executor=lambda folder, max_timeouts: Recorder(log, base),
+                       state=lambda i: (states or {}).get(i))
+
+
+def _plan(compose, tmp_path, *extra):
+    from dasslab.pipeline import plan
+
+    stage = "{name:timed,kind:run,ignore:[],run:{_target_:stage_fixtures.timed,_partial_:true}}"
+    cfg = compose("debug=smoke", "stage=pipeline", "pipeline.rows=[c]", f"+pipeline.jobs.a={{stage:{stage}}}",
+                  f"+pipeline.jobs.b={{stage:{stage},set:{{seed:1}}}}",
+                  "+pipeline.jobs.c={stage:source,needs:{segmenter.init_ckpt:a,diffusion_ckpt:b}}",
+                  f"+pipeline_test.log={tmp_path / 'times.log'}", "+pipeline_test.sleep=0", *DDP,
+                  f"paths.output_dir={tmp_path / 'p'}", *extra)
+    return cfg, *plan(cfg, ["c"])
+
+
+def test_engine_submits_each_job_after_what_it_needs_in_its_shape(compose, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    from dasslab.pipeline import write_results
+    from dasslab.slurm import SlurmJob, submit_pipeline
+
+    cfg, planned, skipped = _plan(compose, tmp_path)
+    log: list = []
+    out = submit_pipeline(cfg, planned, skipped, {}, finish=write_results, engine=_engine(log))
+    a, b, c, results = log
+    assert [s["fn"].job.name for s in (a, b, c)] == ["a", "b", "c"]
+    assert "slurm_dependency" not in a and "slurm_dependency" not in b
+    assert c["slurm_dependency"] == "afterok:100:101"                       # after both jobs it needs
+    assert c["slurm_additional_parameters"] == {"qos": "high", "kill-on-invalid-dep": "yes"}
+    assert (c["nodes"], c["tasks_per_node"], c["gpus_per_node"]) == (1, 2, 2)   # a fit job: one task per device
+    assert (a["nodes"], a["tasks_per_node"]) == (1, 1)                      # a stage that does not train: one
+    assert c["slurm_partition"] == "gpu" and c["timeout_min"] == 30 and c["name"].endswith(":c")
+    assert isinstance(c["fn"], SlurmJob) and c["fn"].job.cfg.trainer.devices == 2
+    # the results job: after every job, one task, no GPU, writes the experiment's results
+    assert results["slurm_dependency"] == "afterok:100:101:102" and "gpus_per_node" not in results
+    assert results["fn"].func is write_results and results["fn"].args[0].task_name == cfg.task_name
+    assert out == {"submitted": {"a": "100", "b": "101", "c": "102"}, "results_job": "103"}
+    assert json.loads((tmp_path / "p" / "slurm.json").read_text())["results_job"] == "103"
+    # each job records its Slurm job; while that one is queued or running, it is waited for, not resubmitted
+    assert json.loads((planned["c"].out.parent / f"{planned['c'].key}.slurm.json").read_text())["job_id"] == "102"
+    again: list = []
+    submit_pipeline(cfg, planned, skipped, {}, finish=write_results,
+                    engine=_engine(again, states={"100": "RUNNING", "101": "PENDING"}, base=200))
+    assert [s["fn"].job.name for s in again[:-1]] == ["c"]                  # 102 is gone from squeue
+    assert again[0]["slurm_dependency"] == "afterok:100:101"
+    assert again[1]["slurm_dependency"] == "afterok:100:101:200"
+
+
+def test_engine_leaves_finished_jobs_and_writes_the_results_when_all_are_done(compose, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(TESTS))
+    from dasslab.pipeline import execute, write_results
+    from dasslab.slurm import submit_pipeline
+
+    cfg, planned, skipped = _plan(compose, tmp_path)
+    execute({k: planned[k] for k in ("a", "b")})                           # a and b finished before
+    log: list = []
+    submit_pipeline(cfg, planned, skipped, {}, finish=write_results, engine=_engine(log))
+    assert [s["fn"].job.name for s in log[:-1]] == ["c"] and "slurm_dependency" not in log[0]
+    assert log[-1]["slurm_dependency"] == "afterok:100"
+    # a plan whose jobs have all finished: nothing is submitted, the results are written here
+    (planned["c"].out).mkdir(parents=True)
+    (planned["c"].out / "DONE.json").write_text(json.dumps({"miou": 12.5, "run_dir": str(planned["c"].out)}))
+    log.clear()
+    summary = submit_pipeline(cfg, planned, skipped, {}, finish=write_results, engine=_engine(log))
+    assert log == [] and summary["c"]["miou"] == 12.5
+    assert json.loads((tmp_path / "p" / "results.json").read_text())["c"]["miou"] == 12.5
+
+
+def test_a_requeued_job_resumes_from_its_last_checkpoint(compose, tmp_path, monkeypatch):
+    """submitit's requeue hook (a time-out or preemption) resubmits the job with resume=auto."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    from dasslab.slurm import SlurmJob
+
+    cfg, planned, _ = _plan(compose, tmp_path)
+    first = SlurmJob(planned["c"])
+    delayed = first.checkpoint()
+    again = delayed.function
+    assert isinstance(again, SlurmJob) and again.resume and not first.resume and again.job is planned["c"]
+    stage = "{name:seen,kind:run,ignore:[],run:{_target_:stage_fixtures.timed,_partial_:true}}"
+    from dasslab.pipeline import plan
+
+    cfg = compose("debug=smoke", "stage=pipeline", f"+pipeline.jobs.s={{stage:{stage}}}",
+                  f"+pipeline_test.log={tmp_path / 's.log'}", "+pipeline_test.sleep=0",
+                  f"paths.output_dir={tmp_path / 's'}")
+    job = plan(cfg, ["s"])[0]["s"]
+    SlurmJob(job, resume=True)()                                              # what the requeued job runs
+    assert json.loads((job.out / "DONE.json").read_text())["run_dir"] == str(job.out)
+    assert job.cfg.resume == "auto"
+
+
+def test_launcher_config_follows_the_trainer_and_the_environment(monkeypatch):
+    """`hydra/launcher=slurm`: one task per device, one node per trainer node; cluster settings from env;
+    a pipeline (it only plans and submits) is one task."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from dasslab.slurm import launcher_params
+
+    monkeypatch.setenv("DASSLAB_SLURM_PARTITION", "gpu-long")
+    monkeypatch.setenv("DASSLAB_SLURM_GPUS_PER_NODE", "4")
+    monkeypatch.setenv("DASSLAB_SLURM_TIME_MIN", "90")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", ["hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2",
+                                      "hydra.launcher.account=lab"], return_hydra_config=True)
+        pipe = hydra_compose("train", ["hydra/launcher=slurm", "experiment=table2f_full", "trainer.devices=4"],
+                             return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert (launcher["tasks_per_node"], launcher["nodes"], launcher["gpus_per_node"]) == (4, 2, 4)
+    assert (launcher["partition"], launcher["timeout_min"], launcher["account"]) == ("gpu-long", 90, "lab")
+    assert launcher["max_num_timeout"] == 3
+    assert (pipe.hydra.launcher.tasks_per_node, pipe.hydra.launcher.nodes) == (1, 1)
+    params = launcher_params(cfg.hydra.launcher)        # what the engine takes: cluster settings, no shape
+    assert params["partition"] == "gpu-long" and "tasks_per_node" not in params and params["max_num_timeout"] == 3
+    monkeypatch.delenv("DASSLAB_SLURM_GPUS_PER_NODE")
+    monkeypatch.delenv("DASSLAB_SLURM_PARTITION")
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["gpus_per_node"] is None and launcher["partition"] is None  # the cluster's defaults
+
+
+# --------------------------------------------------------------------------- a real Slurm
 def _cluster_answers() -> bool:
     try:
         return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode == 0
@@ -65,39 +214,88 @@ def slurm_cluster():
             subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh")], capture_output=True, timeout=120)
 
 
-def test_launcher_config_follows_the_trainer_and_the_environment(monkeypatch):
-    """`hydra/launcher=slurm`: one task per device, one node per trainer node; cluster settings from env."""
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+def _env(tmp_path, data) -> dict:
+    return {**os.environ, "DASSLAB_DATA": str(data), "DASSLAB_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "DASSLAB_SLURM_TIME_MIN": "10"}
 
-    monkeypatch.setenv("DASSLAB_SLURM_PARTITION", "gpu-long")
-    monkeypatch.setenv("DASSLAB_SLURM_GPUS_PER_NODE", "4")
-    monkeypatch.setenv("DASSLAB_SLURM_TIME_MIN", "90")
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("train", ["hydra/launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2",
-                                      "hydra.launcher.account=lab"], return_hydra_config=True)
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["_target_"].endswith("SlurmLauncher")
-    assert (launcher["tasks_per_node"], launcher["nodes"], launcher["gpus_per_node"]) == (4, 2, 4)
-    assert (launcher["partition"], launcher["timeout_min"], launcher["account"]) == ("gpu-long", 90, "lab")
-    monkeypatch.delenv("DASSLAB_SLURM_GPUS_PER_NODE")
-    monkeypatch.delenv("DASSLAB_SLURM_PARTITION")
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    assert launcher["gpus_per_node"] is None and launcher["partition"] is None  # the cluster's defaults
+
+def _sacct(ids: list[str]) -> list[dict]:
+    fields = "JobID,JobName%40,State,NNodes,NTasks,AllocCPUS,Start,End,Elapsed"
+    proc = subprocess.run(["sacct", "-X", "-P", "-n", "-j", ",".join(ids), "-o", fields], capture_output=True,
+                          text=True, timeout=60)
+    keys = [f.split("%")[0] for f in fields.split(",")]
+    return [dict(zip(keys, line.split("|"))) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _wait_for(ids: list[str], timeout: float) -> list[dict]:
+    """sacct's rows of ``ids`` once none of them is pending or running (or the time is up)."""
+    deadline = time.time() + timeout
+    while True:
+        rows = _sacct(ids)
+        if len(rows) == len(ids) and not any(r["State"].split()[0] in ("PENDING", "RUNNING", "REQUEUED",
+                                                                        "CONFIGURING", "COMPLETING") for r in rows):
+            return rows
+        if time.time() > deadline:
+            subprocess.run(["scancel", *ids], capture_output=True)
+            return rows
+        time.sleep(2)
 
 
 @pytest.mark.slow
-def test_slurm_multirun_runs_ddp_over_two_tasks(slurm_cluster, digits_data_dir, tmp_path):
+def test_slurm_runs_an_experiment_as_dependent_jobs_the_second_ddp_over_two_tasks(slurm_cluster, digits_data_dir,
+                                                                                   tmp_path):
+    out = tmp_path / "experiment"
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "dasslab.train", "stage=pipeline", "pipeline.rows=[ptl_none]", *SMOKE,
+           "hydra/launcher=slurm", "+pipeline.jobs.ptl_none.set.trainer={strategy:ddp,devices:2,num_nodes:1}",
+           f"paths.output_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path, digits_data_dir), cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    submitted_in = time.perf_counter() - t0
+    record = json.loads((out / "slurm.json").read_text())
+    src, ada, results = record["jobs"]["source_only"], record["jobs"]["ptl_none"], record["results_job"]
+    assert not (out / "results.json").exists()          # the command returned before the jobs ran
+    rows = {r["JobID"]: r for r in _wait_for([src, ada, results], timeout=480)}
+    cache = tmp_path / "cache"                            # beside the run folder given on the command line
+    logs = sorted((cache / ".submitit").glob("*/*_log.*")) + sorted((out / ".submitit").glob("*/*_log.*"))
+    tails = "\n".join(f"--- {p.relative_to(tmp_path)}\n{p.read_text()[-2000:]}" for p in logs)
+    print(f"submitted in {submitted_in:.1f} s; sacct:\n" + "\n".join("|".join(r.values()) for r in rows.values()))
+    assert all(rows[i]["State"] == "COMPLETED" for i in (src, ada, results)), f"{rows}\n{tails}"
+
+    # afterok: each job started once what it needs had ended
+    assert rows[src]["End"] <= rows[ada]["Start"] and rows[ada]["End"] <= rows[results]["Start"]
+    assert (rows[src]["NNodes"], rows[src]["NTasks"]) == ("1", "1")
+    assert (rows[ada]["NNodes"], rows[ada]["NTasks"]) == ("1", "2")    # 1 node x 2 tasks
+    # the second job's two tasks were the two DDP ranks of one gloo process group that Lightning set up from Slurm
+    job_logs = cache / ".submitit" / ada
+    for rank in (0, 1):
+        text = (job_logs / f"{ada}_{rank}_log.out").read_text() + (job_logs / f"{ada}_{rank}_log.err").read_text()
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in text, tails
+    assert "distributed_backend=gloo" in (job_logs / f"{ada}_0_log.out").read_text() + \
+        (job_logs / f"{ada}_0_log.err").read_text()
+    # the results job wrote the experiment's results from the jobs' records
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary) == {"source_only", "ptl_none"}
+    assert all(0.0 <= summary[r]["miou"] <= 100.0 for r in summary)
+    adapted = Path(summary["ptl_none"]["run_dir"])
+    assert adapted.parent.parent == cache and json.loads((adapted / "run_info.json").read_text())[
+        "effective_batch_size"] == 2 * 4                                 # 2 devices x batch 4 (debug=smoke)
+    # the same command again: every job has finished, nothing is submitted, the results are written at once
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path, digits_data_dir), cwd=tmp_path,
+                           timeout=300)
+    assert again.returncode == 0 and "every job has finished" in again.stdout, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_slurm_sweep_of_a_stage_runs_ddp_over_two_tasks_in_its_sweep_folder(slurm_cluster, digits_data_dir,
+                                                                          tmp_path):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "DASSLAB_DATA": str(digits_data_dir), "DASSLAB_ROOT": str(tmp_path),
-           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
-           "DASSLAB_SLURM_TIME_MIN": "10"}
-    cmd = [sys.executable, "-m", "dasslab.train", "-m", "hydra/launcher=slurm", *JOB, *DDP,
-           f"hydra.sweep.dir={sweep}"]
+    cmd = [sys.executable, "-m", "dasslab.train", "-m", "hydra/launcher=slurm", "stage=source", *SMOKE, *DDP,
+           f"paths.output_dir={sweep}"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=540)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path, digits_data_dir),
+                              cwd=tmp_path, timeout=540)
     except subprocess.TimeoutExpired:  # leave no job of ours behind on a cluster we did not start
         ids = [p.name for p in (sweep / ".submitit").glob("*") if p.is_dir()]
         subprocess.run(["scancel", *ids], capture_output=True)
@@ -107,12 +305,12 @@ def test_slurm_multirun_runs_ddp_over_two_tasks(slurm_cluster, digits_data_dir, 
     assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{tails}"
 
     # the run's own outputs, in the sweep's job folder
+    assert (sweep / "multirun.yaml").is_file()
     record = json.loads((sweep / "0" / "metrics.json").read_text())
-    assert 0.0 <= record["miou"] <= 100.0
-    assert record["split"] == "target_val"
-    assert len(record["per_class_iou"]) == 11
+    assert 0.0 <= record["miou"] <= 100.0 and record["split"] == "target_val"
     assert (sweep / "0" / ".hydra" / "config.yaml").is_file()
     assert (sweep / "0" / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]       # nothing beside it (no outputs/, …)
 
     # one Slurm job, two tasks, each a DDP rank of one process group that Lightning set up from SLURM
     jobs = [p for p in (sweep / ".submitit").iterdir() if p.is_dir()]
@@ -124,3 +322,29 @@ def test_slurm_multirun_runs_ddp_over_two_tasks(slurm_cluster, digits_data_dir, 
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in out + err
         assert "SLURM auto-requeueing enabled" in out + err  # only under Lightning's SLURMEnvironment
     assert "distributed_backend=gloo" in (jobs[0] / f"{jobs[0].name}_0_log.out").read_text()
+
+
+@pytest.mark.slow
+def test_a_preempted_slurm_job_is_requeued_and_resumes(slurm_cluster, digits_data_dir, tmp_path):
+    """Slurm's warning signal (USR2, sent before a time limit or on preemption): submitit requeues the job under
+    the same id and the requeued attempt runs with resume=auto; the job then completes."""
+    out, log = tmp_path / "p", tmp_path / "attempts.log"
+    stage = "{name:attempts,kind:run,ignore:[],run:{_target_:slurm_fixtures.attempts,_partial_:true}}"
+    env = {**_env(tmp_path, digits_data_dir), "PYTHONPATH": os.pathsep.join([str(TESTS),
+                                                                            os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "dasslab.train", "stage=pipeline", "pipeline.rows=[a]", *SMOKE,
+           f"+pipeline.jobs.a={{stage:{stage}}}", f"+pipeline_test.log={log}", "+pipeline_test.sleep=120",
+           "hydra/launcher=slurm", f"paths.output_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = json.loads((out / "slurm.json").read_text())["jobs"]["a"]
+    deadline = time.time() + 120
+    while not log.is_file() and time.time() < deadline:       # the first attempt has started
+        time.sleep(1)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+    rows = _wait_for([job], timeout=300)
+    attempts = [json.loads(line) for line in log.read_text().splitlines()]
+    print(f"sacct: {rows}; attempts: {attempts}")
+    assert rows[0]["State"] == "COMPLETED", rows
+    assert attempts == [{"restart": 0, "resume": None}, {"restart": 1, "resume": "auto"}]
+    assert (tmp_path / "cache" / "attempts").is_dir() and next((tmp_path / "cache").glob("attempts/*/DONE.json"))

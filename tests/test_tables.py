@@ -220,7 +220,7 @@ def test_pipeline_rows_run_per_seed_get_the_pipelines_own_summary(tmp_path, shar
     runs = find_runs([pipe])
     assert [r.row for r in runs].count("full") == 3 and all(r.status == "ok" for r in runs if r.row != "wo_lcg")
     tables = write_tables(runs, tmp_path / "t")
-    rows = {r["setting"]: r for r in read_csv(tmp_path / "t" / "runs_digits.csv")}
+    rows = {r["setting"]: r for r in read_csv(tmp_path / "t" / "digits_study_digits.csv")}   # the experiment's table
     assert set(rows) == {*values, "wo_lcg"} and rows["wo_lcg"]["status"] == "1 missing"
     for row in values:
         got, want = rows[row], summary[row]
@@ -235,8 +235,69 @@ def test_pipeline_rows_run_per_seed_get_the_pipelines_own_summary(tmp_path, shar
     assert rows["full"]["share of ceiling"] == "0.3929" and rows["full"]["beats ptl_none"] == "3/3"
     gains = "+8.00 / +14.00 / +11.00" if shared_source else "+10.00 / +14.00 / +9.00"   # - 22 | - 20, 22, 24
     assert list(summary["full"]["paired_gain"].values()) == [float(g) for g in gains.split(" / ")]
-    md = tables["runs — digits"]
+    md = tables["digits_study — digits"]
     assert "| gap closed | share of ceiling | paired gain per seed | beats ptl_none | beats baseline |" in md
     full = next(line for line in md.splitlines() if line.startswith("| full |"))
     assert "| 33.0 ± 3.0 |" in full and "| 39.3 % |" in full and f"{gains} (mean +11.00, 3/3 > 0)" in full
     assert "row skipped: needs something" in md
+
+
+def test_help_prints_the_usage_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: dasslab-tables runs=")
+
+
+def _pipeline_job(cache: Path, stage: str, key: str, config: dict, value: float | None) -> Path:
+    """A finished job of the pipeline cache: its config (task_name = the job), DONE.json, metrics.json."""
+    out = cache / stage / key
+    make_run(out, config, metrics(DIGITS, [value] * 11) if value is not None else None)
+    (out / "DONE.json").write_text(json.dumps({"miou": value, "run_dir": str(out)}))
+    return out
+
+
+@pytest.fixture
+def experiment_sweep(tmp_path):
+    """A multirun of experiment=table2f_full over ptl.N (jobs 0, 1), both reusing one cached source model."""
+    cache, sweep = tmp_path / "cache", tmp_path / "sweep"
+    base = {"dataset": {"name": "digits"}, "seed": 0, "backbone": {"name": "small"}}
+    src = _pipeline_job(cache, "source", "s1", {**base, "task_name": "source_only", "stage": {"name": "source"}}, 20.0)
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({
+        "task_name": "table2f_full", "hydra": {"sweeper": {"params": None},
+                                               "overrides": {"task": ["experiment=table2f_full", "ptl.N=10,20"]}}}))
+    for k, n in enumerate((10, 20)):
+        full = _pipeline_job(cache, "adapt", f"a{n}", {**base, "task_name": "full", "stage": {"name": "adapt"},
+                                                      "ptl": {"N": n}, "translate": {"depth": n}}, 30.0 + n)
+        job = make_run(sweep / str(k), {**base, "task_name": "table2f_full", "stage": {"name": "pipeline"},
+                                        "ptl": {"N": n}}, None, overrides=["experiment=table2f_full", f"ptl.N={n}"],
+                       choices={"experiment": "table2f_full", "stage": "pipeline"})
+        (job / "results.json").write_text(json.dumps({"source_only": {"miou": 20.0, "run_dir": str(src)},
+                                                      "full": {"miou": 30.0 + n, "run_dir": str(full)}}))
+    return sweep, cache
+
+
+def test_an_experiment_sweep_is_its_paper_table_with_a_shared_run_counted_once(experiment_sweep, tmp_path):
+    sweep, _ = experiment_sweep
+    runs = find_runs([sweep])
+    assert [(r.row, r.path.name) for r in runs] == [("source_only", "s1"), ("full", "a10"), ("full", "a20")]
+    tables = write_tables(runs, tmp_path / "t")
+    assert list(tables) == ["Table 2 — digits"]
+    rows = {r["setting"]: r for r in read_csv(tmp_path / "t" / "table_2_digits.csv")}
+    # the swept setting names the rows, not translate.depth (which follows it), not the experiment
+    assert set(rows) == {"source only", "(f) SGG + PTL, ptl.N=10", "(f) SGG + PTL, ptl.N=20"}
+    src = rows["source only"]
+    assert (src["runs_ok"], src["runs"], src["mIoU"], src["mIoU std"]) == ("1", "1", "20.0000", "")
+    assert float(rows["(f) SGG + PTL, ptl.N=20"]["mIoU"]) == 50.0
+    md = tables["Table 2 — digits"]
+    assert md.index("| source only |") < md.index("| (f) SGG + PTL, ptl.N=10 |") < md.index("ptl.N=20 |")
+
+
+def test_the_cache_is_a_table_of_its_jobs(experiment_sweep, tmp_path):
+    _, cache = experiment_sweep
+    _pipeline_job(cache, "diffusion", "d1", {"task_name": "diffusion", "stage": {"name": "diffusion"},
+                                             "dataset": {"name": "digits"}}, None)
+    write_tables(find_runs([cache]), tmp_path / "t")
+    rows = {r["setting"]: r for r in read_csv(tmp_path / "t" / "runs_digits.csv")}
+    assert set(rows) == {"source_only", "full, ptl.N=10", "full, ptl.N=20"}      # the DDPM has no mIoU: no row
+    assert float(rows["full, ptl.N=10"]["mIoU"]) == 40.0

@@ -1,11 +1,29 @@
-"""W&B (offline): project/group/tags from the experiment, pictures logged as uint8 that are not black."""
+"""W&B (offline): runs grouped by experiment with the row as job type, the whole config and the run's record
+in each run's config, an experiment summary run that also carries reused jobs' results, and pictures logged
+as uint8 that are not black."""
 
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40"]
+
+
+def _offline_runs(folder: Path) -> list[Path]:
+    return sorted((folder / "wandb").glob("offline-run-*"), key=lambda p: p.name)
+
+
+def _record(run: Path) -> bytes:
+    """The run's transaction log (what `wandb sync` uploads): config, group, job type, summary …"""
+    return (run / f"run-{run.name.rsplit('-', 1)[-1]}.wandb").read_bytes()
+
+
+def _tables(run: Path, key: str) -> list[dict]:
+    folder = run / "files" / "media" / "table"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{key}_[0-9]*.table.json"))]
 
 
 def test_as_uint8():
@@ -19,7 +37,7 @@ def test_as_uint8():
     np.testing.assert_array_equal(as_uint8(t), to_uint8(t))
 
 
-def test_wandb_offline_run_has_experiment_names_and_visible_pictures(compose, tmp_path, monkeypatch):
+def test_wandb_offline_run_has_the_whole_config_and_visible_pictures(compose, tmp_path, monkeypatch):
     from dasslab.train import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -27,15 +45,13 @@ def test_wandb_offline_run_has_experiment_names_and_visible_pictures(compose, tm
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     out = tmp_path / "run"
     cfg = compose("stage=diffusion", *SMOKE, "logger=wandb", "task_name=table9_probe", "diffusion.sample_every=2",
-                  f"paths.output_dir={out}")
+                  "data.limit_train=12", f"paths.output_dir={out}")
     w = cfg.logger.wandb
-    assert w.project == "dasslab"
-    assert w.group == "table9_probe/digits/small"
+    assert (w.project, w.group, w.job_type, w.name) == ("dasslab", "table9_probe", "diffusion", "table9_probe-seed0")
     assert list(w.tags) == ["table9_probe", "digits", "small", "diffusion"]
-    assert w.name == "diffusion-seed0" and w.job_type == "diffusion"
 
     run(cfg)
-    runs = list((out / "wandb").glob("offline-run-*"))
+    runs = _offline_runs(out)
     assert len(runs) == 1, list(out.iterdir())
     logged = sorted((runs[0] / "files" / "media" / "images").rglob("*.png"))
     assert logged, sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*"))
@@ -43,6 +59,64 @@ def test_wandb_offline_run_has_experiment_names_and_visible_pictures(compose, tm
     assert all(p.max() > 0 for p in pics)  # float pictures would be drawn black
     saved = np.asarray(Image.open(sorted((out / "samples").glob("*.png"))[-1]).convert("RGB"))
     assert any(p.shape == saved.shape and np.array_equal(p, saved) for p in pics)  # the same pixels, lossless
-    record = (runs[0] / f"run-{runs[0].name.rsplit('-', 1)[-1]}.wandb").read_bytes()
-    for text in (b"table9_probe/digits/small", b"dasslab"):
-        assert text in record
+    record = _record(runs[0])
+    git = json.loads((out / "run_info.json").read_text())["git_revision"]
+    # the config sent is the whole run: dataset, trainer, data settings, the git revision; the model's own
+    # hyper-parameters under `module`
+    for text in (b"table9_probe", b"dasslab", b"accumulate_grad_batches", b"limit_train", b"generate",
+                 b"git_revision", git.encode() if git else b"versions", b"module", b"ema_decay"):
+        assert text in record, text
+
+
+def test_an_experiment_reaches_wandb_even_when_its_jobs_are_reused(compose, tmp_path, monkeypatch):
+    """Group = the experiment, job type = the row; each pipeline run ends with a summary run of the results."""
+    from dasslab.train import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    args = ["stage=pipeline", *SMOKE, "pipeline.rows=[source_only]", "logger=wandb", "task_name=probe_exp",
+            "data.limit_val=8"]
+    first = run(compose(*args, f"paths.output_dir={tmp_path / 'a'}"))
+    job_dir = Path(first["source_only"]["run_dir"])
+    (job_run,) = _offline_runs(job_dir)
+    record = _record(job_run)
+    assert b"probe_exp" in record and b"source_only" in record           # group and job type
+    again = run(compose(*args, f"paths.output_dir={tmp_path / 'b'}"))     # every job reused: no training
+    assert again["source_only"]["miou"] == first["source_only"]["miou"]
+    assert len(_offline_runs(job_dir)) == 1
+    for out in (tmp_path / "a", tmp_path / "b"):
+        (summary,) = _offline_runs(out)
+        record = _record(summary)
+        assert b"probe_exp-summary" in record and b"summary" in record and b"git_revision" in record
+        (table,) = _tables(summary, "results")
+        row = dict(zip(table["columns"], table["data"][0]))
+        assert row["row"] == "source_only" and row["miou"] == first["source_only"]["miou"]
+        assert row["reused"] is (out.name == "b")
+
+
+def test_the_summary_carries_the_miou_over_n_curves(compose, tmp_path, monkeypatch):
+    from dasslab.wandb_report import log_experiment
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = compose("stage=pipeline", "logger=wandb", "task_name=curves", f"paths.output_dir={tmp_path / 'p'}")
+    runs = {}
+    for label, values in (("full@seed0", [10.0, 12.5]), ("full@seed1", [11.0, 13.0]), ("source_only", None)):
+        d = tmp_path / label
+        d.mkdir()
+        if values:
+            curve = [{"n": 100 * (i + 1), "step": 5 * (i + 1), "miou": v} for i, v in enumerate(values)]
+            (d / "ptl_curve.json").write_text(json.dumps(curve))
+        runs[label] = {"run_dir": str(d), "miou": (values or [9.0])[-1]}
+    summary = {"source_only": {"miou": 9.0}, "full": {"miou": 12.75, "std": 0.35, "seeds": [0, 1]}}
+    timings = {k: {"seconds": 1.0, "reused": False} for k in runs}
+    log_experiment(cfg, summary, runs, timings, "# results")
+    (run,) = _offline_runs(tmp_path / "p")
+    (curves,) = _tables(run, "miou_over_n")
+    assert curves["columns"] == ["row", "n", "step", "miou"]
+    assert curves["data"] == [["full@seed0", 100, 5, 10.0], ["full@seed0", 200, 10, 12.5],
+                              ["full@seed1", 100, 5, 11.0], ["full@seed1", 200, 10, 13.0]]
+    (table,) = _tables(run, "results")
+    full = dict(zip(table["columns"], next(r for r in table["data"] if r[0] == "full")))
+    assert full["seeds"] == 2 and full["std"] == 0.35 and full["seconds"] == 2.0
+    assert b"miou/full" in _record(run)

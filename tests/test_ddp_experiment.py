@@ -1,0 +1,63 @@
+"""An experiment under DDP runs to completion: the pipeline process plans and locks, every job that trains
+starts its own two ranks (gloo on CPU), no rank waits on a lock another holds."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMOKE = ["debug=smoke", "dataset=digits", "dataset.generate.n_train=120", "dataset.generate.n_val=40",
+         "logger=csv"]
+DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+
+
+def test_trainer_processes_counts_the_ranks_of_a_job(compose):
+    from dasslab.jobrun import trainer_processes
+
+    assert trainer_processes(compose("stage=source", *DDP)) == 2
+    assert trainer_processes(compose("stage=source", "trainer.devices=2", "trainer.num_nodes=3")) == 6
+    assert trainer_processes(compose("stage=source")) == 1
+    assert trainer_processes(compose("stage=source", "trainer.devices=auto")) is None
+    assert trainer_processes(compose("stage=translate", *DDP)) == 1       # not a Lightning fit: one process
+
+
+def test_a_launch_of_several_ranks_is_recognised(monkeypatch):
+    from dasslab.jobrun import launched_world
+
+    for var in ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert launched_world() is None
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    assert launched_world() is None                           # a batch script (no step), or a step of one task
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    world = launched_world()
+    assert (world.rank, world.size) == (1, 2) and "77" in world.name
+
+
+@pytest.mark.slow
+def test_experiment_under_ddp_runs_to_completion(tmp_path, digits_data_dir):
+    out = tmp_path / "run"
+    env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "dasslab.train", "experiment=table2f_full", *SMOKE, *DDP, f"paths.output_dir={out}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary) == {"source_only", "full"}
+    assert all(0.0 <= summary[r]["miou"] <= 100.0 for r in summary)
+    text = proc.stdout + proc.stderr
+    # every job that trains (source, DDPM, adaptation) ran as two ranks of one gloo group
+    assert text.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 3, text[-4000:]
+    assert "distributed_backend=gloo" in text
+    for row in summary:
+        run = Path(summary[row]["run_dir"])
+        info = json.loads((run / "run_info.json").read_text())
+        assert info["effective_batch_size"] == 2 * 4                     # 2 devices x batch 4 (debug=smoke)
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "DONE.json").is_file()
+    # the locks were the pipeline's: the same command again reuses every job without starting a rank
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 3, again.stdout[-2000:]
+    assert "GLOBAL_RANK" not in again.stdout + again.stderr
