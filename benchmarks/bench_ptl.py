@@ -67,7 +67,7 @@ def main() -> int:
     args = ap.parse_args()
     from hydra import compose, initialize_config_dir
 
-    from dasslab.lit.ptl_module import SourceStream, datamodule_from_config, from_config
+    from dasslab.ptl import SourceStream, datamodule_from_config, from_config
 
     root = Path(tempfile.mkdtemp(prefix="bench_ptl_"))
     src, dif = checkpoints(root)

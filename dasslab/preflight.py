@@ -71,7 +71,7 @@ def _module_kind(cfg: DictConfig) -> str | None:
     target = str((cfg.stage.get("module") or {}).get("_target_", ""))
     if target.endswith("build.diffusion"):
         return "diffusion"
-    if "ptl_module" in target:
+    if target.startswith("dasslab.ptl."):
         return "adaptation"
     if target.endswith("build.segmenter"):
         return "segmenter"

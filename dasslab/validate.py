@@ -446,7 +446,7 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
     if cfg.adapt.loss not in ("ada_src", "ada"):
         raise ConfigError(f"adapt.loss={cfg.adapt.loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
     if stage == "adapt":
-        from dasslab.lit.ptl_module import validate_ptl
+        from dasslab.ptl.config import validate_ptl
 
         validate_ptl(cfg, check_files=False)
     if stage == "pipeline":
@@ -458,7 +458,7 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
 
         check_run_files(cfg)
         if stage == "adapt":
-            from dasslab.lit.ptl_module import validate_ptl
+            from dasslab.ptl.config import validate_ptl
 
             validate_ptl(cfg)
 

@@ -65,7 +65,7 @@ def adapt_cfg(trained, tmp_path, monkeypatch):
 
 
 def build(cfg):
-    from dasslab.lit.ptl_module import datamodule_from_config, from_config
+    from dasslab.ptl import datamodule_from_config, from_config
 
     dm = datamodule_from_config(cfg)
     dm.setup("fit")
@@ -121,8 +121,6 @@ def _rename(sd, src, dst):
 
 # --------------------------------------------------------------------------- the domain walk
 def test_n_follows_the_step_and_the_guide_is_refreshed_at_each_domain_start(adapt_cfg, tmp_path):
-    from dasslab.callbacks.ptl import ProgressiveTranslation
-
     cfg = adapt_cfg("ptl.max_steps=7")  # one step past N * K: n stays at N
     dm, module = build(cfg)
     rec = Recorder()
@@ -134,8 +132,7 @@ def test_n_follows_the_step_and_the_guide_is_refreshed_at_each_domain_start(adap
         assert same(rec.guide_at[s], _rename(rec.model_at[start], "model.", "guide.")), s
         if s != start:  # the segmenter has moved on since: the guide is a snapshot, not the model
             assert not same(rec.guide_at[s], _rename(rec.model_at[s], "model.", "guide.")), s
-    ptl = next(c for c in t.callbacks if isinstance(c, ProgressiveTranslation))
-    assert ptl.refreshed == [(1, 0), (2, 2), (3, 4)]
+    assert module.refreshed == [(1, 0), (2, 2), (3, 4)]
     # domain 1's guide is the source model itself (g_0)
     from dasslab.checkpoints import load_segmenter
 
@@ -161,7 +158,7 @@ def test_pool_of_K_batches_equals_on_the_fly_translation(adapt_cfg, tmp_path):
 
 
 def test_translated_batches_follow_the_depth_of_the_domain(adapt_cfg):
-    from dasslab.lit.ptl_module import DomainSchedule
+    from dasslab.ptl.schedule import DomainSchedule
 
     sched = DomainSchedule("progressive", N=3, K=2, t_max=30, T=1000)
     assert [sched.depth(sched.domain(s)) for s in range(8)] == [10, 10, 20, 20, 30, 30, 30, 30]
@@ -178,7 +175,7 @@ def test_resume_mid_domain_continues_exactly(adapt_cfg, tmp_path):
     """Stop at step 5 (inside domain 2 of N = 3, K = 3), resume: same n, guide, optimiser, final metrics."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dasslab.callbacks.ptl import ProgressiveTranslation
+    from dasslab.callbacks.ptl import MiouOverDomains
     from dasslab.evaluate import evaluate_segmenter
 
     cfg = adapt_cfg("ptl.K=3", "ptl.val_every_domains=1")
@@ -199,9 +196,7 @@ def test_resume_mid_domain_continues_exactly(adapt_cfg, tmp_path):
     assert same(a["state_dict"], b["state_dict"])  # model and guide weights
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    cb = "ProgressiveTranslation"
-    ka, kb = (next(k for k in c["callbacks"] if cb in k) for c in (a, b))
-    assert a["callbacks"][ka]["refreshed"] == b["callbacks"][kb]["refreshed"] == [[1, 0], [2, 3]]
+    assert a["ptl"]["refreshed"] == b["ptl"]["refreshed"] == [[1, 0], [2, 3]]
     # resume from the interruption
     dm2, resumed = build(cfg)
     rec = Recorder()
@@ -209,14 +204,14 @@ def test_resume_mid_domain_continues_exactly(adapt_cfg, tmp_path):
     t_res.fit(resumed, datamodule=dm2, ckpt_path=tmp_path / "stop.ckpt")
     assert sorted(rec.n_at) == [5, 6, 7, 8] and rec.n_at[5] == 2  # continues at step 5, still domain 2 ...
     assert same(rec.guide_at[5], {k: v for k, v in b["state_dict"].items() if k.startswith("guide.")})  # same guide
-    ptl_full, ptl_res = (next(c for c in t.callbacks if isinstance(c, ProgressiveTranslation)) for t in (t_full, t_res))
-    assert ptl_res.refreshed == ptl_full.refreshed == [(1, 0), (2, 3), (3, 6)]
+    ptl_full, ptl_res = (next(c for c in t.callbacks if isinstance(c, MiouOverDomains)) for t in (t_full, t_res))
+    assert resumed.refreshed == full.refreshed == [(1, 0), (2, 3), (3, 6)]
     assert same(state(resumed, ""), state(full, ""))
     assert [c["miou"] for c in ptl_res.curve] == [c["miou"] for c in ptl_full.curve]
     # the watched statistics of domain 2 come back from the checkpoint, domain 3's are measured again
-    assert a["callbacks"][ka]["pools"] == b["callbacks"][kb]["pools"]
-    assert [n for n, _ in b["callbacks"][kb]["pools"]] == [1, 2]
-    assert sorted(ptl_res.pools) == [1, 2, 3] and ptl_res.pools == ptl_full.pools
+    assert a["ptl"]["watch"]["pools"] == b["ptl"]["watch"]["pools"]
+    assert [n for n, _ in b["ptl"]["watch"]["pools"]] == [1, 2]
+    assert sorted(resumed.watcher.pools) == [1, 2, 3] and resumed.watcher.pools == full.watcher.pools
     assert [c.get("pool") for c in ptl_res.curve] == [c.get("pool") for c in ptl_full.curve]
     m_full = evaluate_segmenter(full, dm.val_dataloader(), dm.class_names, tmp_path / "m_full", print_table=False)
     m_res = evaluate_segmenter(resumed, dm2.val_dataloader(), dm2.class_names, tmp_path / "m_res", print_table=False)
@@ -280,7 +275,8 @@ def test_lr_schedule_domain_restarts_the_poly_decay_at_each_domain_in_a_fit(adap
 
 def test_ceiling_trains_on_labelled_target_images_of_their_own_stream(adapt_cfg, tmp_path):
     """ptl=ceiling: Eq. 12 with X^n = labelled target-train images (step-indexed, no diffusion model)."""
-    from dasslab.lit.ptl_module import TARGET_LABELED, validate_ptl
+    from dasslab.ptl.config import validate_ptl
+    from dasslab.ptl.data import TARGET_LABELED
 
     cfg = adapt_cfg("ptl=ceiling", "ptl.N=3", "ptl.K=2", "ptl.max_steps=3", "diffusion_ckpt=null",
                     "ptl.watch.images=4", "ptl.val_every_domains=1")
@@ -316,8 +312,6 @@ def test_ceiling_trains_on_labelled_target_images_of_their_own_stream(adapt_cfg,
 def test_the_watch_scores_each_domain_without_changing_what_is_trained(adapt_cfg, trained, tmp_path):
     """Same seed, watch on (hf, judge consistency, domain score) and off: the same weights; the
     statistics of domain n's translations are in the curve entry of n, the PNG and the checkpoint."""
-    from dasslab.callbacks.ptl import ProgressiveTranslation
-
     dm, off = build(adapt_cfg("ptl.max_steps=6", "ptl.watch.images=0", "ptl.val_every_domains=1"))
     trainer(tmp_path / "off", 6).fit(off, datamodule=dm)
     dm, on = build(adapt_cfg("ptl.max_steps=6", "ptl.watch.images=4", "ptl.val_every_domains=1",
@@ -339,9 +333,8 @@ def test_the_watch_scores_each_domain_without_changing_what_is_trained(adapt_cfg
     assert (tmp_path / "on" / "ptl_miou.png").is_file()
     t.save_checkpoint(tmp_path / "on.ckpt")
     ck = torch.load(tmp_path / "on.ckpt", weights_only=False)
-    saved = next(v for k, v in ck["callbacks"].items() if "ProgressiveTranslation" in k)
-    ptl = next(c for c in t.callbacks if isinstance(c, ProgressiveTranslation))
-    assert dict((n, s) for n, s in saved["pools"]) == ptl.pools and sorted(ptl.pools) == [1, 2, 3]
+    saved = ck["ptl"]["watch"]
+    assert dict((n, s) for n, s in saved["pools"]) == on.watcher.pools and sorted(on.watcher.pools) == [1, 2, 3]
 
 
 # --------------------------------------------------------------------------- config-time errors
@@ -359,7 +352,7 @@ def test_the_watch_scores_each_domain_without_changing_what_is_trained(adapt_cfg
     (["dataset.crop_size=[30,30]", "dataset.image_size=[30,30]"], r"diffusion_ckpt=.*not divisible"),
 ])
 def test_bad_settings_fail_at_config_time_with_one_line(adapt_cfg, overrides, match):
-    from dasslab.lit.ptl_module import validate_ptl
+    from dasslab.ptl.config import validate_ptl
 
     with pytest.raises(ConfigError, match=match) as e:
         validate_ptl(adapt_cfg(*overrides))
@@ -367,7 +360,7 @@ def test_bad_settings_fail_at_config_time_with_one_line(adapt_cfg, overrides, ma
 
 
 def test_a_checkpoint_with_other_classes_is_refused(adapt_cfg, trained, tmp_path):
-    from dasslab.lit.ptl_module import validate_ptl
+    from dasslab.ptl.config import validate_ptl
 
     ck = torch.load(trained["source"], weights_only=False)
     ck["hyper_parameters"]["class_names"] = list(ck["hyper_parameters"]["class_names"])[::-1]
@@ -384,8 +377,8 @@ DDP_SCRIPT = textwrap.dedent("""
     import lightning.pytorch as L
     import torch
     from hydra import compose, initialize_config_dir
-    from dasslab.callbacks.ptl import ProgressiveTranslation
-    from dasslab.lit.ptl_module import datamodule_from_config, from_config
+    from dasslab.callbacks.ptl import MiouOverDomains
+    from dasslab.ptl import datamodule_from_config, from_config
 
     conf, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
@@ -411,7 +404,7 @@ DDP_SCRIPT = textwrap.dedent("""
                   limit_val_batches=0, default_root_dir=str(out), callbacks=[spy])
     t.fit(module, datamodule=dm)
     t.save_checkpoint(out / "last.ckpt")
-    ptl = next(c for c in t.callbacks if isinstance(c, ProgressiveTranslation))
+    ptl = next(c for c in t.callbacks if isinstance(c, MiouOverDomains))
     (out / f"rank{t.global_rank}.json").write_text(json.dumps({"rows": spy.rows, "curve": ptl.curve,
                                                                 "world": t.world_size}))
 """)

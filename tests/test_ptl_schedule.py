@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dasslab.lit.ptl_module import DomainSchedule, PTLModule, lr_factor
+from dasslab.ptl import DomainSchedule, PTLModule, lr_factor
 
 LR, POWER = 0.1, 0.9
 

@@ -381,10 +381,10 @@ def test_export_refuses_what_is_not_a_model(tmp_path, runs):
 
 
 def test_ptl_checkpoint_with_guide_and_callback_state_loads_and_resumes_safely(runs, compose, tmp_path):
-    """The PTL module (guide weights, ProgressiveTranslation state) saves only tensors and plain containers."""
+    """The PTL module (guide weights, the walk's and the curve's state) saves only tensors and plain containers."""
     import lightning.pytorch as L
 
-    from dasslab.lit.ptl_module import datamodule_from_config, from_config
+    from dasslab.ptl import datamodule_from_config, from_config
 
     cfg = compose(*SMOKE, "augment=none", "ptl=progressive", "ptl.N=2", "ptl.K=1", "ptl.t_max=4",
                   "translate.num_steps=1", "segmenter.batch_size=2", "guidance=sgg", "guidance.scale=1.0",
@@ -406,7 +406,7 @@ def test_ptl_checkpoint_with_guide_and_callback_state_loads_and_resumes_safely(r
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(tmp_path / "ptl.ckpt")) == []
     data = safe_torch_load(tmp_path / "ptl.ckpt", "ckpt", trust=False)
     assert any(k.startswith("guide.") for k in data["state_dict"])
-    assert any("ProgressiveTranslation" in k for k in data["callbacks"])
+    assert any("MiouOverDomains" in k for k in data["callbacks"]) and data["ptl"]["refreshed"] == [[1, 0]]
     seg = load_segmenter(tmp_path / "ptl.ckpt", trust=False)
     _assert_equal(seg.model.state_dict(), {k[len("model."):]: v for k, v in data["state_dict"].items()
                                            if k.startswith("model.")}, "ptl model")

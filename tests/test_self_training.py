@@ -131,7 +131,7 @@ class TeacherRecorder:
 
 
 def test_the_teacher_follows_the_ema_of_the_segmenter_and_reads_its_own_target_stream(adapt_cfg, tmp_path):
-    from dasslab.lit.ptl_module import TARGET
+    from dasslab.ptl.data import TARGET
 
     cfg = adapt_cfg(*ST_ON)
     dm, module = build(cfg)
@@ -166,7 +166,7 @@ def test_the_teacher_follows_the_ema_of_the_segmenter_and_reads_its_own_target_s
 
 def test_self_training_alone_mixes_source_images(adapt_cfg, tmp_path):
     cfg = adapt_cfg("ptl=none", "guidance=none", "diffusion_ckpt=null", *ST_ON)
-    from dasslab.lit.ptl_module import validate_ptl
+    from dasslab.ptl.config import validate_ptl
 
     validate_ptl(cfg)
     dm, module = build(cfg)
@@ -209,7 +209,7 @@ def test_resume_with_self_training_continues_exactly(adapt_cfg, tmp_path):
      r"adapt.self_training.enabled=true: dataset=digits has no target-train images \(dataset.target\)"),
 ])
 def test_bad_self_training_settings_fail_at_config_time_with_one_line(adapt_cfg, overrides, match):
-    from dasslab.lit.ptl_module import validate_self_training
+    from dasslab.ptl.config import validate_self_training
 
     with pytest.raises(ConfigError, match=match) as e:
         validate_self_training(adapt_cfg(*overrides))

@@ -1,7 +1,7 @@
 """Target self-training (beyond the paper; DACS / DAFormer style): the pieces, as pure functions.
 
 The adaptation stage can also learn from the unlabeled target images (``adapt.self_training``,
-:class:`dasslab.lit.ptl_module.PTLModule`). Per iteration s:
+:class:`dasslab.ptl.module.PTLModule`). Per iteration s:
 
 1. the teacher h is an exponential moving average of the segmenter g (weights and BN statistics),
 

@@ -1,0 +1,159 @@
+"""The adaptation stage's settings: their defaults and their checks (one line each, at config time).
+
+``ptl.*`` (the PTL group, conf/ptl/), ``ptl.watch.*``, ``adapt.loss``, ``adapt.self_training.*`` and
+the files the stage reads (the source model, guide and judge checkpoints, the diffusion model).
+"""
+
+from __future__ import annotations
+
+import math
+
+from dasslab.errors import ConfigError
+from dasslab.ptl.schedule import LR_SCHEDULES, MODES
+
+__all__ = ["MIX_SOURCES", "SELF_TRAINING_DEFAULTS", "WATCH_DEFAULTS", "self_training_settings", "validate_ptl",
+           "validate_self_training"]
+
+TARGET_LABELED, TARGET = "target_train_labeled", "target"   # dataset entries (dasslab.ptl.data)
+SELF_TRAINING_DEFAULTS = {"enabled": False, "ema": 0.999, "threshold": 0.968, "mix": "auto", "weight": 1.0,
+                          "jitter": 0.2, "p_jitter": 0.2, "blur": True}
+MIX_SOURCES = ("auto", "source", "translated")
+WATCH_DEFAULTS = {"judge_ckpt": None, "domain_score": False, "images": 64, "classifier_steps": 400,
+                  "classifier_images": 1000}
+
+
+def self_training_settings(cfg) -> dict:
+    """``adapt.self_training`` over its defaults (off where the config has no such section)."""
+    from dasslab.lit.build import plain
+
+    adapt = cfg.get("adapt") or {}
+    return {**SELF_TRAINING_DEFAULTS, **(plain(adapt.get("self_training")) or {})}
+
+
+def _checkpoint_classes(path: str, setting: str) -> list[str]:
+    from dasslab.checkpoints import read_checkpoint
+    from dasslab.errors import CheckpointError
+
+    hp = read_checkpoint(path, setting).get("hyper_parameters", {})
+    if "class_names" not in hp:
+        raise CheckpointError(f"{setting}={path}: not a segmenter checkpoint (no class names)")
+    return list(hp["class_names"])
+
+
+def validate_ptl(cfg, check_files: bool = True) -> None:
+    """Raise :class:`ConfigError` (one line) for the first bad adaptation setting.
+
+    Settings: ptl.name/N/K/t_max/max_steps/pool_size/pool_batch/val_every_domains/lr_schedule/watch,
+    translate.num_steps, adapt.loss, the labelled target-train split of ptl=ceiling; with
+    ``check_files``: the source set size (pool), the classes of segmenter.init_ckpt, guide_ckpt and
+    ptl.watch.judge_ckpt against the dataset's, and the diffusion checkpoint against the crop size."""
+    p, T = cfg.ptl, int(cfg.diffusion.num_timesteps)
+
+    def integer(key, value, lo=1, hi=None, null=False):
+        if value is None and null:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(f"{key}={value!r}: expected an integer {rng}{' or null' if null else ''}")
+
+    if p.get("name") not in MODES:
+        raise ConfigError(f"ptl.name={p.get('name')!r}: expected one of {', '.join(MODES)} (ptl=<name>)")
+    integer("ptl.K", p.K)
+    integer("ptl.N", p.N)
+    integer("ptl.t_max", p.get("t_max"), 1, T, null=True)
+    if p.get("t_max") is None and p.N > T:
+        raise ConfigError(f"ptl.N={p.N} exceeds diffusion.num_timesteps={T}; set ptl.t_max <= {T} to stride "
+                          f"the domains")
+    integer("ptl.max_steps", p.get("max_steps"), null=True)
+    integer("ptl.pool_size", p.get("pool_size"), null=True)
+    integer("ptl.pool_batch", p.get("pool_batch", 8))
+    integer("ptl.val_every_domains", p.get("val_every_domains", 0), lo=0)
+    lr = p.get("lr_schedule", "global")
+    if lr not in LR_SCHEDULES:
+        raise ConfigError(f"ptl.lr_schedule={lr!r}: expected one of {', '.join(LR_SCHEDULES)}")
+    watch = {**WATCH_DEFAULTS, **(p.get("watch") or {})}
+    integer("ptl.watch.images", watch["images"], lo=0)
+    integer("ptl.watch.classifier_steps", watch["classifier_steps"])
+    integer("ptl.watch.classifier_images", watch["classifier_images"])
+    if not isinstance(watch["domain_score"], bool):
+        raise ConfigError(f"ptl.watch.domain_score={watch['domain_score']!r}: expected true or false")
+    if p.name == "ceiling" and cfg.dataset.get(TARGET_LABELED) is None:
+        raise ConfigError(f"ptl.name=ceiling: dataset={cfg.dataset.get('name')} has no labelled target-train split "
+                          f"(dataset.{TARGET_LABELED}); the ceiling trains on target labels")
+    integer("translate.num_steps", cfg.translate.get("num_steps"), null=True)
+    loss = cfg.adapt.get("loss")
+    if loss not in ("ada_src", "ada"):
+        raise ConfigError(f"adapt.loss={loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
+    if p.name == "none" and loss == "ada":
+        raise ConfigError("adapt.loss=ada with ptl=none: nothing is translated, L_ada is empty; use adapt.loss=ada_src")
+    validate_self_training(cfg)
+    if not check_files:
+        return
+    from omegaconf import OmegaConf
+
+    from dasslab.data.datamodule import build_dataset
+
+    source = build_dataset(cfg.dataset, "source", train=True, limit=cfg.data.get("limit_train"))
+    if p.get("pool_size") and p.name not in ("none", "ceiling") and p.pool_size > len(source):
+        raise ConfigError(f"ptl.pool_size={p.pool_size} is larger than the source set ({len(source)} images)")
+    names = list(source.class_names)
+    for key in ("segmenter.init_ckpt", "guide_ckpt", "ptl.watch.judge_ckpt"):
+        path = OmegaConf.select(cfg, key, default=None)
+        if key == "segmenter.init_ckpt" and not path:
+            raise ConfigError("segmenter.init_ckpt is not set; stage=adapt starts from the source-only model")
+        if path and _checkpoint_classes(path, key) != names:
+            raise ConfigError(f"{key}={path}: its classes differ from dataset={cfg.dataset.name}'s {len(names)} "
+                              f"classes ({', '.join(names[:4])}, …)")
+    if p.name in ("none", "ceiling"):  # nothing is translated: no diffusion model
+        return
+    if not cfg.get("diffusion_ckpt"):
+        raise ConfigError("diffusion_ckpt is not set; ptl=progressive|direct translates with the target DDPM")
+    from dasslab.checkpoints import load_diffusion
+
+    diffusion = load_diffusion(cfg.diffusion_ckpt, setting="diffusion_ckpt")
+    crop = list(cfg.dataset.crop_size)
+    try:
+        diffusion.check_data((1, 3, *crop), f"dataset.crop_size={crop}")
+    except ValueError as e:
+        raise ConfigError(f"diffusion_ckpt={cfg.diffusion_ckpt}: {e}") from None
+    if int(diffusion.hparams.num_timesteps) < (p.get("t_max") or p.N):
+        raise ConfigError(f"diffusion_ckpt={cfg.diffusion_ckpt}: T={diffusion.hparams.num_timesteps} timesteps, "
+                          f"fewer than the deepest domain needs ({p.get('t_max') or p.N})")
+
+
+
+def validate_self_training(cfg) -> None:
+    """One line for the first bad ``adapt.self_training`` setting (and a dataset without target images)."""
+    raw = (cfg.get("adapt") or {}).get("self_training") or {}
+    unknown = sorted(set(raw) - set(SELF_TRAINING_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"adapt.self_training.{unknown[0]}: unknown setting; expected one of "
+                          f"{', '.join(SELF_TRAINING_DEFAULTS)}")
+    s = self_training_settings(cfg)
+
+    def number(key, lo, hi, lo_open=False, hi_open=False):
+        v = s[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+        if not ok:
+            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open or hi is None else ']'}"
+            raise ConfigError(f"adapt.self_training.{key}={v!r}: expected a number in {rng}")
+
+    for key in ("enabled", "blur"):
+        if not isinstance(s[key], bool):
+            raise ConfigError(f"adapt.self_training.{key}={s[key]!r}: expected true or false")
+    number("ema", 0, 1, hi_open=True)
+    number("threshold", 0, 1)
+    number("weight", 0, None)
+    number("jitter", 0, 1)
+    number("p_jitter", 0, 1)
+    if s["mix"] not in MIX_SOURCES:
+        raise ConfigError(f"adapt.self_training.mix={s['mix']!r}: expected one of {', '.join(MIX_SOURCES)}")
+    if not s["enabled"]:
+        return
+    if s["mix"] == "translated" and cfg.ptl.name not in ("progressive", "direct", "ceiling"):
+        raise ConfigError(f"adapt.self_training.mix=translated with ptl={cfg.ptl.name}: nothing is translated; "
+                          "use mix=source or auto")
+    if cfg.dataset.get(TARGET) is None:
+        raise ConfigError(f"adapt.self_training.enabled=true: dataset={cfg.dataset.get('name')} has no target-train "
+                          f"images (dataset.{TARGET}); self-training learns from them")

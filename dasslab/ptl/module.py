@@ -1,0 +1,396 @@
+"""The adaptation module (Sec. 4.3-4.4): one PTL iteration, top to bottom.
+
+Per step s: :meth:`PTLModule.enter_domain` (Lightning's ``on_train_batch_start``) computes n — the only
+place that does — and on entering domain n freezes the segmenter into the guide g_{n-1} (at the
+domain's first step), translates the domain's pool and watches it; :meth:`PTLModule.training_step`
+takes X^n (pool, on the fly, or labelled target images for ptl=ceiling), the source batch and, with
+self-training, the target batch, and returns Eq. 12 (+ L_st). The pieces follow: translation,
+self-training, the sampler and the guide, the optimiser's learning-rate factor.
+
+The module is a :class:`SegmenterModule`: the segmenter lives under ``model.`` (what
+:func:`dasslab.checkpoints.load_segmenter` loads from an adapt checkpoint), the guide under
+``guide.``, the self-training teacher under ``teacher.``; the frozen EMA denoiser is loaded from
+``diffusion_ckpt`` and is not in the checkpoint. The walk's state (guide refreshes, watched
+statistics) is saved under ``checkpoint["ptl"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dasslab.data.transforms import derive_seed
+from dasslab.errors import ConfigError
+from dasslab.lit.segmenter_module import SegmenterModule
+from dasslab.ptl.config import SELF_TRAINING_DEFAULTS, WATCH_DEFAULTS, self_training_settings
+from dasslab.ptl.data import TARGET, TARGET_LABELED, SourceStream
+from dasslab.ptl.schedule import DomainSchedule, domain_seed, lr_factor, ptl_max_steps
+from dasslab.ptl.watch import PoolWatch
+from dasslab.segmentation import self_training as st
+from dasslab.translation import chunk_seed, translate_batch, translate_images
+from dasslab.utils.rng import own_rng
+
+__all__ = ["PTLModule", "from_config", "train_keys_for"]
+
+
+class PTLModule(SegmenterModule):
+    """The segmenter being adapted (``model``), its frozen guide (``guide``) and the target DDPM.
+
+    ``ptl``: ``name`` (progressive | direct | none | ceiling), ``N``, ``K``, ``t_max``, ``pool_size``,
+    ``pool_batch``, ``val_every_domains``, ``lr_schedule``, ``watch``; ``num_steps``: respacing of the
+    reverse chain; ``guidance`` / ``arrangement``: the config groups; ``diffusion_ckpt``: the target
+    DDPM; ``sampling``: keyword settings of the reverse chain passed to every translation
+    (``{"variance": translate.variance}``); ``self_training``: ``adapt.self_training`` (the EMA
+    teacher, pseudo-labels and ClassMix term; off by default).
+    """
+
+    def __init__(self, backbone: dict, num_classes: int, class_names: Sequence[str], optim: dict,
+                 max_steps: int, augment: dict | None = None, eval_subsets: dict | None = None,
+                 train_keys: Sequence[str] = ("translated", "source"), schedule: dict | None = None,
+                 inference: dict | None = None, ignore_index: int = 255, ptl: dict | None = None,
+                 guidance: dict | None = None, arrangement: dict | str | None = None,
+                 diffusion_ckpt: str | None = None, num_steps: int | None = None, seed: int = 0,
+                 speed: dict | None = None, sampling: dict | None = None,
+                 self_training: dict | None = None) -> None:
+        super().__init__(backbone, num_classes, class_names, optim, max_steps, augment, eval_subsets, train_keys,
+                         schedule, inference, ignore_index)
+        self.save_hyperparameters()
+        p = dict(ptl or {})
+        self.ptl = {"name": "progressive", "N": 1, "K": 1, "t_max": None, "pool_size": None, "pool_batch": 8,
+                    "val_every_domains": 0, "lr_schedule": "global", **p}
+        self.ptl["watch"] = {**WATCH_DEFAULTS, **dict(p.get("watch") or {})}
+        self.guide = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.st = {**SELF_TRAINING_DEFAULTS, **dict(self_training or {})}
+        if self.st["enabled"]:   # h_0 = g_0 (the EMA's alpha_0 = 0 makes it so at step 0 anyway)
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self._diffusion = None
+        self.prepared_domain: int | None = None           # the domain entered last (enter_domain)
+        self.refreshed: list[tuple[int, int]] = []         # (n, step) of every guide refresh
+        self.watcher = PoolWatch(self.ptl["watch"])        # what each domain trains on, scored (ptl.watch)
+        self._pool: tuple[Tensor, Tensor] | None = None
+        self.last_translation_stats: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ one PTL iteration
+    def on_train_start(self) -> None:
+        self.enter_domain()
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self.enter_domain()
+
+    def enter_domain(self) -> int:
+        """n of the current step — the one place it is computed — and, when it changes, the domain's entry:
+        at its first step g_{n-1} := g (the guide; a resume mid-domain keeps the restored one), its pool
+        translated, what it trains on watched (rank 0)."""
+        step = self.global_step
+        n = self.domains.domain(step)
+        if self.prepared_domain == n:
+            return n
+        first = step == self.domains.start(step)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        stream = dm.stream() if dm is not None and self.translates and self.ptl.get("pool_size") else None
+        self.start_domain(n, snapshot=first, stream=stream)
+        if first:
+            self.refreshed.append((n, step))
+        if dm is not None and self.trainer.is_global_zero and (self.translates or self.ceiling):
+            self.watcher.observe(self, n, dm)
+        return n
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """L_ft = CE(g(X^n), Y^S) + CE(g(X^S), Y^S) (Eq. 12) [+ L_st, target self-training] at step s."""
+        step, n = self.global_step, self.prepared_domain
+        if self.self_training:
+            self.update_teacher(step)
+        parts = {"source": batch["source"]}
+        if self.translates:     # X^n: from the domain's pool, or translated now
+            parts["translated"] = self.translated_batch(step, batch["source"])
+        elif self.ceiling:      # perfect translations: labelled target images in place of X^n
+            parts["translated"] = batch[TARGET_LABELED]
+        # the Appendix C augmentation draws from the global RNG: seed it by (seed, rank, step) so a
+        # resumed run draws what the uninterrupted one drew (after translating, which has its own seeds)
+        torch.manual_seed(derive_seed(self.hparams.seed, self._rank()[0], step))
+        total = 0.0
+        for key in self.train_keys:
+            if key not in parts:
+                continue
+            loss = self.loss_on(parts[key]["image"], parts[key]["label"])
+            self.log(f"train/loss_{key}", loss, batch_size=parts[key]["image"].shape[0])
+            total = total + loss
+        if self.self_training:
+            total = total + self.self_training_loss(parts, batch[TARGET]["image"], step)
+        self.log("train/loss", total, prog_bar=True)
+        self.log_dict({"ptl/n": float(n), "ptl/depth": float(self.domains.depth(n) if self.translates else 0)})
+        if self.translates and self.last_translation_stats:
+            self.log_dict({f"ptl/{k}": v for k, v in self.last_translation_stats.items()})
+        return total
+
+    def configure_callbacks(self):
+        """The mIoU-over-n curve (``ptl.val_every_domains``) is a callback; the walk itself is above."""
+        from dasslab.callbacks.ptl import MiouOverDomains
+
+        return [MiouOverDomains(val_every_domains=int(self.ptl.get("val_every_domains") or 0))]
+
+    # ------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ptl"] = {"refreshed": [list(r) for r in self.refreshed], "watch": self.watcher.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("ptl") or {}
+        self.refreshed = [tuple(r) for r in state.get("refreshed", [])]
+        self.watcher.load_state_dict(state.get("watch") or {})
+
+    # ------------------------------------------------------------------ pieces
+    @property
+    def domains(self) -> DomainSchedule:
+        T = int((self.hparams.schedule or {}).get("num_timesteps", 1000))
+        p = self.ptl
+        return DomainSchedule(p["name"], int(p["N"]), int(p["K"]), p.get("t_max"), T)
+
+    @property
+    def translates(self) -> bool:
+        """Whether X^n comes from the diffusion model (progressive, direct)."""
+        return "translated" in self.train_keys and self.ptl["name"] not in ("none", "ceiling")
+
+    @property
+    def ceiling(self) -> bool:
+        """Whether X^n is replaced by labelled target-train images (ptl=ceiling)."""
+        return "translated" in self.train_keys and self.ptl["name"] == "ceiling"
+
+    @property
+    def watch(self) -> dict:
+        """``ptl.watch``: judge_ckpt, domain_score, images, classifier_steps, classifier_images."""
+        return self.ptl["watch"]
+
+    def _sampling(self, fn: Callable) -> dict:
+        """The ``sampling`` keyword settings that ``fn`` (translate_batch / translate_images) takes."""
+        sampling = dict(self.hparams.get("sampling") or {})
+        if not sampling:
+            return {}
+        params = inspect.signature(fn).parameters
+        return {k: v for k, v in sampling.items() if k in params}
+
+    def set_diffusion(self, diffusion) -> None:
+        """Use this (frozen) DiffusionModule instead of loading ``diffusion_ckpt``."""
+        self.__dict__["_diffusion"] = diffusion.eval().requires_grad_(False)
+        self.__dict__.pop("_sampler", None)
+
+    def sampler(self):
+        if self._diffusion is None:
+            from dasslab.checkpoints import load_diffusion
+
+            if not self.hparams.diffusion_ckpt:
+                raise ConfigError("stage=adapt: diffusion_ckpt is not set (a `dasslab-train stage=diffusion` "
+                                  "checkpoint of the target domain)")
+            self.set_diffusion(load_diffusion(self.hparams.diffusion_ckpt, setting="diffusion_ckpt"))
+        if self._diffusion.device != self.device:
+            self._diffusion.to(self.device)
+            self.__dict__.pop("_sampler", None)
+        if self.__dict__.get("_sampler") is None:   # one sampler per device (a compiled denoiser compiles once)
+            from dasslab.diffusion.sampler import sampler_options
+
+            self.__dict__["_sampler"] = self._diffusion.sampler(**sampler_options(self.hparams.speed, self.device))
+        return self.__dict__["_sampler"]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.guide.eval()  # the guide (and the teacher) always run with running BN statistics
+        if self.self_training:
+            self.teacher.eval()
+        return self
+
+    @property
+    def self_training(self) -> bool:
+        """Whether the target self-training term is on (``adapt.self_training.enabled``)."""
+        return bool(self.st["enabled"])
+
+    def mix_key(self, parts: Mapping[str, dict]) -> str:
+        """The labelled batch whose classes ClassMix pastes onto the target images (``self_training.mix``)."""
+        mode = self.st["mix"]
+        if mode == "auto":
+            return "translated" if "translated" in parts else "source"
+        return mode
+
+    def update_teacher(self, step: int) -> None:
+        """h_s = alpha_s h_{s-1} + (1 - alpha_s) g_s, before the step's first forward: under DDP the segmenter's
+        BN statistics were just broadcast from rank 0 and its weights are equal, so every rank's teacher is."""
+        st.ema_update(self.teacher, self.model, st.ema_alpha(step, self.st["ema"]))
+
+    def self_training_loss(self, parts: Mapping[str, dict], target: Tensor, step: int) -> Tensor:
+        """L_st of step ``step`` (:mod:`dasslab.segmentation.self_training`): the teacher's pseudo-labels on
+        ``target``, ClassMix with ``parts[mix_key]``, the strong augmentation, the confidence-weighted CE of
+        the segmenter. Its randomness is seeded by (seed, rank, step)."""
+        s, ignore = self.st, self.hparams.ignore_index
+        with torch.no_grad():
+            pseudo, q = st.pseudo_labels(self.teacher(target), s["threshold"])
+        labelled = parts[self.mix_key(parts)]
+        gen = torch.Generator().manual_seed(derive_seed(self.hparams.seed, 17, self._rank()[0], step))
+        mask = st.classmix_masks(labelled["label"], gen, ignore)
+        image, label, weight = st.mix(labelled["image"], labelled["label"], target, pseudo, q, mask)
+        image = st.strong_augment(image, gen, float(s["jitter"]), float(s["p_jitter"]), bool(s["blur"]))
+        loss = st.weighted_ce(self.model(image), label, weight, ignore)
+        B = target.shape[0]
+        self.log_dict({"train/loss_st": loss, "st/pseudo_weight": q.mean(), "st/pasted": mask.float().mean()},
+                      batch_size=B)
+        return float(s["weight"]) * loss
+
+    def snapshot_guide(self) -> None:
+        """g_{n-1} := the current segmenter (frozen), at the start of domain n."""
+        self.guide.load_state_dict(self.model.state_dict())
+
+    def _rank(self) -> tuple[int, int]:
+        t = self._trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    @property
+    def guidance_settings(self):
+        """The checked guidance settings (validated once per module, not per batch), or None if unguided."""
+        if "_guidance" not in self.__dict__:
+            from dasslab.guidance import validate_guidance
+
+            g = self.hparams.guidance
+            settings = validate_guidance(g, self.hparams.arrangement) if g else None
+            self.__dict__["_guidance"] = settings if settings is not None and settings.enabled else None
+        return self.__dict__["_guidance"]
+
+    @torch.no_grad()
+    def translate(self, images: Tensor, labels: Tensor, n: int, chunk: int, seed: int):
+        """SGG(phi^{t_n}(images), guide) of one chunk, noise from ``chunk_seed(seed, t_n, chunk)``."""
+        depth = self.domains.depth(n)
+        gen = torch.Generator(device=self.device).manual_seed(chunk_seed(seed, depth, chunk))
+        guidance = self.guidance_settings
+        return translate_batch(self.sampler(), images.to(self.device), labels.to(self.device), depth,
+                               self.hparams.num_steps, self.guide if guidance else None, guidance,
+                               self.hparams.arrangement, gen, **self._sampling(translate_batch))
+
+    def start_domain(self, n: int, snapshot: bool, stream: SourceStream | None = None) -> None:
+        """Enter domain n: refresh the guide (at the domain's first step) and build its pool."""
+        if snapshot:
+            self.snapshot_guide()
+        self.prepared_domain = n
+        self._pool = None
+        if self.translates and self.ptl.get("pool_size"):
+            self._pool = self.build_pool(n, stream)
+
+    def build_pool(self, n: int, stream: SourceStream) -> tuple[Tensor, Tensor]:
+        """Translate the domain's first M stream images once, in chunks of ``pool_batch`` (kept on the CPU)."""
+        rank, _ = self._rank()
+        M = int(self.ptl["pool_size"])
+        start = self.domains.start(self.global_step)
+        images, labels = stream.images(start, M)
+        out, stats = self._translate_all(images, labels, n, domain_seed(self.hparams.seed, n, rank))
+        self._record_stats(stats)
+        return out, labels
+
+    def _translate_all(self, images: Tensor, labels: Tensor, n: int, seed: int) -> tuple[Tensor, list]:
+        """SGG(phi^{t_n}(images), guide) in chunks of ``pool_batch`` on ``seed``: (images on the CPU, Translations)."""
+        guidance = self.guidance_settings
+        out, stats = [], []
+        for _, tr in translate_images(self.sampler(), images, labels, self.domains.depth(n), self.hparams.num_steps,
+                                      self.guide if guidance else None, guidance, self.hparams.arrangement,
+                                      batch_size=int(self.ptl["pool_batch"]), seed=seed, device=self.device,
+                                      **self._sampling(translate_images)):
+            out.append(tr.images.detach().cpu())
+            stats.append(tr)
+        return torch.cat(out), stats
+
+    @torch.no_grad()
+    def watch_images(self, n: int, stream: SourceStream) -> tuple[Tensor, Tensor]:
+        """The first ``watch.images`` images (and labels) of what domain n trains on as X^n (``ptl.watch``).
+
+        The domain's pool when there is one; otherwise the first ``watch.images`` stream images of the
+        domain translated with its guide on a seed of their own (``derive_seed(domain seed, 13)``: no
+        chunk of the training's translations shares it); for ptl=ceiling the first labelled target
+        images of ``stream``. The global RNG is left as it was (:func:`own_rng`)."""
+        count = int(self.watch["images"])
+        start = self.domains.start(self.global_step)
+        if self.ceiling:
+            return stream.images(start, count)
+        if self._pool is not None:
+            images, labels = self._pool
+            return images[:count], labels[:count]
+        images, labels = stream.images(start, count)
+        with own_rng(self.device):
+            out, _ = self._translate_all(images, labels, n,
+                                         derive_seed(domain_seed(self.hparams.seed, n, self._rank()[0]), 13))
+        return out, labels
+
+    def _record_stats(self, translations) -> None:
+        from dasslab.diffusion.sampler import Sampler
+
+        steps = [s for tr in translations for s in tr.stats]
+        summary = Sampler.shift_summary(steps) if steps else {}
+        summary["skipped"] = float(sum(tr.skipped for tr in translations))
+        self.last_translation_stats = {k: float(v) for k, v in summary.items()}
+
+    def translated_batch(self, step: int, source: dict) -> dict:
+        """X^n for ``step``: drawn from the domain's pool, or ``source`` translated on the fly."""
+        n = self.domains.domain(step)
+        i = step - self.domains.start(step)
+        B = source["image"].shape[0]
+        if self._pool is not None:
+            images, labels = self._pool
+            idx = torch.tensor([(i * B + j) % len(images) for j in range(B)])
+            return {"image": images[idx].to(self.device), "label": labels[idx].to(self.device)}
+        tr = self.translate(source["image"], source["label"], n, chunk=i,
+                            seed=domain_seed(self.hparams.seed, n, self._rank()[0]))
+        self._record_stats([tr])
+        return {"image": tr.images.detach(), "label": source["label"]}
+
+    # ------------------------------------------------------------------ Lightning
+    def configure_optimizers(self):
+        """The optimiser of :class:`SegmenterModule`; the lr factor of ``ptl.lr_schedule`` (:func:`lr_factor`)."""
+        out = super().configure_optimizers()
+        mode = self.ptl.get("lr_schedule") or "global"
+        if mode == "global":  # the poly decay over max_steps of SegmenterModule
+            return out
+        domains, max_steps = self.domains, max(int(self.hparams.max_steps), 1)
+        power = float(self.hparams.optim.get("poly_power", 0.9))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            out["optimizer"], lambda step: lr_factor(step, domains, max_steps, power, mode))
+        return {**out, "lr_scheduler": {**out["lr_scheduler"], "scheduler": sched}}
+
+    @property
+    def watch_stream(self) -> str:
+        """The stream whose images the domain's watch scores: the labelled target set (ceiling) or the source."""
+        return TARGET_LABELED if self.ceiling else "source"
+
+
+def train_keys_for(ptl: Mapping[str, Any], loss: str) -> list[str]:
+    """The loss terms: ``[translated, source]`` (Eq. 12), ``[translated]`` (L_ada), ``[source]`` (ptl=none);
+    for ptl=ceiling "translated" are the labelled target images."""
+    if ptl.get("name") == "none":
+        return ["source"]
+    return ["translated", "source"] if loss == "ada_src" else ["translated"]
+
+
+def from_config(cfg, datamodule, init_ckpt: str | None = None) -> PTLModule:
+    """The adaptation module of ``conf/stage/adapt.yaml``, initialised from the source-only model."""
+    from dasslab.lit.build import plain, source_model
+
+    init_ckpt = init_ckpt or cfg.segmenter.get("init_ckpt")
+    if not init_ckpt:
+        raise ConfigError("stage=adapt needs segmenter.init_ckpt=PATH (the source-only model to adapt)")
+    names = list(datamodule.class_names)
+    source = source_model(init_ckpt, names, cfg.dataset.name)
+    ptl = plain(cfg.ptl)
+    module = PTLModule(
+        # the weights come from init_ckpt: never fetch ImageNet weights
+        backbone={**plain(cfg.backbone), "pretrained": False, "weights": None}, num_classes=len(names),
+        class_names=names, optim={**plain(cfg.segmenter), **(plain(cfg.adapt.get("optim")) or {})},
+        max_steps=ptl_max_steps(ptl), augment=plain(cfg.augment), eval_subsets=plain(cfg.dataset.eval_subsets),
+        train_keys=train_keys_for(ptl, cfg.adapt.loss),
+        schedule={k: cfg.diffusion[k] for k in ("num_timesteps", "beta_start", "beta_end")},
+        inference=plain(cfg.eval.get("inference")) or {"mode": "whole"}, ptl=ptl,
+        guidance=plain(cfg.get("guidance")), arrangement=plain(cfg.get("arrangement")),
+        diffusion_ckpt=cfg.get("diffusion_ckpt"), num_steps=cfg.translate.get("num_steps"), seed=int(cfg.seed),
+        speed={k: cfg.diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")},
+        sampling={"variance": cfg.translate.get("variance", "beta")}, self_training=self_training_settings(cfg))
+    module.model.load_state_dict(source.model.state_dict())
+    module.snapshot_guide()
+    if module.self_training:
+        module.teacher.load_state_dict(module.model.state_dict())
+    return module
