@@ -61,3 +61,32 @@ def test_experiment_under_ddp_runs_to_completion(tmp_path, digits_data_dir):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count("reusing") == 3, again.stdout[-2000:]
     assert "GLOBAL_RANK" not in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_a_pipeline_launched_as_two_slurm_tasks_runs_each_job_once_over_both(tmp_path, digits_data_dir):
+    """What `srun -n 2 dasslab-train stage=pipeline …` (a 2-task Slurm step) does, the tasks' variables set by
+    hand: rank 0 plans, locks and records; rank 1 only follows rank 0's decision and trains as rank 1."""
+    out = tmp_path / "run"
+    step = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir), OMP_NUM_THREADS="1",
+                SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_STEP_NUM_TASKS="2", SLURM_NNODES="1",
+                SLURM_NODEID="0", SLURM_NODELIST="127.0.0.1", SLURM_JOB_ID="4242", SLURM_STEP_ID="0",
+                SLURM_JOB_NAME="dasslab-test")
+    cmd = [sys.executable, "-m", "dasslab.train", "stage=pipeline", "pipeline.rows=[source_only]", *SMOKE, *DDP,
+           f"paths.output_dir={out}"]
+    procs = [subprocess.Popen(cmd, env={**step, "SLURM_PROCID": str(k), "SLURM_LOCALID": str(k)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]
+    try:
+        logs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "running stage=source" in logs[0] and "running stage" not in logs[1]      # rank 0 alone runs the job
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1] and "GLOBAL_RANK: 0, MEMBER: 1/2" in logs[0]
+    (decision,) = (tmp_path / "cache" / "source" / ".ranks").glob("*.slurm4242.0.0.json")
+    assert json.loads(decision.read_text())["decision"] == "ranks"
+    summary = json.loads((out / "results.json").read_text())
+    assert 0.0 <= summary["source_only"]["miou"] <= 100.0
+    assert json.loads((Path(summary["source_only"]["run_dir"]) / "run_info.json").read_text())[
+        "effective_batch_size"] == 2 * 4
