@@ -152,6 +152,8 @@ class SlurmEngine:
         params = {k: v for k, v in self.params.items() if k != "max_num_timeout"}
         params.update(overrides, name=name, nodes=nodes, tasks_per_node=tasks_per_node)
         extra = dict(params.pop("additional_parameters", None) or {})
+        if tasks_per_node * nodes > 1:       # a rank that fails ends the others (not a 30-minute collective wait)
+            params["srun_args"] = [*(params.get("srun_args") or []), "--kill-on-bad-exit=1"]
         if after:
             params["dependency"] = "afterok:" + ":".join(str(a) for a in after)
             extra.setdefault("kill-on-invalid-dep", "yes")

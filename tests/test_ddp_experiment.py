@@ -57,10 +57,6 @@ def test_experiment_under_ddp_runs_to_completion(tmp_path, digits_data_dir):
         info = json.loads((run / "run_info.json").read_text())
         assert info["effective_batch_size"] == 2 * 4                     # 2 devices x batch 4 (debug=smoke)
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "DONE.json").is_file()
-    # the locks were the pipeline's: the same command again reuses every job without starting a rank
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 3, again.stdout[-2000:]
-    assert "GLOBAL_RANK" not in again.stdout + again.stderr
 
 
 @pytest.mark.slow

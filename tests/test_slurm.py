@@ -87,6 +87,7 @@ def test_engine_submits_each_job_after_what_it_needs_in_its_shape(compose, tmp_p
     assert c["slurm_additional_parameters"] == {"qos": "high", "kill-on-invalid-dep": "yes"}
     assert (c["nodes"], c["tasks_per_node"], c["gpus_per_node"]) == (1, 2, 2)   # a fit job: one task per device
     assert (a["nodes"], a["tasks_per_node"]) == (1, 1)                      # a stage that does not train: one
+    assert c["slurm_srun_args"] == ["--kill-on-bad-exit=1"] and "slurm_srun_args" not in a
     assert c["slurm_partition"] == "gpu" and c["timeout_min"] == 30 and c["name"].endswith(":c")
     assert isinstance(c["fn"], SlurmJob) and c["fn"].job.cfg.trainer.devices == 2
     # the results job: after every job, one task, no GPU, writes the experiment's results
