@@ -67,12 +67,15 @@ CKPT_KEYS = ("segmenter.init_ckpt", "diffusion_ckpt", "guide_ckpt", "quality.jud
 
 
 def load_option(group: str, option: str) -> DictConfig:
-    """The content of ``conf/<group>/<option>.yaml`` (a plain group file)."""
+    """The content of ``conf/<group>/<option>.yaml``, over the options of the same group its ``defaults`` list
+    (e.g. ptl/direct extends ptl/progressive)."""
     path = Path(CONF_DIR) / group / f"{option}.yaml"
     if not path.is_file():
         choices = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
         raise ConfigError(f"pipeline: {group}={option}: no such option; expected one of {choices}")
-    return OmegaConf.load(path)
+    cfg = OmegaConf.load(path)
+    bases = [load_option(group, str(d)) for d in cfg.pop("defaults", None) or [] if d != "_self_"]
+    return OmegaConf.merge(*bases, cfg) if bases else cfg
 
 
 @dataclass

@@ -426,12 +426,9 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
 
         validate_guidance(cfg.guidance, cfg.get("arrangement"))
     T = cfg.diffusion.num_timesteps
-    _positive(cfg.ptl.N, "ptl.N", integer=True)
-    t_max = cfg.ptl.get("t_max")
-    if t_max is None and cfg.ptl.N > T:
-        raise ConfigError(f"ptl.N={cfg.ptl.N} exceeds diffusion.num_timesteps={T}; set ptl.t_max to stride")
-    if t_max is not None and not 0 < t_max <= T:
-        raise ConfigError(f"ptl.t_max={t_max}: expected 1..{T} (diffusion.num_timesteps)")
+    from dasslab.ptl.config import validate_depths
+
+    validate_depths(cfg)
     _check_translate(cfg, T)
     if stage == "translate" and cfg.dataset.get(cfg.translate.split) is None:
         raise ConfigError(f"translate.split={cfg.translate.split}: dataset={d.get('name')} has no "
@@ -443,9 +440,7 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
     if stage == "quality":
         _check_quality(cfg, T)
     _check_network_sizes(cfg, stage_cfg)
-    if cfg.adapt.loss not in ("ada_src", "ada"):
-        raise ConfigError(f"adapt.loss={cfg.adapt.loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
-    if stage == "adapt":
+    if stage == "adapt":   # ptl.*, adapt.* (dasslab.ptl.config: the one place these are checked)
         from dasslab.ptl.config import validate_ptl
 
         validate_ptl(cfg, check_files=False)

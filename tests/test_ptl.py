@@ -167,7 +167,7 @@ def test_translated_batches_follow_the_depth_of_the_domain(adapt_cfg):
     assert paper.domain(179_999) == 600 and paper.depth(600) == 600 and paper.domain(300) == 2
     direct = DomainSchedule("direct", N=600, K=300, t_max=None)
     assert {direct.domain(s) for s in (0, 1, 10_000)} == {600} and direct.start(5000) == 0
-    assert DomainSchedule("none").domain(7) == 0
+    assert DomainSchedule("none", N=3, K=2).domain(7) == 0
 
 
 # --------------------------------------------------------------------------- resume

@@ -77,7 +77,7 @@ def test_lr_factor_and_domain_spans():
     assert [sched.span(s, 12) for s in (0, 3, 4, 11)] == [(0, 4), (0, 4), (4, 4), (8, 4)]
     assert sched.span(13, 14) == (8, 6)
     assert DomainSchedule("ceiling", N=3, K=4).span(5, 12) == (0, 12)
-    assert DomainSchedule("ceiling", N=3, K=4).domain(5) == 3 and DomainSchedule("ceiling").num_domains == 1
+    assert DomainSchedule("ceiling", N=3, K=4).domain(5) == 3 and DomainSchedule("ceiling", N=3, K=4).num_domains == 1
     assert lr_factor(4, sched, 12, 1.0, "domain") == 1.0 and lr_factor(6, sched, 12, 1.0, "domain") == 0.5
     assert lr_factor(6, sched, 12, 1.0, "global") == 0.5 and lr_factor(6, sched, 12, 1.0, "constant") == 1.0
 

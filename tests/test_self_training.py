@@ -3,6 +3,7 @@ weighted loss against hand-computed cases; in a fit, the teacher follows the EMA
 the term reads its own target stream and pastes the translated batch; resume is exact with it on; bad
 settings fail at config time with one line."""
 
+# ruff: noqa: F811  (the fixtures adapt_cfg / trained come from test_ptl and are redefined as parameters)
 from __future__ import annotations
 
 import math

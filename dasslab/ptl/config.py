@@ -11,8 +11,8 @@ import math
 from dasslab.errors import ConfigError
 from dasslab.ptl.schedule import LR_SCHEDULES, MODES
 
-__all__ = ["MIX_SOURCES", "SELF_TRAINING_DEFAULTS", "WATCH_DEFAULTS", "self_training_settings", "validate_ptl",
-           "validate_self_training"]
+__all__ = ["MIX_SOURCES", "SELF_TRAINING_DEFAULTS", "WATCH_DEFAULTS", "self_training_settings", "validate_depths",
+           "validate_ptl", "validate_self_training"]
 
 TARGET_LABELED, TARGET = "target_train_labeled", "target"   # dataset entries (dasslab.ptl.data)
 SELF_TRAINING_DEFAULTS = {"enabled": False, "ema": 0.999, "threshold": 0.968, "mix": "auto", "weight": 1.0,
@@ -40,6 +40,24 @@ def _checkpoint_classes(path: str, setting: str) -> list[str]:
     return list(hp["class_names"])
 
 
+def _integer(key, value, lo=1, hi=None, null=False):
+    if value is None and null:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise ConfigError(f"{key}={value!r}: expected an integer {rng}{' or null' if null else ''}")
+
+
+def validate_depths(cfg) -> None:
+    """ptl.N and ptl.t_max against the DDPM's T (every stage reads them: translate.depth is ptl.N)."""
+    p, T = cfg.ptl, int(cfg.diffusion.num_timesteps)
+    _integer("ptl.N", p.N)
+    _integer("ptl.t_max", p.get("t_max"), 1, T, null=True)
+    if p.get("t_max") is None and p.N > T:
+        raise ConfigError(f"ptl.N={p.N} exceeds diffusion.num_timesteps={T}; set ptl.t_max <= {T} to stride "
+                          f"the domains")
+
+
 def validate_ptl(cfg, check_files: bool = True) -> None:
     """Raise :class:`ConfigError` (one line) for the first bad adaptation setting.
 
@@ -47,23 +65,12 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
     translate.num_steps, adapt.loss, the labelled target-train split of ptl=ceiling; with
     ``check_files``: the source set size (pool), the classes of segmenter.init_ckpt, guide_ckpt and
     ptl.watch.judge_ckpt against the dataset's, and the diffusion checkpoint against the crop size."""
-    p, T = cfg.ptl, int(cfg.diffusion.num_timesteps)
-
-    def integer(key, value, lo=1, hi=None, null=False):
-        if value is None and null:
-            return
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-            raise ConfigError(f"{key}={value!r}: expected an integer {rng}{' or null' if null else ''}")
-
+    p = cfg.ptl
+    integer = _integer
     if p.get("name") not in MODES:
         raise ConfigError(f"ptl.name={p.get('name')!r}: expected one of {', '.join(MODES)} (ptl=<name>)")
     integer("ptl.K", p.K)
-    integer("ptl.N", p.N)
-    integer("ptl.t_max", p.get("t_max"), 1, T, null=True)
-    if p.get("t_max") is None and p.N > T:
-        raise ConfigError(f"ptl.N={p.N} exceeds diffusion.num_timesteps={T}; set ptl.t_max <= {T} to stride "
-                          f"the domains")
+    validate_depths(cfg)
     integer("ptl.max_steps", p.get("max_steps"), null=True)
     integer("ptl.pool_size", p.get("pool_size"), null=True)
     integer("ptl.pool_batch", p.get("pool_batch", 8))
@@ -136,7 +143,8 @@ def validate_self_training(cfg) -> None:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ok = ok and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
         if not ok:
-            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if hi_open or hi is None else ']'}"
+            right = ")" if hi_open or hi is None else "]"
+            rng = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{right}"
             raise ConfigError(f"adapt.self_training.{key}={v!r}: expected a number in {rng}")
 
     for key in ("enabled", "blur"):

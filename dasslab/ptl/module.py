@@ -61,8 +61,11 @@ class PTLModule(SegmenterModule):
                          schedule, inference, ignore_index)
         self.save_hyperparameters()
         p = dict(ptl or {})
-        self.ptl = {"name": "progressive", "N": 1, "K": 1, "t_max": None, "pool_size": None, "pool_batch": 8,
-                    "val_every_domains": 0, "lr_schedule": "global", **p}
+        missing = [k for k in ("name", "N", "K") if k not in p]
+        if missing:   # no second default for these: conf/ptl/ holds them
+            raise ValueError(f"PTLModule: ptl needs {', '.join(missing)} (conf/ptl/progressive.yaml's settings)")
+        self.ptl = {"t_max": None, "pool_size": None, "pool_batch": 8, "val_every_domains": 0,
+                    "lr_schedule": "global", **p}
         self.ptl["watch"] = {**WATCH_DEFAULTS, **dict(p.get("watch") or {})}
         self.guide = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.st = {**SELF_TRAINING_DEFAULTS, **dict(self_training or {})}

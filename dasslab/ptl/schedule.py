@@ -27,9 +27,9 @@ LR_SCHEDULES = ("global", "domain", "constant")
 class DomainSchedule:
     """Which domain n a global step belongs to, where that domain starts, and its depth t_n."""
 
-    mode: str = "progressive"
-    N: int = 600
-    K: int = 300
+    mode: str
+    N: int
+    K: int
     t_max: int | None = None
     T: int = 1000
 
