@@ -300,13 +300,6 @@ def test_slurm_runs_an_experiment_as_dependent_jobs_the_second_ddp_over_two_task
         "effective_batch_size"] == 2 * 4                                 # 2 devices x batch 4 (debug=smoke)
     assert (sweep / "multirun.yaml").is_file() and (out / ".hydra" / "config.yaml").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "sweep"]    # nothing else (no outputs/, …)
-    # the experiment again, as a single run beside: every job has finished (the same cache), nothing is
-    # submitted, the results are written at once
-    single = [*cmd[:3], *cmd[4:-1], f"paths.output_dir={tmp_path / 'again'}"]
-    again = subprocess.run(single, capture_output=True, text=True, env=_env(tmp_path, digits_data_dir),
-                           cwd=tmp_path, timeout=300)
-    assert again.returncode == 0 and "every job has finished" in again.stdout, again.stderr[-2000:]
-    assert json.loads((tmp_path / "again" / "results.json").read_text()) == summary
 
 
 @pytest.mark.slow
