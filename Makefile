@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install dasslab with its dev tools
 
 # Tests use tiny tensors: one intra-op thread avoids oversubscribing a small CPU (several times faster here).
-test: $(STAMP)  ## run the test suite (CPU, a few minutes)
+test: $(STAMP)  ## run the test suite (CPU; ~18 min on 2 cores, a real single-node Slurm included where it installs)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -x --timeout=900 tests $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## the tests not marked slow
