@@ -426,9 +426,9 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
 
         validate_guidance(cfg.guidance, cfg.get("arrangement"))
     T = cfg.diffusion.num_timesteps
-    from dasslab.ptl.config import validate_depths
+    from dasslab.ptl.config import validate_shared
 
-    validate_depths(cfg)
+    validate_shared(cfg)
     _check_translate(cfg, T)
     if stage == "translate" and cfg.dataset.get(cfg.translate.split) is None:
         raise ConfigError(f"translate.split={cfg.translate.split}: dataset={d.get('name')} has no "

@@ -539,14 +539,16 @@ def test_make_guidance_accepts_omegaconf(guide):
 
 
 def test_config_group_files_are_valid_settings():
-    """Every conf/guidance and conf/arrangement file passes validate_guidance."""
+    """Every conf/guidance and conf/arrangement file passes validate_guidance (a file extending another, e.g.
+    gsg_only over sgg, as composed)."""
     from pathlib import Path
 
-    from omegaconf import OmegaConf
+    from dasslab.pipeline import load_option
 
     root = Path(__file__).resolve().parents[1] / "conf"
-    arrangements = sorted((root / "arrangement").glob("*.yaml"))
-    for g in sorted((root / "guidance").glob("*.yaml")):
+    arrangements = sorted(p.stem for p in (root / "arrangement").glob("*.yaml"))
+    for g in sorted(p.stem for p in (root / "guidance").glob("*.yaml")):
+        guidance = load_option("guidance", g)
         for a in arrangements:
-            s = validate_guidance(OmegaConf.load(g), OmegaConf.load(a))
-            assert s.mode == OmegaConf.load(g).name, g.name
+            s = validate_guidance(guidance, load_option("arrangement", a))
+            assert s.mode == guidance.name == g

@@ -11,7 +11,7 @@ import math
 from dasslab.errors import ConfigError
 from dasslab.ptl.schedule import LR_SCHEDULES, MODES
 
-__all__ = ["MIX_SOURCES", "SELF_TRAINING_DEFAULTS", "WATCH_DEFAULTS", "self_training_settings", "validate_depths",
+__all__ = ["MIX_SOURCES", "SELF_TRAINING_DEFAULTS", "WATCH_DEFAULTS", "self_training_settings", "validate_shared",
            "validate_ptl", "validate_self_training"]
 
 TARGET_LABELED, TARGET = "target_train_labeled", "target"   # dataset entries (dasslab.ptl.data)
@@ -48,8 +48,12 @@ def _integer(key, value, lo=1, hi=None, null=False):
         raise ConfigError(f"{key}={value!r}: expected an integer {rng}{' or null' if null else ''}")
 
 
-def validate_depths(cfg) -> None:
-    """ptl.N and ptl.t_max against the DDPM's T (every stage reads them: translate.depth is ptl.N)."""
+def validate_shared(cfg) -> None:
+    """The adaptation settings every stage reads: ptl.N and ptl.t_max against the DDPM's T (translate.depth is ptl.N),
+    adapt.loss (checked for every stage, as the pipeline's jobs share it)."""
+    loss = cfg.adapt.get("loss")
+    if loss not in ("ada_src", "ada"):
+        raise ConfigError(f"adapt.loss={loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
     p, T = cfg.ptl, int(cfg.diffusion.num_timesteps)
     _integer("ptl.N", p.N)
     _integer("ptl.t_max", p.get("t_max"), 1, T, null=True)
@@ -70,7 +74,7 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
     if p.get("name") not in MODES:
         raise ConfigError(f"ptl.name={p.get('name')!r}: expected one of {', '.join(MODES)} (ptl=<name>)")
     integer("ptl.K", p.K)
-    validate_depths(cfg)
+    validate_shared(cfg)
     integer("ptl.max_steps", p.get("max_steps"), null=True)
     integer("ptl.pool_size", p.get("pool_size"), null=True)
     integer("ptl.pool_batch", p.get("pool_batch", 8))
@@ -89,8 +93,6 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
                           f"(dataset.{TARGET_LABELED}); the ceiling trains on target labels")
     integer("translate.num_steps", cfg.translate.get("num_steps"), null=True)
     loss = cfg.adapt.get("loss")
-    if loss not in ("ada_src", "ada"):
-        raise ConfigError(f"adapt.loss={loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
     if p.name == "none" and loss == "ada":
         raise ConfigError("adapt.loss=ada with ptl=none: nothing is translated, L_ada is empty; use adapt.loss=ada_src")
     validate_self_training(cfg)
