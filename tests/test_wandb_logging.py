@@ -16,9 +16,21 @@ def _offline_runs(folder: Path) -> list[Path]:
     return sorted((folder / "wandb").glob("offline-run-*"), key=lambda p: p.name)
 
 
-def _record(run: Path) -> bytes:
-    """The run's transaction log (what `wandb sync` uploads): config, group, job type, summary …"""
-    return (run / f"run-{run.name.rsplit('-', 1)[-1]}.wandb").read_bytes()
+def _record(run: Path, timeout: float = 30.0) -> bytes:
+    """The run's transaction log (what `wandb sync` uploads): config, group, job type, summary …
+
+    W&B's service process writes it after ``run.finish()`` returns (seen with two test processes side by
+    side: only the header at first), so read it once it has records and has stopped growing."""
+    import time
+
+    path = run / f"run-{run.name.rsplit('-', 1)[-1]}.wandb"
+    deadline, last = time.monotonic() + timeout, -1
+    while True:
+        data = path.read_bytes() if path.is_file() else b""
+        if (len(data) > 64 and len(data) == last) or time.monotonic() > deadline:
+            return data
+        last = len(data)
+        time.sleep(0.5)
 
 
 def _tables(run: Path, key: str) -> list[dict]:
