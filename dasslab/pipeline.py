@@ -148,6 +148,14 @@ def job_upstreams(cfg: DictConfig, name: str) -> dict[str, str]:
     return {**(job.get("needs") or {}), **{s: up for s, up in watch.items() if not _missing(cfg, up)}}
 
 
+def check_job(jobs, name: str, chain: tuple) -> None:
+    """One line when ``name`` is not among ``pipeline.jobs`` or is reached again through ``chain`` (a cycle)."""
+    if name in chain:
+        raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
+    if name not in jobs:
+        raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
+
+
 def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
     """Every job ``rows`` need, in an order where each comes after what it needs; and the skipped rows."""
     jobs = cfg.pipeline.jobs
@@ -158,10 +166,7 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
         label = _label(name, seed)
         if label in planned:
             return
-        if name in chain:
-            raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
-        if name not in jobs:
-            raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
+        check_job(jobs, name, chain)
         needs = {}                       # setting -> label of the upstream run that fills it
         for setting, upstream in job_upstreams(cfg, name).items():
             upstream_seed = _upstream_seed(cfg, upstream, seed)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dasslab.errors import ConfigError
 from dasslab.validate import validate_config
 
 __all__ = ["validate_jobs"]
@@ -20,7 +19,7 @@ def validate_jobs(cfg) -> None:
     (:func:`validate_config` without files: upstream checkpoints do not exist yet), the files the user
     gave it (not those upstream jobs fill), and the record (``DONE.json``) of a finished job it will reuse."""
     from dasslab.errors import DasslabError
-    from dasslab.pipeline import _missing, job_config, job_upstreams
+    from dasslab.pipeline import _missing, check_job, job_config, job_upstreams
     from dasslab.preflight import check_run_files
 
     jobs = cfg.pipeline.jobs
@@ -30,10 +29,7 @@ def validate_jobs(cfg) -> None:
     def walk(name: str, chain: tuple = ()) -> None:
         if name in order:
             return
-        if name in chain:
-            raise ConfigError(f"pipeline.jobs: circular needs {' -> '.join(chain + (name,))}")
-        if name not in jobs:
-            raise ConfigError(f"pipeline.jobs: unknown job {name!r}; expected one of {list(jobs)}")
+        check_job(jobs, name, chain)
         ups = job_upstreams(cfg, name)
         for up in ups.values():
             walk(up, chain + (name,))

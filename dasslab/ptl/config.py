@@ -14,7 +14,8 @@ from dasslab.ptl.schedule import LR_SCHEDULES, MODES
 __all__ = ["MIX_SOURCES", "SELF_TRAINING_DEFAULTS", "WATCH_DEFAULTS", "self_training_settings", "validate_shared",
            "validate_ptl", "validate_self_training"]
 
-TARGET_LABELED, TARGET = "target_train_labeled", "target"   # dataset entries (dasslab.ptl.data)
+TARGET_LABELED = "target_train_labeled"   # the dataset entry (and batch key) of ptl=ceiling's images
+TARGET = "target"                          # the unlabeled target-train images (and batch key) of self-training
 SELF_TRAINING_DEFAULTS = {"enabled": False, "ema": 0.999, "threshold": 0.968, "mix": "auto", "weight": 1.0,
                           "jitter": 0.2, "p_jitter": 0.2, "blur": True}
 MIX_SOURCES = ("auto", "source", "translated")

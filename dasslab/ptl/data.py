@@ -20,13 +20,11 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from dasslab.data.datamodule import DASSDataModule
 from dasslab.data.transforms import derive_seed, seed_transforms
 from dasslab.errors import ConfigError
-from dasslab.ptl.config import self_training_settings
+from dasslab.ptl.config import TARGET, TARGET_LABELED, self_training_settings
 
 __all__ = ["STREAM_SALT", "TARGET", "TARGET_LABELED", "PTLDataModule", "SourceStream", "StreamLoader",
            "datamodule_from_config"]
 
-TARGET_LABELED = "target_train_labeled"   # the dataset entry (and batch key) of ptl=ceiling's images
-TARGET = "target"                          # the unlabeled target-train images (and batch key) of self-training
 STREAM_SALT = {TARGET_LABELED: 11, TARGET: 12}   # each extra stream's seed: derive_seed(seed, salt)
 
 
