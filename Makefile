@@ -46,7 +46,7 @@ bench: $(STAMP)  ## speed benchmarks (DEVICE=cpu|cuda), JSON per benchmark + PTL
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check dasslab tests benchmarks
 
-# The paper's tables: exactly the runs each needs, shared stages once (dasslab/reproduce.py).
+# The paper's tables: exactly the runs each needs, shared stages once (dasslab/workflow/reproduce.py).
 # LAUNCHER=auto (default: slurm where sbatch is on PATH, else local) | slurm (every job its own Slurm job,
 # afterok on what it needs; returns at once) | local (here, one experiment after the other);
 # DRY_RUN=1 prints the plan; SEEDS=5 repeats the adaptation runs; ARGS='dataset.source.root=… dataset.target.root=…'.

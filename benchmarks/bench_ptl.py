@@ -34,7 +34,7 @@ def checkpoints(root: Path) -> tuple[str, str]:
     """A small source model and a small target DDPM, trained for a few steps (smoke size)."""
     from hydra import compose, initialize_config_dir
 
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     os.environ.setdefault("DASSLAB_ROOT", str(root))
     common = ["debug=smoke", "dataset.image_size=[32,32]", "dataset.generate.n_train=120",

@@ -1,3 +1,3 @@
-from dasslab.train import main
+from dasslab.commands.train import main
 
 main()

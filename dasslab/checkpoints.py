@@ -3,7 +3,7 @@
 ``load_segmenter`` reads a ``stage=source|oracle|adapt|ptl`` checkpoint (or any checkpoint
 of a :class:`~dasslab.lit.segmenter_module.SegmenterModule`), ``load_diffusion`` a
 ``stage=diffusion`` checkpoint with its EMA weights. Both also read the ``.safetensors``
-files written by ``dasslab-export-weights`` (:mod:`dasslab.export_weights`).
+files written by ``dasslab-export-weights`` (:mod:`dasslab.export.weights`).
 
 Safety: every file is read through :mod:`dasslab.utils.safe_load` (``torch.load(weights_only=True)``
 or safetensors; ``trust_checkpoint=true`` to opt in for a file you trust).

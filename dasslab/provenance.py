@@ -155,7 +155,7 @@ def data_fingerprints(cfg, tree: Mapping | None = None, generated: bool = True) 
 
 
 def add_data_inputs(sub, tree: Mapping, inputs: dict) -> None:
-    """What a pipeline job's cache key adds for its data (``dasslab.pipeline.stage_key``): ``inputs["data"]`` =
+    """What a pipeline job's cache key adds for its data (``dasslab.workflow.plan.stage_key``): ``inputs["data"]`` =
     the fingerprint of every dataset entry the job reads (left out of ``tree`` by no ``ignore`` list), so that a
     label edited in place or another folder behind the same setting is another job, never a stale reuse.
     Generated datasets (digits) add nothing: their settings are in ``tree``, and a key stays what it was."""

@@ -6,7 +6,7 @@ checkpoints made without training (segmenters and a DDPM built from their hyper-
 NaN weights, another class count, another architecture) and damaged side files; ``cases(world)``
 returns ``{name: (module, argv, [substrings the one line must hold], [folders that must stay empty])}``.
 ``run_cases`` runs them in ONE child process through the real entry points (``main()`` with ``sys.argv``,
-i.e. Hydra and the one-line wrapper of ``dasslab/cli.py``), so the imports are paid once.
+i.e. Hydra and the one-line wrapper of ``dasslab/commands/app.py``), so the imports are paid once.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def make_world(tmp: Path) -> dict:
     """Every file the cases read (see the module docstring)."""
     import torch
 
-    from dasslab.export_weights import export_weights
+    from dasslab.export.weights import export_weights
 
     w = {"tmp": tmp, "out": tmp / "out"}
     good = w["good"] = folder_dataset(tmp / "good")
@@ -213,7 +213,7 @@ def slug(name: str) -> str:
 def cases(w: dict) -> dict:
     """name -> (module, argv, substrings of the one line, folders that must not receive outputs)."""
     out, good = w["out"], w["good"]
-    train, translate, evaluate, predict = "dasslab.train", "dasslab.translate", "dasslab.eval", "dasslab.predict"
+    train, translate, evaluate, predict = (f"dasslab.commands.{c}" for c in ("train", "translate", "eval", "predict"))
     smoke = ["debug=smoke", "logger=none"]
     c: dict = {}
 
@@ -387,7 +387,7 @@ def plant_damaged_done(w: dict, conf_dir: str) -> Path:
     """Write a damaged DONE.json where the ``pipeline damaged DONE.json`` case's source_only job would be reused."""
     from hydra import compose, initialize_config_dir
 
-    from dasslab.pipeline import plan
+    from dasslab.workflow.plan import plan
 
     argv = ["stage=pipeline", "debug=smoke", "logger=none", *folder(w["good"]), *pipeline_done_argv(w),
             f"paths.output_dir={w['out'] / slug('pipeline damaged DONE.json')}"]
@@ -432,13 +432,15 @@ def table(cs: dict, results: dict, tmp: Path) -> str:
     has the settings of ``BOILERPLATE`` (16x16 ``folder`` data in T/good, debug=smoke), which are not shown,
     nor the first ``diffusion_ckpt=T/ckpt/diff.ckpt`` of translate, ``ckpt=T/ckpt/seg3.ckpt`` (eval, predict,
     when not replaced) and the output folders."""
-    cmd = {"dasslab.train": "dasslab-train", "dasslab.translate": "dasslab-translate", "dasslab.eval": "dasslab-eval",
-           "dasslab.predict": "dasslab-predict"}
+    cmd = {"dasslab.commands.train": "dasslab-train", "dasslab.commands.translate": "dasslab-translate",
+           "dasslab.commands.eval": "dasslab-eval",
+           "dasslab.commands.predict": "dasslab-predict"}
     rows = ["| input | command | line printed |", "|---|---|---|"]
     for name, (module, argv, _, _) in cs.items():
         shown_args, outputs, seen = [], [], set()
-        defaults = {"dasslab.translate": "diffusion_ckpt=T/ckpt/diff.ckpt", "dasslab.eval": "ckpt=T/ckpt/seg3.ckpt",
-                    "dasslab.predict": "ckpt=T/ckpt/seg3.ckpt"}
+        defaults = {"dasslab.commands.translate": "diffusion_ckpt=T/ckpt/diff.ckpt",
+                    "dasslab.commands.eval": "ckpt=T/ckpt/seg3.ckpt",
+                    "dasslab.commands.predict": "ckpt=T/ckpt/seg3.ckpt"}
         for a in (str(a).replace(str(tmp), "T") for a in argv):
             key = a.split("=", 1)[0]
             default = a == defaults.get(module) and key not in seen

@@ -1,7 +1,7 @@
 """Bad input gets ONE line ``error: …`` naming the file or setting, exit status 2, no traceback.
 
-The cases run through the real entry points (``dasslab.train:main`` etc., i.e. Hydra + the
-wrapper of ``dasslab/cli.py``) in one child process, so the slow imports are paid once.
+The cases run through the real entry points (``dasslab.commands.train:main`` etc., i.e. Hydra + the
+wrapper of ``dasslab/commands/app.py``) in one child process, so the slow imports are paid once.
 """
 
 import json
@@ -89,7 +89,7 @@ def bad_inputs(tmp_path_factory):
 
     roots = {n: _variant(good, n, tmp, e) for n, e in
              [("no_label", no_label), ("ids", ids_outside), ("corrupt", corrupt), ("empty", empty)]}
-    train, translate, evaluate = "dasslab.train", "dasslab.translate", "dasslab.eval"
+    train, translate, evaluate = "dasslab.commands.train", "dasslab.commands.translate", "dasslab.commands.eval"
     src = ["stage=source", *SMOKE]
     # name -> (module, argv, what the one line must name)
     cases = {
@@ -140,7 +140,7 @@ def test_the_console_command_exits_2_with_one_line_and_a_traceback_only_on_reque
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), OMP_NUM_THREADS="1")
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("DASSLAB_DEBUG", None)
-    cmd = [sys.executable, "-m", "dasslab.train", "stage=source", "debug=smoke", "guidance=sgg",
+    cmd = [sys.executable, "-m", "dasslab.commands.train", "stage=source", "debug=smoke", "guidance=sgg",
            "guidance.scale=-1", f"paths.output_dir={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr

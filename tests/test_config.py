@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from dasslab.validate import ConfigError, validate_config
+from dasslab.checks.settings import ConfigError, validate_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["dataset", "backbone", "diffusion", "guidance", "arrangement", "augment", "trainer", "logger",

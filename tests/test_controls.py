@@ -3,7 +3,8 @@
 import pytest
 from test_stages import _folder_tree
 
-from dasslab.pipeline import MIN_GAP, plan, results_markdown, summarize
+from dasslab.workflow.plan import plan
+from dasslab.workflow.results import MIN_GAP, results_markdown, summarize
 
 SEEDS = (0, 1, 2)
 
@@ -128,7 +129,7 @@ def test_control_cache_keys_leave_out_what_they_do_not_read(compose, tmp_path):
 
 
 def test_on_a_pair_without_target_labels_ceiling_is_skipped_and_watch_stays_null(compose, tmp_path, capsys):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     root = _folder_tree(tmp_path / "pair", classes=4, size=(40, 56))
     cfg = compose("experiment=demo", "debug=smoke", "dataset=folder", f"dataset.root={root}", ROWS,
@@ -146,7 +147,7 @@ def test_on_a_pair_without_target_labels_ceiling_is_skipped_and_watch_stays_null
 
 @pytest.mark.parametrize("experiment", ["demo", "digits_study"])
 def test_experiment_plans_hold_the_controls_when_listed(compose, tmp_path, experiment, capsys):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     cfg = compose(f"experiment={experiment}", "debug=smoke", f"paths.output_dir={tmp_path / 'p'}")
     rows = list(cfg.pipeline.rows)

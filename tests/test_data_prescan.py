@@ -82,7 +82,7 @@ def test_a_stage_scans_what_it_reads(compose, digits_data_dir):
 
 
 def test_a_corrupt_target_val_image_fails_before_training(compose, digits_data_dir, tmp_path):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     data = tmp_path / "data"
     shutil.copytree(digits_data_dir / "digits", data / "digits")
@@ -98,7 +98,7 @@ def test_a_corrupt_target_val_image_fails_before_training(compose, digits_data_d
 def test_check_stage_writes_its_report(compose, tmp_path):
     import json
 
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     out = tmp_path / "check"
     run(compose(*SMOKE, "stage=check", f"paths.output_dir={out}"))

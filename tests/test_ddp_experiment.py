@@ -15,7 +15,7 @@ DDP = ["trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
 
 
 def test_trainer_processes_counts_the_ranks_of_a_job(compose):
-    from dasslab.jobrun import trainer_processes
+    from dasslab.workflow.jobrun import trainer_processes
 
     assert trainer_processes(compose("stage=source", *DDP)) == 2
     assert trainer_processes(compose("stage=source", "trainer.devices=2", "trainer.num_nodes=3")) == 6
@@ -25,7 +25,7 @@ def test_trainer_processes_counts_the_ranks_of_a_job(compose):
 
 
 def test_a_launch_of_several_ranks_is_recognised(monkeypatch):
-    from dasslab.jobrun import launched_world
+    from dasslab.workflow.jobrun import launched_world
 
     for var in ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
@@ -42,7 +42,8 @@ def test_a_launch_of_several_ranks_is_recognised(monkeypatch):
 def test_experiment_under_ddp_runs_to_completion(tmp_path, digits_data_dir):
     out = tmp_path / "run"
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "dasslab.train", "experiment=table2f_full", *SMOKE, *DDP, f"paths.output_dir={out}"]
+    cmd = [sys.executable, "-m", "dasslab.commands.train", "experiment=table2f_full", *SMOKE, *DDP,
+           f"paths.output_dir={out}"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
@@ -68,7 +69,8 @@ def test_a_pipeline_launched_as_two_slurm_tasks_runs_each_job_once_over_both(tmp
                 SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_STEP_NUM_TASKS="2", SLURM_NNODES="1",
                 SLURM_NODEID="0", SLURM_NODELIST="127.0.0.1", SLURM_JOB_ID="4242", SLURM_STEP_ID="0",
                 SLURM_JOB_NAME="dasslab-test")
-    cmd = [sys.executable, "-m", "dasslab.train", "stage=pipeline", "pipeline.rows=[source_only]", *SMOKE, *DDP,
+    cmd = [sys.executable, "-m", "dasslab.commands.train", "stage=pipeline", "pipeline.rows=[source_only]",
+           *SMOKE, *DDP,
            f"paths.output_dir={out}"]
     procs = [subprocess.Popen(cmd, env={**step, "SLURM_PROCID": str(k), "SLURM_LOCALID": str(k)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in (0, 1)]

@@ -4,7 +4,7 @@ import json
 
 from test_stages import _folder_tree
 
-from dasslab.train import run
+from dasslab.commands.train import run
 
 
 def test_demo_on_a_folder_pair_without_target_labels(compose, tmp_path, monkeypatch):

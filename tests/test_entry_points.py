@@ -41,9 +41,10 @@ def test_make_help_lists_every_target_with_a_recipe():
 
 
 def test_the_launcher_default_is_the_same_in_make_the_command_and_the_readme(capsys, monkeypatch):
-    from dasslab.reproduce import main
+    from dasslab.commands.reproduce import main
 
-    assert len(SCRIPTS) == 7 and SCRIPTS["dasslab-tables"] == "dasslab.tables:main"
+    assert len(SCRIPTS) == 7 and SCRIPTS["dasslab-tables"] == "dasslab.commands.tables:main"
+    assert all(target.startswith("dasslab.commands.") for target in SCRIPTS.values())   # the apps, together
     assert re.search(r"^LAUNCHER \?= auto$", (ROOT / "Makefile").read_text(), re.M)
     assert "`LAUNCHER=auto` (the default of\nboth `make` and `dasslab-reproduce`)" in (ROOT / "README.md").read_text()
     monkeypatch.delenv("LAUNCHER", raising=False)

@@ -543,7 +543,7 @@ def test_config_group_files_are_valid_settings():
     gsg_only over sgg, as composed)."""
     from pathlib import Path
 
-    from dasslab.pipeline import load_option
+    from dasslab.workflow.plan import load_option
 
     root = Path(__file__).resolve().parents[1] / "conf"
     arrangements = sorted(p.stem for p in (root / "arrangement").glob("*.yaml"))

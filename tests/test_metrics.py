@@ -6,7 +6,7 @@ import math
 import numpy as np
 import torch
 
-from dasslab.metrics import SegmentationMetrics, metrics_record, write_metrics
+from dasslab.segmentation.metrics import SegmentationMetrics, metrics_record, write_metrics
 
 
 def reference_iou(pred, target, k, ignore=255):

@@ -26,9 +26,9 @@ def test_worker_dies_when_the_pipeline_process_is_killed(tmp_path):
     parent = textwrap.dedent(f"""
         import multiprocessing as mp, time
         def work(path):
-            from dasslab.pipeline import _die_with_parent
+            from dasslab.workflow.jobrun import die_with_parent
             import os
-            _die_with_parent()
+            die_with_parent()
             open(path, "w").write(str(os.getpid()))
             time.sleep(120)
         if __name__ == "__main__":

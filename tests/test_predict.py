@@ -25,7 +25,7 @@ def source_ckpt(tmp_path_factory, digits_data_dir) -> Path:
     """The checkpoint of a `stage=source debug=smoke` run (with the run's .hydra/config.yaml beside it)."""
     from hydra import compose, initialize_config_dir
 
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     root = tmp_path_factory.mktemp("predict_runs")
     os.environ["DASSLAB_DATA"] = str(digits_data_dir)
@@ -67,7 +67,7 @@ def read(path) -> np.ndarray:
 def test_predicts_every_readable_image_at_its_size_and_reports_the_bad_ones(source_ckpt, images, tmp_path):
     from dasslab.checkpoints import load_segmenter
     from dasslab.data.labels import palette
-    from dasslab.predict import run
+    from dasslab.export.predictions import run
     from dasslab.segmentation.inference import upsample_to
     from dasslab.visualize import overlay
 
@@ -99,7 +99,7 @@ def test_predicts_every_readable_image_at_its_size_and_reports_the_bad_ones(sour
 
 
 def test_rerun_does_only_what_is_missing(source_ckpt, images, tmp_path):
-    from dasslab.predict import run
+    from dasslab.export.predictions import run
 
     out = tmp_path / "out"
     run(predict_cfg(source_ckpt, images, out))
@@ -114,7 +114,7 @@ def test_rerun_does_only_what_is_missing(source_ckpt, images, tmp_path):
 
 
 def test_slide_with_a_window_of_the_training_size_equals_whole(source_ckpt, images, tmp_path):
-    from dasslab.predict import run
+    from dasslab.export.predictions import run
 
     run(predict_cfg(source_ckpt, images, tmp_path / "whole", "outputs=[labels]"))
     run(predict_cfg(source_ckpt, images, tmp_path / "slide", "outputs=[labels]", "mode=slide", "crop=[32,64]"))
@@ -126,7 +126,7 @@ def test_slide_with_a_window_of_the_training_size_equals_whole(source_ckpt, imag
 
 
 def test_resolution_falls_back_to_the_size_setting(source_ckpt, tmp_path):
-    from dasslab.predict import training_resolution
+    from dasslab.export.predictions import training_resolution
 
     alone = tmp_path / "model.ckpt"  # a checkpoint moved away from its run directory
     shutil.copy(source_ckpt, alone)
@@ -141,7 +141,7 @@ def test_resolution_falls_back_to_the_size_setting(source_ckpt, tmp_path):
 
 
 def test_bad_settings_are_one_line_errors(source_ckpt, images, tmp_path):
-    from dasslab.predict import run
+    from dasslab.export.predictions import run
 
     with pytest.raises(ConfigError, match=r"^input=.*nowhere: folder not found"):
         run(predict_cfg(source_ckpt, tmp_path / "nowhere", tmp_path / "o1"))
@@ -155,7 +155,7 @@ def test_bad_settings_are_one_line_errors(source_ckpt, images, tmp_path):
 
 def test_cli_reports_the_corrupt_image_on_one_line_and_exits_1(source_ckpt, images, tmp_path):
     out = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "-m", "dasslab.predict", f"ckpt={source_ckpt}", f"input={images}",
+    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.predict", f"ckpt={source_ckpt}", f"input={images}",
                            f"output={out}", "num_workers=1"],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]

@@ -29,10 +29,10 @@ TINY = ["ptl.N=3", "ptl.K=2", "ptl.t_max=30", "translate.num_steps=2", "segmente
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits_data_dir):
-    """A source-only segmenter and a target DDPM (3 steps each), trained once by ``dasslab.train.run``."""
+    """A source-only segmenter and a target DDPM (3 steps each), trained once by ``dasslab.commands.train.run``."""
     from hydra import compose, initialize_config_dir
 
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     root = tmp_path_factory.mktemp("ptl_runs")
     with pytest.MonkeyPatch.context() as mp:
@@ -176,7 +176,7 @@ def test_resume_mid_domain_continues_exactly(adapt_cfg, tmp_path):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from dasslab.callbacks.ptl import MiouOverDomains
-    from dasslab.evaluate import evaluate_segmenter
+    from dasslab.segmentation.evaluation import evaluate_segmenter
 
     cfg = adapt_cfg("ptl.K=3", "ptl.val_every_domains=1")
     # uninterrupted, with a checkpoint at step 5 to compare against
@@ -442,8 +442,8 @@ def test_stage_adapt_runs_through_run_stage_and_leaves_the_curve_and_grid(adapt_
     """`dasslab-train stage=adapt`: metrics.json of g_N, the mIoU-over-n curve from g_0 (= the source
     model's mIoU) to g_N (= the final evaluation), the Fig. 4 grid, an adapt checkpoint users load."""
     from dasslab.checkpoints import load_segmenter
-    from dasslab.evaluate import evaluate_segmenter
-    from dasslab.train import run
+    from dasslab.commands.train import run
+    from dasslab.segmentation.evaluation import evaluate_segmenter
 
     cfg = adapt_cfg("stage=adapt", "ptl.max_steps=6", "ptl.val_every_domains=1", "ptl.grid_every_domains=1")
     record = run(cfg)

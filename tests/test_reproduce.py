@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dasslab.reproduce import TABLES, plan_table
+from dasslab.workflow.reproduce import TABLES, plan_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -42,8 +42,8 @@ def test_seeds_repeat_only_the_adaptation_runs():
 
 
 def test_slurm_submits_every_job_of_a_table_once_after_what_it_needs(tmp_path, digits_data_dir, monkeypatch):
-    from dasslab.reproduce import submit_slurm
-    from dasslab.slurm import SlurmEngine
+    from dasslab.workflow.reproduce import submit_slurm
+    from dasslab.workflow.slurm import SlurmEngine
 
     log = []
 
@@ -92,7 +92,7 @@ def test_every_table_has_its_experiment_files(table):
 
 
 def test_dry_run_from_the_command_line_prints_the_plan_and_runs_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dasslab.reproduce", "table5", "--dry-run"],
+    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.reproduce", "table5", "--dry-run"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "waits for:" in proc.stdout and "jobs per stage" in proc.stdout
@@ -102,7 +102,7 @@ def test_dry_run_from_the_command_line_prints_the_plan_and_runs_nothing(tmp_path
 
 def test_slurm_without_sbatch_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "dasslab.reproduce", "table5", "--launcher", "slurm"],
+    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.reproduce", "table5", "--launcher", "slurm"],
                           capture_output=True, text=True, timeout=300)
     if "sbatch" in proc.stderr:
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0

@@ -19,7 +19,7 @@ SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=
 
 
 def _run(cfg):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     return run(cfg)
 
@@ -112,7 +112,7 @@ def test_csv_logger_drops_only_the_rows_an_interrupted_attempt_logs_again(tmp_pa
 @pytest.mark.slow
 def test_multirun_gives_every_job_its_own_folder(tmp_path, digits_data_dir):
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "dasslab.train", "-m", "stage=source", *SMOKE,
+    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.train", "-m", "stage=source", *SMOKE,
                            "segmenter.lr=0.001,0.01"], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent.parent for p in (tmp_path / "outputs").rglob(".hydra/config.yaml"))

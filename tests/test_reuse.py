@@ -60,7 +60,7 @@ def _files(folder_: Path) -> dict[str, bytes]:
 
 # --------------------------------------------------------------------------- predict
 def test_predict_with_another_checkpoint_refuses_then_overwrite_recomputes(tmp_path, compose, one_torch_thread):
-    from dasslab.predict import run
+    from dasslab.export.predictions import run
 
     seg3 = segmenter_ckpt(tmp_path / "seg3.ckpt")
     seg3b = segmenter_ckpt(tmp_path / "seg3b.ckpt", seed=1)                   # same classes, other weights
@@ -111,7 +111,7 @@ def test_predict_with_another_checkpoint_refuses_then_overwrite_recomputes(tmp_p
 
 
 def test_predict_refuses_outputs_without_a_record(tmp_path, compose, one_torch_thread):
-    from dasslab.predict import run
+    from dasslab.export.predictions import run
 
     seg3 = segmenter_ckpt(tmp_path / "seg3.ckpt")
     images, out = _images(tmp_path / "in"), tmp_path / "out"
@@ -125,7 +125,7 @@ def test_predict_refuses_outputs_without_a_record(tmp_path, compose, one_torch_t
 
 # --------------------------------------------------------------------------- translate
 def test_translate_of_other_data_with_the_same_names_refuses(tmp_path, compose, one_torch_thread):
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     a = folder_dataset(tmp_path / "A", seed=0)
     b = folder_dataset(tmp_path / "B", seed=1)        # the same file names 0.png … 3.png, other pixels
@@ -154,7 +154,7 @@ def test_translate_of_other_data_with_the_same_names_refuses(tmp_path, compose, 
 
 
 def test_eval_records_the_checkpoint_and_the_data(tmp_path, compose, one_torch_thread):
-    from dasslab.eval import run
+    from dasslab.commands.eval import run
 
     root = folder_dataset(tmp_path / "data")
     seg3 = segmenter_ckpt(tmp_path / "seg3.ckpt")
@@ -167,7 +167,7 @@ def test_eval_records_the_checkpoint_and_the_data(tmp_path, compose, one_torch_t
 
 # --------------------------------------------------------------------------- pipeline
 def test_pipeline_after_a_label_edit_runs_the_job_again(tmp_path, compose, capsys, one_torch_thread):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     root = folder_dataset(tmp_path / "data", n=4)
     args = ["stage=pipeline", "debug=smoke", "logger=none", *folder(root), "pipeline.rows=[source_only]",
@@ -194,8 +194,8 @@ def test_generated_digits_keep_their_cache_keys(tmp_path, compose):
     """A generated dataset (digits) adds nothing to a job's key: its settings are in the config already."""
     from omegaconf import OmegaConf
 
-    from dasslab.pipeline import stage_key
     from dasslab.provenance import data_fingerprints
+    from dasslab.workflow.plan import stage_key
 
     cfg = compose("debug=smoke", "stage=source", f"paths.output_dir={tmp_path}")
     tree = OmegaConf.to_container(cfg, resolve=True)

@@ -25,9 +25,9 @@ from dasslab.checkpoints import (
     safe_torch_load,
     trust_checkpoints,
 )
+from dasslab.commands.export_weights import main as export_main
 from dasslab.errors import CheckpointError, UnsafeCheckpointError
-from dasslab.export_weights import export_weights
-from dasslab.export_weights import main as export_main
+from dasslab.export.weights import export_weights
 from dasslab.segmentation import build_segmenter, read_state_dict
 
 SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv"]
@@ -162,16 +162,17 @@ SETTINGS = {
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_every_setting_refuses_the_file(setting, evil, compose, tmp_path, request, monkeypatch):
-    """Through the Python API (``dasslab.train.run`` / ``dasslab.eval.run``): one refusal, no code run."""
+    """Through the Python API (``dasslab.commands.train.run`` / ``dasslab.commands.eval.run``): one refusal, no code
+    run."""
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # nothing relies on torch's default
     path, marker = evil
     config, overrides = SETTINGS[setting]
     diffusion = request.getfixturevalue("runs")["diffusion"] if setting == "guide_ckpt" else None
     overrides = [o.format(evil=path, diffusion=diffusion) for o in overrides]
     if config == "eval":
-        from dasslab.eval import run
+        from dasslab.commands.eval import run
     else:
-        from dasslab.train import run
+        from dasslab.commands.train import run
 
         overrides = [*SMOKE, *overrides]
     with pytest.raises(Exception) as e:  # noqa: B017 - the chain is checked by _refusal
@@ -191,8 +192,8 @@ def cli_env(tmp_path, digits_data_dir):
 
 
 @pytest.mark.parametrize("entry,args,setting", [
-    ("dasslab.eval", ["data.num_workers=0"], "ckpt"),
-    ("dasslab.train", ["stage=source", *SMOKE], "resume"),
+    ("dasslab.commands.eval", ["data.num_workers=0"], "ckpt"),
+    ("dasslab.commands.train", ["stage=source", *SMOKE], "resume"),
 ])
 def test_console_scripts_print_one_line_and_stop(evil, tmp_path, cli_env, entry, args, setting):
     path, marker = evil
@@ -207,7 +208,7 @@ def test_console_scripts_print_one_line_and_stop(evil, tmp_path, cli_env, entry,
 def test_trust_checkpoint_setting_reaches_the_loader(evil, tmp_path, cli_env):
     """``trust_checkpoint=true`` on the command line is the opt-in: the (malicious) pickle is then executed."""
     path, marker = evil
-    proc = _cli("dasslab.eval", f"ckpt={path}", "trust_checkpoint=true", "data.num_workers=0",
+    proc = _cli("dasslab.commands.eval", f"ckpt={path}", "trust_checkpoint=true", "data.num_workers=0",
                 f"paths.output_dir={tmp_path / 'run'}", env=cli_env)
     assert marker.exists(), proc.stderr[-2000:]
     # what the file holds is not a segmenter: still one line
@@ -221,7 +222,7 @@ def _pipeline(root: Path, data: Path, rows: list[str] | None) -> list[str]:
     """Run the pipeline (smoke-sized, real callbacks) on ``rows`` (None: every job) in ``root/cache``; its rows."""
     from hydra import compose, initialize_config_dir
 
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DASSLAB_DATA", str(data))
@@ -281,7 +282,7 @@ def _resume(ckpt: Path, out: Path, max_steps: int) -> dict:
     """Rerun the job that wrote ``ckpt`` (its own resolved config) with ``resume=ckpt`` up to ``max_steps``."""
     from omegaconf import OmegaConf
 
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     cfg = OmegaConf.load(ckpt.parents[1] / ".hydra" / "config.yaml")
     section = "diffusion" if cfg.stage.name == "diffusion" else "segmenter"

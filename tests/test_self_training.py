@@ -219,7 +219,7 @@ def test_bad_self_training_settings_fail_at_config_time_with_one_line(adapt_cfg,
 
 def test_a_switched_off_self_training_section_stays_out_of_the_cache_key(adapt_cfg):
     """Runs without self-training keep their cached results whatever its (unread) values; with it on, they count."""
-    from dasslab.pipeline import stage_key
+    from dasslab.workflow.plan import stage_key
 
     base = stage_key(adapt_cfg("stage=adapt"))
     assert stage_key(adapt_cfg("stage=adapt", "adapt.self_training.ema=0.5")) == base

@@ -1,6 +1,6 @@
 """Slurm: an experiment's jobs as Slurm jobs with afterok dependencies, requeue with resume, DDP over tasks.
 
-Without Slurm: the engine (:mod:`dasslab.slurm`) against a recording executor — what it submits, after
+Without Slurm: the engine (:mod:`dasslab.workflow.slurm`) against a recording executor — what it submits, after
 what, in which shape, what it leaves alone — and the launcher config.
 
 With a real Slurm (``scripts/slurm/start_slurm.sh`` installs it with apt-get as root and starts a
@@ -52,7 +52,7 @@ class Recorder:
 
 
 def _engine(log, states=None, base=100):
-    from dasslab.slurm import SlurmEngine
+    from dasslab.workflow.slurm import SlurmEngine
 
     return SlurmEngine({"partition": "gpu", "timeout_min": 30, "gpus_per_node": 2, "max_num_timeout": 3,
                         "additional_parameters": {"qos": "high"}},
@@ -61,7 +61,7 @@ def _engine(log, states=None, base=100):
 
 
 def _plan(compose, tmp_path, *extra):
-    from dasslab.pipeline import plan
+    from dasslab.workflow.plan import plan
 
     stage = "{name:timed,kind:run,ignore:[],run:{_target_:stage_fixtures.timed,_partial_:true}}"
     cfg = compose("debug=smoke", "stage=pipeline", "pipeline.rows=[c]", f"+pipeline.jobs.a={{stage:{stage}}}",
@@ -74,8 +74,8 @@ def _plan(compose, tmp_path, *extra):
 
 def test_engine_submits_each_job_after_what_it_needs_in_its_shape(compose, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
-    from dasslab.pipeline import write_results
-    from dasslab.slurm import SlurmJob, submit_pipeline
+    from dasslab.workflow.results import write_results
+    from dasslab.workflow.slurm import SlurmJob, submit_pipeline
 
     cfg, planned, skipped = _plan(compose, tmp_path)
     log: list = []
@@ -107,8 +107,9 @@ def test_engine_submits_each_job_after_what_it_needs_in_its_shape(compose, tmp_p
 
 def test_engine_leaves_finished_jobs_and_writes_the_results_when_all_are_done(compose, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
-    from dasslab.pipeline import execute, write_results
-    from dasslab.slurm import submit_pipeline
+    from dasslab.workflow.execute import execute
+    from dasslab.workflow.results import write_results
+    from dasslab.workflow.slurm import submit_pipeline
 
     cfg, planned, skipped = _plan(compose, tmp_path)
     execute({k: planned[k] for k in ("a", "b")})                           # a and b finished before
@@ -128,7 +129,7 @@ def test_engine_leaves_finished_jobs_and_writes_the_results_when_all_are_done(co
 def test_a_requeued_job_resumes_from_its_last_checkpoint(compose, tmp_path, monkeypatch):
     """submitit's requeue hook (a time-out or preemption) resubmits the job with resume=auto."""
     monkeypatch.syspath_prepend(str(TESTS))
-    from dasslab.slurm import SlurmJob
+    from dasslab.workflow.slurm import SlurmJob
 
     cfg, planned, _ = _plan(compose, tmp_path)
     first = SlurmJob(planned["c"])
@@ -136,7 +137,7 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(compose, tmp_path, monk
     again = delayed.function
     assert isinstance(again, SlurmJob) and again.resume and not first.resume and again.job is planned["c"]
     stage = "{name:seen,kind:run,ignore:[],run:{_target_:stage_fixtures.timed,_partial_:true}}"
-    from dasslab.pipeline import plan
+    from dasslab.workflow.plan import plan
 
     cfg = compose("debug=smoke", "stage=pipeline", f"+pipeline.jobs.s={{stage:{stage}}}",
                   f"+pipeline_test.log={tmp_path / 's.log'}", "+pipeline_test.sleep=0",
@@ -155,7 +156,7 @@ def test_launcher_config_follows_the_trainer_and_the_environment(monkeypatch):
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from dasslab.slurm import launcher_params
+    from dasslab.workflow.slurm import launcher_params
 
     monkeypatch.setenv("DASSLAB_SLURM_PARTITION", "gpu-long")
     monkeypatch.setenv("DASSLAB_SLURM_GPUS_PER_NODE", "4")
@@ -257,7 +258,7 @@ def test_slurm_runs_an_experiment_as_dependent_jobs_the_second_ddp_over_two_task
     pipeline: one task) on Slurm; it submits the experiment's jobs with afterok and ends at once."""
     sweep = tmp_path / "sweep"
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "dasslab.train", "-m", "hydra/launcher=slurm", "stage=pipeline",
+    cmd = [sys.executable, "-m", "dasslab.commands.train", "-m", "hydra/launcher=slurm", "stage=pipeline",
            "pipeline.rows=[source_only,ptl_none]", *SMOKE,
            "+pipeline.jobs.ptl_none.set.trainer={strategy:ddp,devices:2,num_nodes:1}", f"paths.output_dir={sweep}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path, digits_data_dir), cwd=tmp_path,
@@ -310,7 +311,7 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes(slurm_cluster, digits_dat
     stage = "{name:attempts,kind:run,ignore:[],run:{_target_:slurm_fixtures.attempts,_partial_:true}}"
     env = {**_env(tmp_path, digits_data_dir), "PYTHONPATH": os.pathsep.join([str(TESTS),
                                                                             os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "dasslab.train", "stage=pipeline", "pipeline.rows=[a]", *SMOKE,
+    cmd = [sys.executable, "-m", "dasslab.commands.train", "stage=pipeline", "pipeline.rows=[a]", *SMOKE,
            f"+pipeline.jobs.a={{stage:{stage}}}", f"+pipeline_test.log={log}", "+pipeline_test.sleep=120",
            "hydra/launcher=slurm", f"paths.output_dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

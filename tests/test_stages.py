@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dasslab.train import run
+from dasslab.commands.train import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -50,7 +50,7 @@ def test_eval_cli_reads_the_checkpoint(trained, tmp_path, digits_data_dir):
     env = dict(os.environ, DASSLAB_DATA=str(digits_data_dir), DASSLAB_ROOT=str(tmp_path))
     ckpt = trained["source"] / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "-m", "dasslab.eval", f"ckpt={ckpt}", "dataset=digits",
+    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.eval", f"ckpt={ckpt}", "dataset=digits",
                            "dataset.generate.n_train=120", "dataset.generate.n_val=40", "data.num_workers=0",
                            "data.limit_val=16", "dataset.image_size=[32,64]",
                            f"paths.output_dir={out}"], env=env, capture_output=True, text=True, timeout=300)
@@ -75,8 +75,8 @@ def test_sliding_window_equals_whole_for_a_window_of_the_image_size(trained):
 
 
 def test_translate_export_resumes_after_interruption(trained, compose, tmp_path, monkeypatch):
-    import dasslab.translate as tr
-    from dasslab.translate import export_translations
+    import dasslab.export.translations as tr
+    from dasslab.export.translations import export_translations
 
     def cfg(out):
         return compose(*SMOKE, f"translate.diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[3,6]",
@@ -118,7 +118,7 @@ def test_translate_export_resumes_after_interruption(trained, compose, tmp_path,
 
 def test_exported_translation_is_a_folder_dataset(trained, tmp_path, compose):
     from dasslab.data.folder import FolderDomain
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     c = compose(*SMOKE, f"translate.diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[0,5]",
                 "translate.limit=4", f"translate.out_dir={tmp_path / 'x'}")
@@ -141,7 +141,7 @@ def test_exported_translation_is_a_folder_dataset(trained, tmp_path, compose):
     ("dataset.image_size=[30,30]", "divisible"),
 ])
 def test_translate_bad_input(trained, compose, tmp_path, override, match):
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     c = compose(*SMOKE, f"translate.diffusion_ckpt={trained['diffusion_ckpt']}", "translate.limit=2",
                 f"translate.out_dir={tmp_path / 'x'}", "dataset.crop_size=[16,16]", override)
@@ -150,7 +150,7 @@ def test_translate_bad_input(trained, compose, tmp_path, override, match):
 
 
 def test_translate_unwritable_folder(trained, compose, tmp_path):
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -163,7 +163,7 @@ def test_translate_unwritable_folder(trained, compose, tmp_path):
 
 
 def test_missing_diffusion_checkpoint(compose, tmp_path):
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     c = compose(*SMOKE, f"translate.diffusion_ckpt={tmp_path / 'nope.ckpt'}")
     from dasslab.errors import CheckpointError
@@ -259,7 +259,7 @@ def test_missing_dataset_root_is_a_clear_error(compose, tmp_path):
 
 
 def test_guided_export_uses_the_guide_and_records_the_shift(trained, compose, tmp_path):
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     guide = trained["source"] / "checkpoints" / "last.ckpt"
     common = [*SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[6]", "translate.limit=4",
@@ -277,7 +277,7 @@ def test_guided_export_uses_the_guide_and_records_the_shift(trained, compose, tm
 
 
 def test_guidance_without_a_guide_is_a_clear_error(trained, compose, tmp_path):
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     with pytest.raises(ValueError, match="guide_ckpt"):
         export_translations(compose(*SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}", "guidance=gsg_only",
@@ -290,7 +290,7 @@ GUIDED = [(g, "alternate") for g in ("sgg", "lcg_only", "gsg_only", "none")] + [
 
 @pytest.mark.parametrize("guidance, arrangement", GUIDED)
 def test_every_guidance_and_arrangement_runs(trained, compose, tmp_path, guidance, arrangement):
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     (out,) = export_translations(compose(
         *SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}",
@@ -305,7 +305,7 @@ def test_every_guidance_and_arrangement_runs(trained, compose, tmp_path, guidanc
 
 def test_nonfinite_guidance_is_skipped_counted_and_never_reaches_the_image(trained, compose, tmp_path, monkeypatch):
     import dasslab.guidance as guidance_pkg
-    from dasslab.translate import export_translations
+    from dasslab.export.translations import export_translations
 
     common = [*SMOKE, f"diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[5]", "translate.limit=4",
               "translate.batch_size=2", "translate.num_steps=3", "translate.grid_images=0"]
@@ -334,7 +334,7 @@ def test_wandb_logger_runs_offline(compose, tmp_path, monkeypatch):
 
 
 def test_translate_rerun_with_other_settings_refuses_stale_images(trained, compose, tmp_path):
-    from dasslab.translate import StaleOutputError, export_translations
+    from dasslab.export.translations import StaleOutputError, export_translations
 
     out = tmp_path / "t"
     base = [*SMOKE, f"translate.diffusion_ckpt={trained['diffusion_ckpt']}", "translate.depths=[4]",

@@ -93,7 +93,7 @@ def test_no_import_cycles_in_dasslab():
 
 def test_lower_layers_do_not_import_upper_ones():
     graph = import_graph(PKG)
-    upper = ("dasslab.lit", "dasslab.callbacks", "dasslab.stages", "dasslab.pipeline", "dasslab.train")
+    upper = ("dasslab.lit", "dasslab.callbacks", "dasslab.workflow", "dasslab.commands", "dasslab.export")
     for low in ("dasslab.diffusion", "dasslab.guidance", "dasslab.data"):
         for m, deps in graph.items():
             if m.startswith(low):
@@ -126,7 +126,7 @@ ignore: []
 
 
 def test_a_stage_defined_only_in_a_test_config_runs_through_run_stage(compose, tmp_path):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     extra = tmp_path / "extra_conf"
     (extra / "stage").mkdir(parents=True)
@@ -149,7 +149,7 @@ def _pipeline_args(tmp_path, log, sleep=0.0):
 
 
 def test_pipeline_runs_a_job_once_and_reuses_it(compose, tmp_path, monkeypatch, capsys):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     monkeypatch.syspath_prepend(str(TESTS))
     log = tmp_path / "runs.log"
@@ -167,7 +167,7 @@ def test_pipeline_runs_a_job_once_and_reuses_it(compose, tmp_path, monkeypatch, 
 
 
 def test_parallel_pipeline_runs_ready_jobs_side_by_side_and_waits_for_needs(compose, tmp_path, monkeypatch):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     monkeypatch.syspath_prepend(str(TESTS))          # spawned job processes inherit sys.path
     log = tmp_path / "times.log"
@@ -181,7 +181,8 @@ def test_parallel_pipeline_runs_ready_jobs_side_by_side_and_waits_for_needs(comp
     assert sorted(t) == ["a", "b", "c"]
     assert max(t["a"]["start"], t["b"]["start"]) < min(t["a"]["end"], t["b"]["end"])   # a and b overlapped
     assert t["c"]["start"] >= max(t["a"]["end"], t["b"]["end"])                        # c waited for both
-    from dasslab.pipeline import job_log, plan
+    from dasslab.workflow.execute import job_log
+    from dasslab.workflow.plan import plan
 
     planned, _ = plan(cfg, ["c"])
     assert all("running stage=timed" in job_log(j).read_text() for j in planned.values())   # each its own log
@@ -190,7 +191,8 @@ def test_parallel_pipeline_runs_ready_jobs_side_by_side_and_waits_for_needs(comp
 
 
 def test_ready_jobs_start_highest_priority_first_and_finished_jobs_are_read_in_place(compose, tmp_path, monkeypatch):
-    from dasslab.pipeline import execute, plan
+    from dasslab.workflow.execute import execute
+    from dasslab.workflow.plan import plan
 
     monkeypatch.syspath_prepend(str(TESTS))
     log = tmp_path / "times.log"
@@ -210,7 +212,8 @@ def test_ready_jobs_start_highest_priority_first_and_finished_jobs_are_read_in_p
 
 
 def test_a_failing_job_in_a_parallel_pipeline_stops_it_with_its_log(compose, tmp_path, monkeypatch, capsys):
-    from dasslab.pipeline import execute, job_log, plan
+    from dasslab.workflow.execute import execute, job_log
+    from dasslab.workflow.plan import plan
 
     monkeypatch.syspath_prepend(str(TESTS))
     stage = "{name:failing,kind:run,ignore:[],run:{_target_:stage_fixtures.fail,_partial_:true}}"
@@ -229,7 +232,8 @@ def test_two_processes_wanting_one_job_run_it_once(tmp_path, digits_data_dir):
     log = tmp_path / "runs.log"
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir),
                PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, "-m", "dasslab.train", *_pipeline_args(tmp_path, log, sleep=2.0),
+    procs = [subprocess.Popen([sys.executable, "-m", "dasslab.commands.train",
+                               *_pipeline_args(tmp_path, log, sleep=2.0),
                                f"paths.output_dir={tmp_path / f'job{i}'}"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -241,7 +245,7 @@ def test_two_processes_wanting_one_job_run_it_once(tmp_path, digits_data_dir):
 
 
 def test_dry_run_plans_without_running(compose, tmp_path, capsys):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     out = run(compose("debug=smoke", "stage=pipeline", "pipeline.rows=[source_only,baseline]",
                       "pipeline.dry_run=true", f"paths.output_dir={tmp_path / 'plan'}"))
@@ -254,7 +258,7 @@ def test_dry_run_plans_without_running(compose, tmp_path, capsys):
 
 
 def test_rows_needing_target_labels_are_skipped_with_the_reason(compose, tmp_path, capsys):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     cfg = compose("debug=smoke", "stage=pipeline", "pipeline.rows=[oracle]", "pipeline.dry_run=true",
                   "~dataset.target_train_labeled", f"paths.output_dir={tmp_path / 'p'}")
@@ -263,7 +267,7 @@ def test_rows_needing_target_labels_are_skipped_with_the_reason(compose, tmp_pat
 
 
 def test_pipeline_job_config_swaps_groups_and_fills_upstream_checkpoints(compose, tmp_path):
-    from dasslab.pipeline import plan
+    from dasslab.workflow.plan import plan
 
     cfg = compose("debug=smoke", "stage=pipeline", "guidance=sgg", "guidance.shift=0.2", "ptl.N=7",
                   f"paths.output_dir={tmp_path}")
@@ -279,7 +283,7 @@ def test_pipeline_job_config_swaps_groups_and_fills_upstream_checkpoints(compose
 
 
 def test_seeds_repeat_a_per_seed_upstream_with_the_same_seed_and_share_the_others(compose, tmp_path):
-    from dasslab.pipeline import plan
+    from dasslab.workflow.plan import plan
 
     shared, _ = plan(compose("debug=smoke", "stage=pipeline", "pipeline.seeds=[0,1]",
                              f"paths.output_dir={tmp_path}"), ["source_only", "full"])
@@ -301,15 +305,15 @@ def test_seeds_repeat_a_per_seed_upstream_with_the_same_seed_and_share_the_other
     ("pipeline.rows=[nope]", "nope"),
 ])
 def test_unknown_rows_are_config_errors(compose, tmp_path, bad, match):
+    from dasslab.checks.settings import validate_config
     from dasslab.errors import ConfigError
-    from dasslab.validate import validate_config
 
     with pytest.raises(ConfigError, match=match):
         validate_config(compose("debug=smoke", "stage=pipeline", bad, f"paths.output_dir={tmp_path}"))
 
 
 def test_summary_gap_closed_and_seed_statistics():
-    from dasslab.pipeline import summarize
+    from dasslab.workflow.results import summarize
 
     res = {"source_only": {"miou": 20.0}, "oracle": {"miou": 60.0},
            "full@seed0": {"miou": 30.0}, "full@seed1": {"miou": 34.0}, "full@seed2": {"miou": 32.0}}

@@ -15,7 +15,7 @@ SMOKE = ["debug=smoke", "dataset=digits", "dataset.generate.n_train=120", "datas
 
 
 def test_changing_n_or_lambda_keeps_the_source_model_and_the_ddpm(compose):
-    from dasslab.pipeline import plan
+    from dasslab.workflow.plan import plan
 
     def keys(*extra):
         cfg = compose("experiment=table2f_full", *SMOKE, *extra)
@@ -36,7 +36,7 @@ def test_a_sweep_is_one_folder_and_the_tables_read_it(tmp_path, digits_data_dir)
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "DASSLAB_ROOT"}
     env.update(DASSLAB_DATA=str(digits_data_dir), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "dasslab.train", "-m", "experiment=table2f_full", *SMOKE, "ptl.N=10,20",
+    cmd = [sys.executable, "-m", "dasslab.commands.train", "-m", "experiment=table2f_full", *SMOKE, "ptl.N=10,20",
            f"paths.output_dir={sweep}"]
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -57,7 +57,7 @@ def test_a_sweep_is_one_folder_and_the_tables_read_it(tmp_path, digits_data_dir)
     assert "source_only: reusing" in (sweep / "1" / "train.log").read_text() + proc.stdout
 
     # the sweep folder as a table: Table 2's title, the shared source model once, the swept N as the only label
-    from dasslab.tables import find_runs, write_tables
+    from dasslab.workflow.tables import find_runs, write_tables
 
     tables = write_tables(find_runs([sweep]), tmp_path / "t")
     assert list(tables) == ["Table 2 — digits"]
@@ -74,13 +74,13 @@ def test_a_sweep_is_one_folder_and_the_tables_read_it(tmp_path, digits_data_dir)
 
 
 def _job_dir(tmp_path, monkeypatch, overrides, mode, job_dir):
-    """What :func:`dasslab.cli.job_output_dir` makes of a job Hydra started with ``overrides``."""
+    """What :func:`dasslab.commands.app.job_output_dir` makes of a job Hydra started with ``overrides``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import open_dict
 
-    from dasslab.cli import job_output_dir
+    from dasslab.commands.app import job_output_dir
 
     monkeypatch.setenv("DASSLAB_ROOT", str(tmp_path / "root"))
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dasslab.commands.tables import main
 from dasslab.data.labels import CITYSCAPES_CLASSES, SYNTHIA_13, SYNTHIA_16
 from dasslab.errors import ConfigError
-from dasslab.tables import find_runs, main, sweep_jobs, write_tables
+from dasslab.workflow.tables import find_runs, sweep_jobs, write_tables
 
 DIGITS = ["background"] + [str(i) for i in range(10)]
 
@@ -123,7 +124,7 @@ def test_seeds_are_averaged_failures_kept_and_paper_beside(runs_root, tmp_path):
         assert float(full[f"{name} std"]) == pytest.approx(statistics.stdev(seeds), abs=1e-3)
     assert float(full["mIoU"]) == pytest.approx(statistics.fmean(statistics.fmean(v) for v in gta_values.values()),
                                                 abs=1e-3)
-    assert float(full["paper mIoU"]) == 61.9  # dasslab/paper_results.yaml: Table 1, R101, GTA5, adaptation
+    assert float(full["paper mIoU"]) == 61.9  # dasslab/workflow/paper_results.yaml: Table 1, R101, GTA5, adaptation
     dead = next(r for r in rows if r["runs"] == "1")
     assert dead["status"] == "1 failed" and dead["mIoU"] == "" and "adapt.mode=none" in dead["setting"]
     assert dead["paper mIoU"] == ""  # the source-only run of the same experiment is another row
@@ -192,7 +193,7 @@ def test_cli_globs_and_one_line_errors(sweep, runs_root, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: runs={tmp_path / 'nope'}: folder not found; expected run " \
                                                "folders or sweep folders"
     with pytest.raises(ConfigError, match="^out: a value is required"):
-        from dasslab.tables import parse_args
+        from dasslab.commands.tables import parse_args
 
         parse_args([f"runs={d}"])
 
@@ -200,9 +201,9 @@ def test_cli_globs_and_one_line_errors(sweep, runs_root, tmp_path, capsys):
 @pytest.mark.parametrize("shared_source", [False, True])
 def test_pipeline_rows_run_per_seed_get_the_pipelines_own_summary(tmp_path, shared_source):
     """A stage=pipeline folder with seeded rows: each seed's run is read, and mean ± std, gap closed, share of
-    ceiling, paired gains and "beats" are :func:`dasslab.pipeline.summarize`'s own numbers (a source-only model
+    ceiling, paired gains and "beats" are :func:`dasslab.workflow.results.summarize`'s own numbers (a source-only model
     run once is shared by the seeds: each pairs with it)."""
-    from dasslab.pipeline import summarize
+    from dasslab.workflow.results import summarize
 
     values = {"source_only": [22.0] if shared_source else [20.0, 22.0, 24.0], "oracle": [60.0, 58.0, 62.0],
               "ceiling": [50.0, 52.0, 48.0], "ptl_none": [21.0, 21.0, 25.0], "baseline": [23.0, 22.0, 26.0],

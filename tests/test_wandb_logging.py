@@ -50,7 +50,7 @@ def test_as_uint8():
 
 
 def test_wandb_offline_run_has_the_whole_config_and_visible_pictures(compose, tmp_path, monkeypatch):
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -82,7 +82,7 @@ def test_wandb_offline_run_has_the_whole_config_and_visible_pictures(compose, tm
 
 def test_an_experiment_reaches_wandb_even_when_its_jobs_are_reused(compose, tmp_path, monkeypatch):
     """Group = the experiment, job type = the row; each pipeline run ends with a summary run of the results."""
-    from dasslab.train import run
+    from dasslab.commands.train import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -107,7 +107,7 @@ def test_an_experiment_reaches_wandb_even_when_its_jobs_are_reused(compose, tmp_
 
 
 def test_the_summary_carries_the_miou_over_n_curves(compose, tmp_path, monkeypatch):
-    from dasslab.wandb_report import log_experiment
+    from dasslab.workflow.wandb_report import log_experiment
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dasslab.metrics import SegmentationMetrics, nanmean
+from dasslab.segmentation.metrics import SegmentationMetrics, nanmean
 
 __all__ = ["foreground_classes", "label_consistency"]
 

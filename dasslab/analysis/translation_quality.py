@@ -12,7 +12,7 @@ train split), translation itself can be measured on labeled source images:
   left-over noise does not read as "target".
 
 :func:`measure` runs each setting of ``quality.settings`` at its depths (a setting may list
-its own ``depths``; default ``quality.depths``) through :func:`dasslab.translation.translate_images`
+its own ``depths``; default ``quality.depths``) through :func:`dasslab.guidance.translation.translate_images`
 — the one seed rule, so every setting at one depth starts from the same noise and differences
 come from the guidance alone — plus an optional lambda sweep; it writes
 ``translation_quality.json`` and pictures (curves over n, a grid of examples).
@@ -33,13 +33,13 @@ from dasslab.analysis.domain_score import domain_score, train_domain_classifier
 from dasslab.analysis.image_stats import high_frequency_energy
 from dasslab.analysis.judge import foreground_classes, label_consistency
 from dasslab.errors import ConfigError
-from dasslab.translation import translate_images
+from dasslab.guidance.translation import translate_images
 from dasslab.utils.io import atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)
 
-__all__ = ["measure", "setting_plan"]
+__all__ = ["measure", "quality_markdown", "quality_stage", "setting_plan"]
 
 
 def _stack(ds, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -206,3 +206,56 @@ def _pictures(result, examples, src_x, src_y, k, q, out: Path) -> None:
         save_png(out / "quality_examples.png",
                  grid(rows, titles=["source"] + [f"{n} n={d}" for n, d in cols] + ["label"],
                       scale=max(1, 96 // rows[0][0].shape[0])))
+
+
+# --------------------------------------------------------------------------- stage=quality
+def _guidance_label(g: dict) -> str:
+    strength = f"shift={g.get('shift')}" if g.get("calibrate") else f"lambda={g.get('scale', 0)}"
+    extra = [f"{k}={g[k]}" for k in ("lcg_input", "loss_on") if k in g]
+    if g.get("through_denoiser"):
+        extra.append("through denoiser")
+    return ", ".join([strength, *extra])
+
+
+def quality_stage(cfg: DictConfig) -> dict:
+    """The translation-quality job: :func:`dasslab.analysis.translation_quality.measure` in the run dir."""
+    from dasslab.analysis.translation_quality import measure
+
+    for key in ("quality.judge_ckpt", "diffusion_ckpt", "guide_ckpt"):
+        if not OmegaConf.select(cfg, key):
+            raise ConfigError(f"stage=quality needs {key}=PATH (the pipeline fills it from its jobs)")
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    q = measure(cfg, cfg.quality.judge_ckpt, cfg.diffusion_ckpt, cfg.guide_ckpt, out)
+    return {"markdown": quality_markdown(q), "quality": str(out / "translation_quality.json")}
+
+
+def quality_markdown(q: dict) -> str:
+    """Consistency / domain score / high-frequency tables of :func:`dasslab.analysis.translation_quality.measure`."""
+    ref = q["reference"]
+
+    def hf(r):
+        return "" if r.get("hf") is None else f", hf {r['hf']:.3f}"
+
+    lines = [f"## Translation quality ({q['num_images']} source val images, {q['num_steps']} reverse steps "
+             "unless a row says otherwise)", "",
+             "Consistency: the judge's foreground mIoU on the translated images against the source labels "
+             "(all-class mIoU in brackets); hf: mean |difference| of neighbouring pixels (noise left by the "
+             "chain raises it). Reference: "
+             + "; ".join(f"{name} {r['consistency']:.1f} ({r.get('consistency_all', float('nan')):.1f}), domain "
+                         f"score {r['domain_score']:.2f}{hf(r)}" for name, r in ref.items()) + ".", "",
+             "| setting | n | steps | Sigma | consistency (mIoU %) | domain score | hf | shift / sigma |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for name, s in q["settings"].items():
+        for r in s["rows"]:
+            h = "" if r.get("hf") is None else f"{r['hf']:.3f}"
+            lines.append(f"| {name} ({_guidance_label(s['guidance'])}) | {r['depth']} | "
+                         f"{r.get('num_steps', q['num_steps'])} | {r.get('variance', 'beta')} | "
+                         f"{r['consistency']:.1f} | {r['domain_score']:.2f} | {h} | {r['shift_over_sigma_mean']:.3f} |")
+    if q.get("lambda_sweep"):
+        lines += ["", "| lambda sweep | n | consistency | domain score | shift / sigma |", "|---|---:|---:|---:|---:|"]
+        for v in q["lambda_sweep"].values():
+            lines.append(f"| {v['setting']} {v.get('key', 'lambda')}={v['scale']} | {v['depth']} | "
+                         f"{v['consistency']:.1f} | "
+                         f"{v['domain_score']:.2f} | {v['shift_over_sigma_mean']:.3f} |")
+    return "\n".join(lines) + "\n"

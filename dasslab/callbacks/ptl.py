@@ -51,8 +51,8 @@ class MiouOverDomains(L.Callback):
     def _measure(self, trainer: L.Trainer, module, n: int) -> None:
         from dasslab.callbacks.images import save_miou_curve
         from dasslab.data.datamodule import eval_collate
-        from dasslab.metrics import SegmentationMetrics
         from dasslab.segmentation.inference import upsample_to
+        from dasslab.segmentation.metrics import SegmentationMetrics
 
         dm = trainer.datamodule
         if dm is None or dm.val_set is None:

@@ -1,7 +1,7 @@
 """Guidance settings: the ``guidance`` and ``arrangement`` config groups, checked once, at config time.
 
 :func:`validate_guidance` is the only place where guidance settings are checked. It is called
-by ``dasslab.validate`` before a stage runs and by :func:`~dasslab.guidance.sgg.make_guidance`
+by ``dasslab.checks.settings`` before a stage runs and by :func:`~dasslab.guidance.sgg.make_guidance`
 when it is given a plain mapping; everything downstream (the guided step, LCG, GSG, the loss)
 trusts the :class:`GuidanceSettings` it receives.
 

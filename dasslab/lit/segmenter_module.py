@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from dasslab.diffusion.schedule import NoiseSchedule
-from dasslab.metrics import SegmentationMetrics
 from dasslab.segmentation import build_segmenter
 from dasslab.segmentation.augment import noisy_masked
 from dasslab.segmentation.inference import predict_logits, upsample_to
+from dasslab.segmentation.metrics import SegmentationMetrics
 
 
 class SegmenterModule(L.LightningModule):

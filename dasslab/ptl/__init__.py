@@ -25,7 +25,7 @@ Read in this order:
 * :mod:`dasslab.ptl.config` — the settings' defaults and checks.
 
 The mIoU-over-n curve is a callback (:mod:`dasslab.callbacks.ptl`); translating one batch is
-:mod:`dasslab.translation` (shared with ``dasslab-translate``).
+:mod:`dasslab.guidance.translation` (shared with ``dasslab-translate``).
 """
 
 from dasslab.ptl.config import validate_ptl, validate_self_training

@@ -26,13 +26,13 @@ from torch import Tensor
 
 from dasslab.data.transforms import derive_seed
 from dasslab.errors import ConfigError
+from dasslab.guidance.translation import chunk_seed, translate_batch, translate_images
 from dasslab.lit.segmenter_module import SegmenterModule
 from dasslab.ptl.config import SELF_TRAINING_DEFAULTS, WATCH_DEFAULTS, self_training_settings
 from dasslab.ptl.data import TARGET, TARGET_LABELED, SourceStream
 from dasslab.ptl.schedule import DomainSchedule, domain_seed, lr_factor, ptl_max_steps
 from dasslab.ptl.watch import PoolWatch
 from dasslab.segmentation import self_training as st
-from dasslab.translation import chunk_seed, translate_batch, translate_images
 from dasslab.utils.rng import own_rng
 
 __all__ = ["PTLModule", "from_config", "train_keys_for"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dasslab.diffusion.schedule import domain_timestep
-from dasslab.translation import chunk_seed
+from dasslab.guidance.translation import chunk_seed
 
 __all__ = ["LR_SCHEDULES", "MODES", "DomainSchedule", "domain_seed", "lr_factor", "ptl_max_steps"]
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 TRUST_SETTING = "trust_checkpoint"
 SAFETENSORS_SUFFIX = ".safetensors"
-META_KEY = "dasslab"  # safetensors metadata: JSON {"kind", "hyper_parameters", ...} (dasslab.export_weights)
+META_KEY = "dasslab"  # safetensors metadata: JSON {"kind", "hyper_parameters", ...} (dasslab.export.weights)
 
 _TRUST: contextvars.ContextVar[bool] = contextvars.ContextVar("dasslab_trust_checkpoint", default=False)
 

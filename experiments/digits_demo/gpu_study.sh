@@ -22,7 +22,7 @@ T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/logs/gpu.txt"
 
 # fail in seconds, not minutes, when a package is missing
-$PY -c "import diffusers, albumentations, hydra, dasslab.train, dasslab.lit.ptl_module, dasslab.analysis.translation_quality" \
+$PY -c "import diffusers, albumentations, hydra, dasslab.commands.train, dasslab.lit.ptl_module, dasslab.analysis.translation_quality" \
     || exit 1
 # the digits cache, generated once before the pipelines start
 $PY -c "from dasslab.data.digits import make_digits; make_digits('data/digits', 32, 3000, 600, 0)" \
@@ -31,7 +31,7 @@ echo "data ready after $(( $(date +%s) - T0 )) s"
 
 # ACCEL / EXTRA / PROBE_DEVICE / PROBE_STEPS: a tiny CPU rehearsal of this script, e.g.
 #   ACCEL=cpu PROBE_DEVICE=cpu PROBE_STEPS=20 EXTRA="debug=smoke paths.cache_dir=/tmp/gs" bash … /tmp/o 300
-TRAIN="$PY -m dasslab.train experiment=digits_study trainer.accelerator=${ACCEL:-gpu} ${EXTRA:-}"
+TRAIN="$PY -m dasslab.commands.train experiment=digits_study trainer.accelerator=${ACCEL:-gpu} ${EXTRA:-}"
 pids=()
 launch() {  # name, then overrides
     local name=$1; shift

@@ -20,7 +20,7 @@ import torch
 
 from dasslab.checkpoints import load_segmenter, read_checkpoint
 from dasslab.data.digits import Digits
-from dasslab.metrics import SegmentationMetrics
+from dasslab.segmentation.metrics import SegmentationMetrics
 
 TAU, IMAGES, ROOT = 0.968, 600, "data/digits"
 

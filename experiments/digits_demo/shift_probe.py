@@ -21,7 +21,7 @@ from dasslab.analysis.image_stats import high_frequency_energy
 from dasslab.analysis.judge import label_consistency
 from dasslab.checkpoints import load_diffusion, load_segmenter
 from dasslab.data.digits import Digits
-from dasslab.translation import translate_images
+from dasslab.guidance.translation import translate_images
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ apart (a swept ``ptl.N=…``, not every setting that follows from it). Columns a
 every class, then mIoU; for SYNTHIA -> Cityscapes the 16 scored classes, mIoU over 16 and
 mIoU* over 13. Runs whose configs differ only in ``seed`` (and in paths, loggers, …: see
 ``IGNORE``) are one row: mean ± sample std (n - 1) over the seeds, with the number of runs.
-The rows' statistics are :func:`dasslab.pipeline.summarize`'s, as in the pipeline's results.md:
+The rows' statistics are :func:`dasslab.workflow.results.summarize`'s, as in the pipeline's results.md:
 where a table holds the pipeline rows source_only, oracle, ceiling, ptl_none or baseline, each
 row also gets gap closed, share of ceiling, paired gains per seed and "beats ptl_none/baseline".
 A failed run (a run folder without a readable ``metrics.json``) or a missing one (a sweep
 job whose folder does not exist, a skipped pipeline row) is shown as such in its row, never
-dropped. The paper's numbers (``dasslab/paper_results.yaml``) are printed beside ours.
+dropped. The paper's numbers (``dasslab/workflow/paper_results.yaml``) are printed beside ours.
 """
 
 from __future__ import annotations
@@ -32,15 +32,14 @@ import io
 import json
 import math
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from dasslab.errors import ConfigError, DasslabError
-from dasslab.pipeline import COMPARISON_NOTE, comparison_cells, comparison_columns, mean_std, summarize
+from dasslab.errors import ConfigError
+from dasslab.workflow.results import COMPARISON_NOTE, comparison_cells, comparison_columns, mean_std, summarize
 
 # config keys that do not make two runs different settings (besides `seed`)
 IGNORE = ("seed", "paths", "hydra", "logger", "callbacks", "resume", "task_name", "pipeline", "data.num_workers",
@@ -553,8 +552,9 @@ def row_names(rows: Sequence[Row]) -> list[str]:
 
 
 def table_summary(rows: Sequence[Row], metric: str) -> dict[str, dict]:
-    """:func:`dasslab.pipeline.summarize` of the table's finished runs on ``metric``, keyed by :func:`row_names`:
-    mean ± std over seeds, and the comparisons with source_only/oracle/ceiling/ptl_none/baseline rows. A row
+    """:func:`dasslab.workflow.results.summarize` of the table's finished runs on ``metric``, keyed by
+    :func:`row_names`: mean ± std over seeds, and the comparisons with source_only/oracle/ceiling/ptl_none/baseline
+    rows. A row
     with one finished run is a run shared by every seed (as a pipeline job that is not per seed)."""
     results = {}
     for name, row in zip(row_names(rows), rows):
@@ -635,7 +635,7 @@ def markdown(title: str, rows: Sequence[Row], lay: Layout) -> str:
         lines += [f"Note: {e['note']}." for e in main.values() if e.get("note")]
     if with_paper:
         sources = sorted({str(r.paper.get("source", "")) for r in rows if r.paper} - {""})
-        lines.append("Paper: " + "; ".join(sources) if sources else "Paper: dasslab/paper_results.yaml")
+        lines.append("Paper: " + "; ".join(sources) if sources else "Paper: dasslab/workflow/paper_results.yaml")
     return "\n".join(lines) + "\n"
 
 
@@ -699,50 +699,3 @@ def write_tables(runs: Sequence[Run], out_dir: str | Path, paper_file: str | Pat
         result[title] = md
     atomic_write_text(out / "tables.md", "\n".join(result.values()))
     return result
-
-
-# --------------------------------------------------------------------------- command line
-USAGE = ("usage: dasslab-tables runs=DIR[,DIR…] [runs=GLOB …] out=DIR [paper=FILE] [ignore=KEY,…]\n"
-         "  DIR: a run folder, a multirun sweep folder (experiments included), a pipeline run, the pipeline\n"
-         "  cache (outputs/cache), or a folder holding any of them; a run reached twice counts once.")
-
-
-def parse_args(argv: Sequence[str]) -> dict:
-    """``key=value`` arguments (``runs`` may repeat, hold a comma list or ``[a,b]``); bare words are runs."""
-    args: dict = {"runs": [], "out": None, "paper": str(PAPER_FILE), "ignore": []}
-    for a in argv:
-        if a in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        key, eq, value = a.partition("=")
-        if not eq:
-            key, value = "runs", a
-        if key not in args:
-            raise ConfigError(f"{key}={value}: unknown setting; expected runs=, out=, paper= or ignore=")
-        if key in ("runs", "ignore"):
-            args[key] += [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-        else:
-            args[key] = value
-    if not args["runs"]:
-        raise ConfigError("runs: a value is required (runs=DIR, a comma list or a glob)")
-    if not args["out"]:
-        raise ConfigError("out: a value is required (out=DIR, where the tables go)")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        runs = find_runs(args["runs"])
-        tables = write_tables(runs, args["out"], args["paper"], args["ignore"])
-    except DasslabError as e:
-        sys.stderr.write(f"error: {e}\n")
-        raise SystemExit(2) from None
-    for md in tables.values():
-        print(md)
-    n_bad = sum(r.status != "ok" for r in runs)
-    print(f"{len(runs)} runs ({n_bad} failed or missing) -> {len(tables)} tables in {args['out']}")
-
-
-if __name__ == "__main__":
-    main()

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dasslab.cli import entry_point
 from dasslab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -352,8 +351,8 @@ def check_output(output_dir: str | Path, settings: dict, overwrite: bool = False
 def run(cfg: DictConfig) -> Summary:
     """Check every setting, the checkpoint and the output folder's record, then segment (see the module docstring)."""
     from dasslab.checkpoints import SEGMENTERS, check_checkpoint, load_segmenter, trust_checkpoints
+    from dasslab.checks.settings import validate_predict
     from dasslab.utils.io import atomic_write_text
-    from dasslab.validate import validate_predict
 
     validate_predict(cfg)
     list_images(cfg.input, exclude=cfg.output)      # the input folder holds images
@@ -393,16 +392,3 @@ def run(cfg: DictConfig) -> Summary:
     record.update(complete=True, written=summary.written, existing=summary.existing, failed=summary.failed)
     atomic_write_text(out / "predict.json", json.dumps(record, indent=2))
     return summary
-
-
-@entry_point("predict")
-def main(cfg: DictConfig) -> None:
-    summary = run(cfg)
-    print(f"{summary.written} segmented, {summary.existing} already done, {len(summary.failed)} failed; "
-          f"outputs in {cfg.output}")
-    if summary.failed:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -2,14 +2,14 @@
 
 Each table is a list of experiment configs (``conf/experiment/``, one file per row of the
 paper). Every experiment is a pipeline (``stage=pipeline``) whose jobs are planned
-(:func:`dasslab.pipeline.plan`); jobs with the same run folder — the same resolved
+(:func:`dasslab.workflow.plan.plan`); jobs with the same run folder — the same resolved
 settings — are the same job, so the Cityscapes diffusion model shared by GTA5 and
 SYNTHIA, or a source model shared by several rows, is planned once.
 
 ``--launcher local`` runs the experiments here, one after the other (each reuses the jobs
 the earlier ones finished). ``--launcher slurm`` submits every job of the table once as a
 Slurm job of its own, ``afterok`` on the Slurm jobs it needs, and one results job per
-experiment, then returns (:mod:`dasslab.slurm`; cluster settings as for ``hydra/launcher=slurm``).
+experiment, then returns (:mod:`dasslab.workflow.slurm`; cluster settings as for ``hydra/launcher=slurm``).
 ``--launcher auto`` (the default): slurm where ``sbatch`` is on PATH, else local. Each
 experiment writes its results to ``<paths.log_dir>/reproduce/<table>/<experiment>``; then
 ``dasslab-tables runs=<that folder> out=…`` makes the table. Finished jobs are reused, so a
@@ -22,9 +22,7 @@ nothing else is repeated.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -84,7 +82,7 @@ def experiment_overrides(table: str, experiment: str, overrides: list[str]) -> l
 def plan_table(table: str, seeds: int | None, overrides: list[str]) -> list[Item]:
     """Every job of ``table`` once, with its wave (0 = waits for nothing)."""
     from dasslab.errors import ConfigError
-    from dasslab.pipeline import plan
+    from dasslab.workflow.plan import plan
 
     if table not in TABLES:
         raise ConfigError(f"reproduce: unknown table {table!r}; expected one of {', '.join(TABLES)}")
@@ -121,7 +119,7 @@ def print_plan(items: list[Item]) -> None:
 def run_local(table: str, seeds: int | None, overrides: list[str]) -> int:
     """Each experiment of ``table`` here, one after the other (``dasslab-train experiment=…``)."""
     exe = os.path.join(os.path.dirname(sys.executable), "dasslab-train")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "dasslab.train"]
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "dasslab.commands.train"]
     for experiment in TABLES[table]:
         args = [f"experiment={experiment}", *experiment_overrides(table, experiment, overrides), *overrides,
                 *seed_overrides(seeds)]
@@ -136,12 +134,13 @@ def run_local(table: str, seeds: int | None, overrides: list[str]) -> int:
 
 def submit_slurm(table: str, seeds: int | None, overrides: list[str], engine=None) -> dict[str, dict]:
     """Every job of ``table`` once as a Slurm job (afterok on what it needs) and one results job per experiment
-    (:mod:`dasslab.slurm`); returns ``{experiment: what was submitted}``."""
+    (:mod:`dasslab.workflow.slurm`); returns ``{experiment: what was submitted}``."""
     from omegaconf import open_dict
 
-    from dasslab.pipeline import plan, write_results
-    from dasslab.slurm import SlurmEngine, launcher_params, submit_pipeline
-    from dasslab.validate import validate_config
+    from dasslab.checks.settings import validate_config
+    from dasslab.workflow.plan import plan
+    from dasslab.workflow.results import write_results
+    from dasslab.workflow.slurm import SlurmEngine, launcher_params, submit_pipeline
 
     submitted = {}
     for experiment in TABLES[table]:
@@ -157,43 +156,3 @@ def submit_slurm(table: str, seeds: int | None, overrides: list[str], engine=Non
         submitted[experiment] = submit_pipeline(cfg, planned, skipped, engine.params, finish=write_results,
                                                 reuse=bool(cfg.pipeline.reuse), engine=engine)
     return submitted
-
-
-def main(argv: list[str] | None = None) -> int:
-    from dasslab.errors import DasslabError
-
-    ap = argparse.ArgumentParser(prog="dasslab-reproduce", description=__doc__.split("\n\n")[0])
-    ap.add_argument("table", choices=sorted(TABLES))
-    ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 0) or 0) or None,
-                    help="repeat the adaptation runs with seeds 0..S-1 (default: the configs' seed)")
-    ap.add_argument("--launcher", default=os.environ.get("LAUNCHER") or "auto", choices=["auto", "local", "slurm"],
-                    help="local: run here, one experiment after the other; slurm: submit every job as a Slurm job "
-                         "and return; auto (default): slurm where sbatch is on PATH, else local")
-    ap.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "") not in ("", "0"),
-                    help="print the plan, run nothing")
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. dataset.source.root=…")
-    args = ap.parse_args(argv)
-    launcher = args.launcher
-    if launcher == "auto":
-        launcher = "slurm" if shutil.which("sbatch") else "local"
-    try:
-        items = plan_table(args.table, args.seeds, args.overrides)
-        print_plan(items)
-        print(f"launcher: {launcher}" + (" (auto)" if args.launcher == "auto" else ""))
-        if args.dry_run:
-            return 0
-        if launcher == "slurm":
-            if shutil.which("sbatch") is None:
-                print("error: --launcher slurm submits to Slurm but sbatch is not on PATH; use --launcher local to "
-                      "run here", file=sys.stderr)
-                return 2
-            submit_slurm(args.table, args.seeds, args.overrides)
-            return 0
-        return run_local(args.table, args.seeds, args.overrides)
-    except DasslabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

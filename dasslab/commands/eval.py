@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dasslab.cli import entry_point
+from dasslab.commands.app import entry_point
 
 
 def run(cfg: DictConfig) -> dict:
@@ -20,12 +20,12 @@ def run(cfg: DictConfig) -> dict:
     from torch.utils.data import DataLoader
 
     from dasslab.checkpoints import load_segmenter
+    from dasslab.checks.files import check_eval_inputs
+    from dasslab.checks.settings import validate_eval
     from dasslab.data.datamodule import eval_collate
-    from dasslab.evaluate import evaluate_segmenter
-    from dasslab.preflight import check_eval_inputs
     from dasslab.provenance import dataset_fingerprint, file_identity
+    from dasslab.segmentation.evaluation import evaluate_segmenter
     from dasslab.utils.runinfo import save_config
-    from dasslab.validate import validate_eval
 
     validate_eval(cfg)
     ds = check_eval_inputs(cfg)
@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> dict:
                                                  "data": dataset_fingerprint(ds)}})
 
 
-@entry_point("eval")  # hydra.main + one-line errors, one folder per job (dasslab/cli.py)
+@entry_point("eval")  # hydra.main + one-line errors, one folder per job (dasslab/commands/app.py)
 def main(cfg: DictConfig) -> None:
     record = run(cfg)
     print(f"mIoU {record['miou']} on {record['split']}; metrics: {Path(cfg.paths.output_dir) / 'metrics.json'}")

@@ -22,19 +22,16 @@ turns it into a file anyone can load safely.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 from dasslab.checkpoints import META_KEY, SAFETENSORS_SUFFIX, read_checkpoint
-from dasslab.cli import EXIT_USER_ERROR, one_line
-from dasslab.errors import CheckpointError, DasslabError
+from dasslab.errors import CheckpointError
 
-__all__ = ["FORMAT", "export_weights", "main"]
+__all__ = ["FORMAT", "export_weights"]
 
 FORMAT = 1
-USAGE = "usage: dasslab-export-weights ckpt=PATH [out=PATH.safetensors] [trust_checkpoint=true]"
 
 
 def _kind(hp: dict) -> str | None:
@@ -80,35 +77,3 @@ def export_weights(ckpt: str | Path, out: str | Path | None = None, trust: bool 
     save_file(tensors, str(tmp), metadata={META_KEY: header})
     tmp.replace(out)
     return out
-
-
-def _parse(argv: list[str]) -> dict[str, str]:
-    args = {}
-    for a in argv:
-        key, sep, value = a.partition("=")
-        if not sep or key not in ("ckpt", "out", "trust_checkpoint"):
-            raise CheckpointError(f"{a}: unknown argument; {USAGE}")
-        args[key] = value
-    if not args.get("ckpt"):
-        raise CheckpointError(f"ckpt is required; {USAGE}")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return 0
-    try:
-        args = _parse(argv)
-        trust = args.get("trust_checkpoint", "false").strip().lower() in ("1", "true", "yes", "on")
-        out = export_weights(args["ckpt"], args.get("out"), trust=trust)
-    except DasslabError as e:  # one line, as every entry point prints it (dasslab/cli.py)
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    print(f"weights: {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

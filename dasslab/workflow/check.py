@@ -1,15 +1,15 @@
 """Config-time checks of a ``stage=pipeline`` run (``stage.check`` of ``conf/stage/pipeline.yaml``, called by
-:func:`dasslab.validate.validate_config`): every job the run will start is checked before the first one runs.
+:func:`dasslab.checks.settings.validate_config`): every job the run will start is checked before the first one runs.
 
-Kept apart from :mod:`dasslab.pipeline` (which validates each job as it starts) and :mod:`dasslab.validate`
-(which names this check by string), so that neither imports the other.
+Kept apart from :mod:`dasslab.workflow.pipeline` (which validates each job as it starts) and
+:mod:`dasslab.checks.settings` (which names this check by string), so that neither imports the other.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dasslab.validate import validate_config
+from dasslab.checks.settings import validate_config
 
 __all__ = ["validate_jobs"]
 
@@ -18,9 +18,9 @@ def validate_jobs(cfg) -> None:
     """Every job a ``stage=pipeline`` run will start, checked before the first one runs: its settings
     (:func:`validate_config` without files: upstream checkpoints do not exist yet), the files the user
     gave it (not those upstream jobs fill), and the record (``DONE.json``) of a finished job it will reuse."""
+    from dasslab.checks.files import check_run_files
     from dasslab.errors import DasslabError
-    from dasslab.pipeline import _missing, check_job, job_config, job_upstreams
-    from dasslab.preflight import check_run_files
+    from dasslab.workflow.plan import check_job, job_config, job_upstreams, unmet_requirement
 
     jobs = cfg.pipeline.jobs
     order: list[str] = []
@@ -37,7 +37,7 @@ def validate_jobs(cfg) -> None:
         order.append(name)
 
     for row in cfg.pipeline.rows:
-        if not _missing(cfg, row):
+        if not unmet_requirement(cfg, row):
             walk(row)
     stages = set()
     for name in order:
@@ -57,8 +57,8 @@ def validate_jobs(cfg) -> None:
 def _check_job_records(cfg) -> None:
     """The ``DONE.json`` of every planned job that will be reused: one line for a damaged one (not a traceback
     half-way through the pipeline)."""
-    from dasslab.pipeline import plan
     from dasslab.provenance import read_record
+    from dasslab.workflow.plan import plan
 
     planned, _ = plan(cfg, list(cfg.pipeline.rows))
     for name, job in planned.items():

@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from dasslab.metrics import SegmentationMetrics, iou_table, metrics_record, write_metrics
 from dasslab.segmentation.inference import upsample_to
+from dasslab.segmentation.metrics import SegmentationMetrics, iou_table, metrics_record, write_metrics
 from dasslab.visualize import grid, overlay, save_png, to_uint8
 
 log = logging.getLogger(__name__)

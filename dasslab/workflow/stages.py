@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dasslab.checkpoints import checkpoint_trusted
 from dasslab.errors import ConfigError
-from dasslab.evaluate import evaluate_segmenter
+from dasslab.segmentation.evaluation import evaluate_segmenter
 from dasslab.utils.io import atomic_write_text
 from dasslab.utils.runinfo import check_effective_batch, effective_batch, save_config, write_run_info
 

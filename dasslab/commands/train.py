@@ -8,19 +8,19 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from omegaconf import DictConfig
 
-from dasslab.cli import entry_point
+from dasslab.commands.app import entry_point
 
 
 def run(cfg: DictConfig):
     """Validate the config once, then run ``cfg.stage`` (``conf/stage/<name>.yaml``); returns its result."""
-    from dasslab.stages import run_stage
-    from dasslab.validate import validate_config
+    from dasslab.checks.settings import validate_config
+    from dasslab.workflow.stages import run_stage
 
     validate_config(cfg)
     return run_stage(cfg)
 
 
-@entry_point("train")  # hydra.main + one-line errors, one folder per job (dasslab/cli.py)
+@entry_point("train")  # hydra.main + one-line errors, one folder per job (dasslab/commands/app.py)
 def main(cfg: DictConfig) -> None:
     result = run(cfg)
     if isinstance(result, dict) and "miou" in result:

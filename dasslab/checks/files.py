@@ -1,4 +1,4 @@
-"""Every file a run reads, checked before any work (the settings are checked first: :mod:`dasslab.validate`).
+"""Every file a run reads, checked before any work (the settings are checked first: :mod:`dasslab.checks.settings`).
 
 * **Checkpoints**, wherever a run reads one -- ``segmenter.init_ckpt``, ``guide_ckpt``, ``diffusion_ckpt``,
   ``quality.judge_ckpt``, ``ptl.watch.judge_ckpt``, ``resume``, ``dasslab-eval ckpt=``, ``dasslab-predict
@@ -135,7 +135,7 @@ def _value_and_setting(cfg: DictConfig, key: str):
 def _guided(cfg: DictConfig) -> bool:
     if cfg.get("guidance") is None:
         return False
-    from dasslab.translation import guidance_enabled
+    from dasslab.guidance.translation import guidance_enabled
 
     return bool(guidance_enabled(_plain(cfg.guidance)))
 

@@ -1,7 +1,7 @@
 """The pipeline on Slurm: every job of a plan its own Slurm job, ``afterok`` on the jobs it needs.
 
 ``dasslab-train experiment=… hydra/launcher=slurm`` (and ``dasslab-reproduce tableN --launcher slurm``)
-plans as usual (:func:`dasslab.pipeline.plan`), then submits through submitit — the library under
+plans as usual (:func:`dasslab.workflow.plan.plan`), then submits through submitit — the library under
 hydra-submitit-launcher — one Slurm job per job that has not finished, with
 ``--dependency=afterok:<the Slurm jobs of what it needs>`` (``--kill-on-invalid-dep=yes``: a failed
 upstream cancels what waits for it), and one last small job, after all of them, that writes the
@@ -9,7 +9,7 @@ experiment's results (``results.json``, ``results.md``, the W&B summary) into ``
 it returns: nothing waits on the login node. ``slurm.json`` in the output folder lists the Slurm jobs.
 
 * **Shape.** ``trainer.num_nodes`` nodes x ``trainer.devices`` tasks per node for a job that trains
-  (Lightning's SLURM environment makes the tasks the DDP ranks; :mod:`dasslab.jobrun` runs one rank per
+  (Lightning's SLURM environment makes the tasks the DDP ranks; :mod:`dasslab.workflow.jobrun` runs one rank per
   task), one task for the others. Cluster settings are those of ``hydra/launcher=slurm``
   (``conf/hydra/launcher/slurm.yaml``: partition, account, GPUs per node, CPUs per task, time limit …).
 * **Once.** A job another pipeline already submitted and that is still queued or running
@@ -34,8 +34,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dasslab.errors import ConfigError
-from dasslab.jobrun import locked, trainer_processes
 from dasslab.utils.io import atomic_write_text
+from dasslab.workflow.jobrun import locked, trainer_processes
 
 # keys of hydra/launcher=slurm that are per job here (or submitit's own), not cluster settings
 PER_JOB = {"_target_", "submitit_folder", "tasks_per_node", "nodes", "name", "array_parallelism",
@@ -88,7 +88,7 @@ def job_shape(cfg: DictConfig, name: str) -> dict:
 
 
 class SlurmJob:
-    """What every task of a pipeline job's Slurm job runs (pickled by submitit): :func:`dasslab.jobrun.run_job`
+    """What every task of a pipeline job's Slurm job runs (pickled by submitit): :func:`dasslab.workflow.jobrun.run_job`
     as this task's rank. ``checkpoint`` is submitit's requeue hook: the requeued job resumes
     (``resume=auto``: the run folder's ``checkpoints/last.ckpt``)."""
 
@@ -97,7 +97,7 @@ class SlurmJob:
 
     def __call__(self) -> dict:
         from dasslab.checkpoints import trust_checkpoints
-        from dasslab.jobrun import launched_world, run_job
+        from dasslab.workflow.jobrun import launched_world, run_job
 
         job = self.job
         if self.resume:

@@ -34,12 +34,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dasslab.checkpoints import load_diffusion, load_segmenter
-from dasslab.cli import entry_point
 from dasslab.data.datamodule import build_dataset
 from dasslab.data.io import read_image
 from dasslab.errors import ConfigError, StaleOutputError  # noqa: F401  (StaleOutputError: re-exported)
+from dasslab.guidance.translation import guidance_enabled, translate_images
 from dasslab.provenance import dataset_fingerprint, describe_change, differences, file_identity, read_record
-from dasslab.translation import guidance_enabled, translate_images
 from dasslab.utils.io import atomic_write_png, atomic_write_text
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
@@ -123,7 +122,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
 
     Everything is checked before the first image is written: the split (pre-scanned), every depth folder's
     record against this run's settings and data, the diffusion checkpoint against the image size."""
-    from dasslab.preflight import prescan_split
+    from dasslab.checks.files import prescan_split
 
     t = cfg.translate
     depths = [int(d) for d in (t.depths if t.get("depths") else [t.depth])]
@@ -229,19 +228,3 @@ def translation_grid(ds, indices, out: Path, depths) -> np.ndarray:
         rows.append(row)
     h = rows[0][0].shape[0]
     return grid(rows, titles=["source"] + [f"n={d}" for d in depths] + ["label"], scale=max(1, 64 // h))
-
-
-@entry_point("translate")  # hydra.main + one-line errors, one folder per job (dasslab/cli.py)
-def main(cfg: DictConfig) -> None:
-    from dasslab.utils.runinfo import save_config
-    from dasslab.validate import validate_config
-
-    validate_config(cfg)
-    save_config(cfg, Path(cfg.paths.output_dir))
-    folders = export_translations(cfg)
-    for f in folders:
-        print(f"translated dataset: {f}")
-
-
-if __name__ == "__main__":
-    main()

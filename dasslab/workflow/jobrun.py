@@ -2,9 +2,9 @@
 
 One process plans, locks and records; the processes that train are never the ones that hold locks:
 
-* A job that trains on one device runs in the calling process (:func:`dasslab.stages.run_stage`).
+* A job that trains on one device runs in the calling process (:func:`dasslab.workflow.stages.run_stage`).
 * A ``fit`` job whose trainer needs several processes (``trainer.devices`` > 1, ``num_nodes`` > 1, or
-  not a number) runs in a child process ``python -m dasslab.jobrun <run folder>/job.yaml``, which
+  not a number) runs in a child process ``python -m dasslab.workflow.jobrun <run folder>/job.yaml``, which
   Lightning turns into the job's DDP world (it starts the other ranks itself). The pipeline process
   holds the job's lock and writes its ``DONE.json``; the ranks only train.
 * Ranks started outside dasslab (the tasks of a Slurm step, ``srun -n 2 dasslab-train experiment=…``,
@@ -14,7 +14,7 @@ One process plans, locks and records; the processes that train are never the one
   for a file, never for a lock) and start their child as their own rank of the job (Lightning reads the
   rank from Slurm's or torchrun's variables; the port is one per job and launch).
 
-A Slurm job of the Slurm engine (:mod:`dasslab.slurm`) is such a launch of one job.
+A Slurm job of the Slurm engine (:mod:`dasslab.workflow.slurm`) is such a launch of one job.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def run_job(job, reuse: bool = True, world: World | None = None) -> dict:
             print(f"[pipeline] {job.name}: reusing {job.out}", flush=True)
             return {**json.loads(finished.read_text()), "reused": True}
         try:
-            from dasslab.validate import validate_config
+            from dasslab.checks.settings import validate_config
 
             validate_config(job.cfg)
             n = trainer_processes(job.cfg)
@@ -144,7 +144,7 @@ def run_job(job, reuse: bool = True, world: World | None = None) -> dict:
         elif n != 1 or world is not None:     # its own DDP processes, or alone out of a launch of several
             result = run_child(job, _own_env())
         else:
-            from dasslab.stages import run_stage
+            from dasslab.workflow.stages import run_stage
 
             result = dict(run_stage(job.cfg) or {})
         result["run_dir"] = str(job.out)
@@ -202,11 +202,11 @@ def _rank_env(job, world: World) -> dict:
 
 
 def run_child(job, env: dict, rank: int = 0) -> dict:
-    """``python -m dasslab.jobrun job.yaml`` with ``env``; rank 0's record (the child writes it)."""
+    """``python -m dasslab.workflow.jobrun job.yaml`` with ``env``; rank 0's record (the child writes it)."""
     result = job.out / RESULT_FILE
     if rank == 0 and result.exists():
         result.unlink()
-    cmd = [sys.executable, "-m", "dasslab.jobrun", str(job_file(job))]
+    cmd = [sys.executable, "-m", "dasslab.workflow.jobrun", str(job_file(job))]
     code = subprocess.call(cmd, env=env, preexec_fn=die_with_parent)
     if code != 0:
         raise RuntimeError(f"job {job.name}: its process ended with exit status {code} ({' '.join(cmd)})")
@@ -219,16 +219,16 @@ def run_child(job, env: dict, rank: int = 0) -> dict:
 
 # --------------------------------------------------------------------------- the child
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dasslab.jobrun JOB_YAML``: run the job in this process (one rank of its DDP world, or the
+    """``python -m dasslab.workflow.jobrun JOB_YAML``: run the job in this process (one rank of its DDP world, or the
     rank 0 that starts the others); rank 0 writes the stage's record to ``.result.json`` beside the file."""
     from omegaconf import OmegaConf
 
     from dasslab.checkpoints import trust_checkpoints
-    from dasslab.stages import run_stage
+    from dasslab.workflow.stages import run_stage
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m dasslab.jobrun RUN_FOLDER/job.yaml  (what the pipeline starts for a job "
+        print("usage: python -m dasslab.workflow.jobrun RUN_FOLDER/job.yaml  (what the pipeline starts for a job "
               "that runs as several processes)")
         return 0 if args and args[0] in ("-h", "--help") else 2
     path = Path(args[0])

@@ -5,7 +5,7 @@ and what is expected (:class:`~dasslab.errors.ConfigError`).
   types, ranges and finiteness of every numeric setting (learning rates, weight decay, momentum, batch
   sizes, steps, seeds, image sizes, fractions), every choice (optimizers, inference modes, splits,
   schedules, presets, precisions), image sizes against what the networks take, the guidance and PTL
-  groups; then (``check_files``) every file the run reads (:mod:`dasslab.preflight`: checkpoints by
+  groups; then (``check_files``) every file the run reads (:mod:`dasslab.checks.files`: checkpoints by
   kind, architecture, classes and finite weights).
 * :func:`validate_eval` -- ``dasslab-eval``; :func:`validate_predict` -- ``dasslab-predict``.
 
@@ -32,7 +32,7 @@ PRECISIONS = ("64", "32", "16", "bf16", "16-true", "16-mixed", "bf16-true", "bf1
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 AUTOCAST = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32", "none")
 PRESCAN = ("full", "headers", "off")
-PREDICT_OUTPUTS = ("labels", "color", "overlay")   # dasslab.predict.KINDS
+PREDICT_OUTPUTS = ("labels", "color", "overlay")   # dasslab.export.predictions.KINDS
 SEED_MAX = 2 ** 32 - 1
 
 
@@ -342,7 +342,7 @@ def _check_depths(value, key: str, T: int) -> None:
 
 
 def _check_network_sizes(cfg, stage_cfg) -> None:
-    """Image sizes against the networks the run builds from the config (a checkpoint's: :mod:`dasslab.preflight`):
+    """Image sizes against the networks the run builds from the config (a checkpoint's: :mod:`dasslab.checks.files`):
     the denoiser of ``stage=diffusion`` takes sides that are multiples of ``2 ** (levels - 1)``."""
     target = str((stage_cfg.get("module") or {}).get("_target_", ""))
     if not target.endswith("build.diffusion"):
@@ -449,7 +449,7 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
     if stage_cfg.get("check") is not None:      # the stage's own config-time check (conf/stage/pipeline.yaml)
         _stage_check(cfg, stage_cfg.check)
     if check_files:
-        from dasslab.preflight import check_run_files
+        from dasslab.checks.files import check_run_files
 
         check_run_files(cfg)
         if stage == "adapt":
@@ -459,7 +459,7 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
 
 
 def validate_eval(cfg: DictConfig) -> None:
-    """``dasslab-eval``: its settings (the checkpoint and the split are checked by :mod:`dasslab.preflight`)."""
+    """``dasslab-eval``: its settings (the checkpoint and the split are checked by :mod:`dasslab.checks.files`)."""
     check_path(_get(cfg, "ckpt"), "ckpt", null=False)
     image = _size(cfg, "dataset.image_size")
     check_bool(_get(cfg, "trust_checkpoint"), "trust_checkpoint")

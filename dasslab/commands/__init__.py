@@ -1,0 +1,1 @@
+"""The command-line entry points: each a thin app over the library (``dasslab-<name>``)."""

@@ -1,0 +1,1 @@
+"""What dasslab writes for other tools: translated datasets, predictions, shareable weights."""
