@@ -67,18 +67,18 @@ def main() -> int:
     args = ap.parse_args()
     from hydra import compose, initialize_config_dir
 
-    from dasslab.ptl import SourceStream, datamodule_from_config, from_config
+    from dasslab.ptl import SourceStream
+    from dasslab.workflow.stages import build_modules
 
     root = Path(tempfile.mkdtemp(prefix="bench_ptl_"))
     src, dif = checkpoints(root)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", ["dataset.image_size=[32,32]", "dataset.generate.n_train=120",
+        cfg = compose("train", ["stage=adapt", "dataset.image_size=[32,32]", "dataset.generate.n_train=120",
                                 "dataset.generate.n_val=40", "data.num_workers=0", "augment=none", "guidance=sgg",
                                 f"segmenter.init_ckpt={src}", f"diffusion_ckpt={dif}", "ptl.N=1000",
                                 f"segmenter.batch_size={args.batch}"])
-    dm = datamodule_from_config(cfg)
-    dm.setup("fit")
-    m = from_config(cfg, dm).to(args.device)
+    dm, m = build_modules(cfg)
+    m = m.to(args.device)
     stream = SourceStream(dm.train_sets["source"], args.pool_batch, 0)
     big = stream.batch(0)
     xb, yb = big["image"].to(args.device), big["label"].to(args.device)

@@ -97,7 +97,7 @@ def test_controls_keep_the_budget_need_no_ddpm_and_rows_that_translate_watch_the
             job = planned[f"{row}@seed{s}"]
             assert job.needs == ["source_only"] and job.cfg.ptl.name == mode and job.stage == "adapt"
             assert job.cfg.segmenter.init_ckpt == str(planned["source_only"].checkpoint)
-            assert not job.cfg.get("diffusion_ckpt") and job.cfg.guidance.name == "none"
+            assert not job.cfg.get("diffusion_ckpt") and not (job.cfg.guidance.lcg or job.cfg.guidance.gsg)
             assert job.cfg.ptl.watch.judge_ckpt is None
             for key in ("N", "K", "max_steps", "lr_schedule"):     # the adaptation budget of the method's rows
                 assert job.cfg.ptl[key] == full.ptl[key]

@@ -454,7 +454,7 @@ def test_calibrated_lambda_sets_the_shift_per_image(guide):
 
 # ----------------------------------------------------------------------------------- settings
 def test_settings_are_validated_once_with_one_line_errors():
-    ok = validate_guidance({"name": "sgg", "scale": 5, "calibrate": True, "shift": 0.2, "max_batch": "auto",
+    ok = validate_guidance({"scale": 5, "calibrate": True, "shift": 0.2, "max_batch": "auto",
                             "autocast_dtype": "bf16"}, {"name": "randmix", "seed": 2})
     assert ok == GuidanceSettings(scale=5.0, calibrate=True, shift=0.2, arrangement="randmix", seed=2,
                                   max_batch="auto", autocast_dtype=torch.bfloat16)
@@ -470,6 +470,7 @@ def test_settings_are_validated_once_with_one_line_errors():
         ({"max_batch": "some"}, None, "guidance.max_batch"),
         ({"autocast_dtype": "int8"}, None, "guidance.autocast_dtype"),
         ({"lamda": 3}, None, "unknown keys"),
+        ({"name": "sgg"}, None, "unknown keys"),          # no dead setting: the option file is the name
         ({}, {"name": "zigzag"}, "arrangement.name"),
         ({}, {"name": "randmix", "seed": "a"}, "arrangement.seed"),
         ({}, {"name": "alternate", "sed": 1}, "unknown keys"),
@@ -529,7 +530,7 @@ def test_make_guidance_accepts_omegaconf(guide):
     _, label = make_batch()
     cfg = OmegaConf.create(
         {
-            "guidance": {"name": "gsg_only", "scale": 2.5, "reduction": "sum", "lcg": False, "gsg": True},
+            "guidance": {"scale": 2.5, "reduction": "sum", "lcg": False, "gsg": True},
             "arrangement": {"name": "lcg_then_gsg", "seed": 0},
         }
     )
@@ -551,4 +552,4 @@ def test_config_group_files_are_valid_settings():
         guidance = load_option("guidance", g)
         for a in arrangements:
             s = validate_guidance(guidance, load_option("arrangement", a))
-            assert s.mode == guidance.name == g
+            assert s.mode == g and "name" not in guidance   # the file is its name: no dead setting

@@ -57,7 +57,7 @@ def adapt_cfg(trained, tmp_path, monkeypatch):
 
     def make(*overrides):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("train", SMOKE + TINY + [
+            return compose("train", SMOKE + TINY + ["stage=adapt",
                 f"segmenter.init_ckpt={trained['source']}", f"diffusion_ckpt={trained['diffusion']}",
                 f"paths.output_dir={tmp_path / 'adapt'}", *overrides])
 
@@ -65,11 +65,9 @@ def adapt_cfg(trained, tmp_path, monkeypatch):
 
 
 def build(cfg):
-    from dasslab.ptl import datamodule_from_config, from_config
+    from dasslab.workflow.stages import build_modules
 
-    dm = datamodule_from_config(cfg)
-    dm.setup("fit")
-    return dm, from_config(cfg, dm)
+    return build_modules(cfg)
 
 
 def trainer(root, max_steps, callbacks=(), **kw):
@@ -378,11 +376,11 @@ DDP_SCRIPT = textwrap.dedent("""
     import torch
     from hydra import compose, initialize_config_dir
     from dasslab.callbacks.ptl import MiouOverDomains
-    from dasslab.ptl import datamodule_from_config, from_config
+    from dasslab.workflow.stages import build_modules
 
     conf, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        cfg = compose("train", overrides)
+        cfg = compose("train", ["stage=adapt", *overrides])
 
     class Spy(L.Callback):
         def __init__(self):
@@ -395,9 +393,7 @@ DDP_SCRIPT = textwrap.dedent("""
                               "teacher": [float(v.double().sum()) for v in module.teacher.state_dict().values()]})
 
     L.seed_everything(cfg.seed)
-    dm = datamodule_from_config(cfg)
-    dm.setup("fit")
-    module = from_config(cfg, dm)
+    dm, module = build_modules(cfg)
     spy = Spy()
     t = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_steps=4, logger=False,
                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -14,9 +14,27 @@ LR, POWER = 0.1, 0.9
 
 
 def module(name="progressive", N=3, K=4, max_steps=None, lr_schedule="global"):
+    from omegaconf import OmegaConf
+
+    from dasslab.workflow.plan import load_option
+
+    ptl = {**OmegaConf.to_container(load_option("ptl", "progressive")),    # the settings' one home
+           "name": name, "N": N, "K": K, "lr_schedule": lr_schedule}
     return PTLModule(backbone={"name": "small", "options": {"widths": [4, 4, 4]}}, num_classes=3,
                      class_names=["background", "a", "b"], optim={"lr": LR, "poly_power": POWER},
-                     max_steps=max_steps or N * K, ptl={"name": name, "N": N, "K": K, "lr_schedule": lr_schedule})
+                     max_steps=max_steps or N * K, ptl=ptl)
+
+
+def test_the_module_takes_no_second_default_for_a_ptl_setting():
+    from omegaconf import OmegaConf
+
+    from dasslab.workflow.plan import load_option
+
+    ptl = OmegaConf.to_container(load_option("ptl", "progressive"))
+    del ptl["pool_batch"]
+    with pytest.raises(ValueError, match="pool_batch"):
+        PTLModule(backbone={"name": "small", "options": {"widths": [4, 4, 4]}}, num_classes=3,
+                  class_names=["background", "a", "b"], optim={"lr": LR}, max_steps=4, ptl=ptl)
 
 
 def lrs(m, steps):

@@ -385,18 +385,16 @@ def test_ptl_checkpoint_with_guide_and_callback_state_loads_and_resumes_safely(r
     """The PTL module (guide weights, the walk's and the curve's state) saves only tensors and plain containers."""
     import lightning.pytorch as L
 
-    from dasslab.ptl import datamodule_from_config, from_config
+    from dasslab.workflow.stages import build_modules
 
-    cfg = compose(*SMOKE, "augment=none", "ptl=progressive", "ptl.N=2", "ptl.K=1", "ptl.t_max=4",
+    cfg = compose(*SMOKE, "stage=adapt", "augment=none", "ptl=progressive", "ptl.N=2", "ptl.K=1", "ptl.t_max=4",
                   "translate.num_steps=1", "segmenter.batch_size=2", "guidance=sgg", "guidance.scale=1.0",
                   f"segmenter.init_ckpt={runs['source']}", f"diffusion_ckpt={runs['diffusion']}",
                   f"paths.output_dir={tmp_path}")
 
     def fit(max_steps, ckpt_path=None):
         L.seed_everything(0)
-        dm = datamodule_from_config(cfg)
-        dm.setup("fit")
-        module = from_config(cfg, dm)
+        dm, module = build_modules(cfg)
         t = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0, default_root_dir=str(tmp_path))

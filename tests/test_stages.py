@@ -268,7 +268,7 @@ def test_guided_export_uses_the_guide_and_records_the_shift(trained, compose, tm
     (guided,) = export_translations(compose(*common, "guidance=sgg", "guidance.scale=50", f"guide_ckpt={guide}",
                                             f"translate.out_dir={tmp_path / 'guided'}"))
     manifest = json.loads((guided / "manifest.json").read_text())
-    assert manifest["settings"]["guidance"]["name"] == "sgg" and len(manifest["shift_over_sigma_per_step"]) == 3
+    assert manifest["settings"]["guidance"]["mode"] == "sgg" and len(manifest["shift_over_sigma_per_step"]) == 3
     assert all(v > 0 for v in manifest["shift_over_sigma_per_step"])
     assert (guided / "guidance_shift.png").is_file()
     a = sorted((plain / "source" / "images").iterdir())

@@ -108,13 +108,22 @@ STAGE = """\
 name: both_domains
 kind: fit
 datamodule:
-  _target_: dasslab.data.datamodule.from_config
+  _target_: dasslab.data.datamodule.build
+  dataset: ${dataset}
+  data: ${data}
+  eval: ${eval}
+  seed: ${seed}
   train_domains: [source, target_train_labeled]
   batch_size: 4
 module:
   _target_: dasslab.lit.build.segmenter
-  train_keys: [source, target_train_labeled]
+  backbone: ${backbone}
+  segmenter: ${segmenter}
   augment: {enabled: false}
+  dataset: ${dataset}
+  diffusion: ${diffusion}
+  eval: ${eval}
+  train_keys: [source, target_train_labeled]
 max_steps: 2
 val_every: null
 paper_batch_size: 2
@@ -273,7 +282,7 @@ def test_pipeline_job_config_swaps_groups_and_fills_upstream_checkpoints(compose
                   f"paths.output_dir={tmp_path}")
     planned, skipped = plan(cfg, ["baseline", "wo_lcg"])
     job = planned["baseline"].cfg
-    assert job.guidance.name == "none" and job.stage.name == "adapt" and job.ptl.name == "direct"
+    assert not (job.guidance.lcg or job.guidance.gsg) and job.stage.name == "adapt" and job.ptl.name == "direct"
     assert job.ptl.N == 7                                  # the experiment's settings carry over
     wo_lcg = planned["wo_lcg"].cfg.guidance
     assert (wo_lcg.lcg, wo_lcg.gsg, wo_lcg.shift) == (False, True, 0.2)
@@ -322,3 +331,43 @@ def test_summary_gap_closed_and_seed_statistics():
     assert out["full"]["gap_closed"] == 0.3                           # (32 - 20) / (60 - 20)
     close = summarize({"source_only": {"miou": 20.0}, "oracle": {"miou": 20.5}, "full": {"miou": 21.0}})
     assert "gap_closed" not in close["full"] and "not 1 points above" in close["oracle"]["note"]
+
+
+def test_each_builder_gets_its_own_node_and_nothing_else():
+    """A fit stage's datamodule and module builders take the sections their stage file lists (no root config):
+    every key of the node is a parameter, every required parameter is in the node (the module also gets the
+    datamodule)."""
+    import inspect
+
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    conf = PKG.parent / "conf" / "stage"
+    seen = 0
+    for path in sorted(conf.glob("*.yaml")):
+        stage = OmegaConf.load(path)
+        if stage.get("kind") != "fit":
+            continue
+        for part, given in (("datamodule", set()), ("module", {"datamodule"})):
+            node = stage[part]
+            params = inspect.signature(get_object(node._target_)).parameters
+            keys = {k for k in node if not k.startswith("_")}
+            assert "cfg" not in params, f"{path.name}: {part} builder takes the root config"
+            assert keys <= set(params), f"{path.name}: {part} lists {keys - set(params)}, not builder parameters"
+            required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
+            assert required <= keys | given, f"{path.name}: {part} builder needs {required - keys - given}"
+            seen += 1
+    assert seen == 10            # source, oracle, judge, diffusion, adapt: a datamodule and a module each
+
+
+def test_the_ddpm_key_is_the_same_for_two_sources_of_one_target(compose, tmp_path):
+    """The stage file's builder nodes name whole sections (``dataset: ${dataset}``); they are hashed as written,
+    so what a stage ignores (the DDPM: the source side of the pair) still cannot change its key."""
+    from dasslab.workflow.plan import plan
+
+    keys = []
+    for seed in (0, 5):          # another source set (its own generation seed), the same target
+        cfg = compose("debug=smoke", "stage=pipeline", f"dataset.source.seed={seed}", f"paths.output_dir={tmp_path}")
+        planned, _ = plan(cfg, ["diffusion", "source_only"])
+        keys.append((planned["diffusion"].key, planned["source_only"].key))
+    assert keys[0][0] == keys[1][0] and keys[0][1] != keys[1][1]

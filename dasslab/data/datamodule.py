@@ -122,11 +122,12 @@ class DASSDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
-def from_config(cfg: DictConfig, train_domains: Sequence[str], batch_size: int, val: bool = True,
-                extra: Mapping[str, Dataset] | None = None) -> DASSDataModule:
-    """The datamodule a stage trains on (stage configs name it: ``conf/stage/*.yaml``)."""
-    return DASSDataModule(cfg.dataset, batch_size=batch_size, num_workers=cfg.data.num_workers,
+def build(dataset: DictConfig, data: DictConfig, eval: DictConfig, seed: int, train_domains: Sequence[str],
+          batch_size: int, val: bool = True, extra: Mapping[str, Dataset] | None = None) -> DASSDataModule:
+    """The datamodule a stage trains on, from the sections its stage file hands it (``conf/stage/*.yaml``):
+    ``dataset``, ``data`` (workers, limits, prescan), ``eval`` (the validation split and batch), ``seed``."""
+    return DASSDataModule(dataset, batch_size=batch_size, num_workers=data.num_workers,
                           train_domains=list(train_domains), extra=extra,
-                          val_split=cfg.eval.split if val else None, val_batch_size=cfg.eval.batch_size,
-                          seed=cfg.seed, limit_train=cfg.data.get("limit_train"),
-                          limit_val=cfg.data.get("limit_val"), prescan=cfg.data.get("prescan") or "full")
+                          val_split=eval.split if val else None, val_batch_size=eval.batch_size,
+                          seed=seed, limit_train=data.get("limit_train"),
+                          limit_val=data.get("limit_val"), prescan=data.get("prescan") or "full")

@@ -48,6 +48,13 @@ log = logging.getLogger(__name__)
 SPLITS = {"source": "source", "target": "target", "target_val": "target_val"}
 
 
+def _mode(cfg: DictConfig) -> str:
+    """sgg | lcg_only | gsg_only | none: what the ``guidance`` section asks for."""
+    from dasslab.guidance import validate_guidance
+
+    return validate_guidance(cfg.guidance).mode
+
+
 def depth_dir(root: str | Path, depth: int) -> Path:
     return Path(root) / f"n{int(depth):04d}"
 
@@ -80,7 +87,7 @@ def _guide(cfg: DictConfig, device: torch.device):
         return None
     path = cfg.translate.get("guide_ckpt")
     if not path:
-        raise ConfigError(f"guidance={cfg.guidance.get('name')} needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
+        raise ConfigError(f"guidance ({_mode(cfg)}) needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
                           f"the source model's …/checkpoints/last.ckpt)")
     return load_segmenter(path, setting="guide_ckpt").to(device).model.eval().requires_grad_(False)
 
@@ -95,7 +102,7 @@ def fingerprint(cfg: DictConfig, depth: int, guided: bool, data: dict | None = N
             "batch_size": int(t.batch_size), "seed": int(cfg.seed), "image_size": list(cfg.dataset.image_size),
             "data": data, "diffusion_ckpt": file_identity(t.diffusion_ckpt),
             "guide_ckpt": file_identity(t.guide_ckpt) if guided else None,
-            "guidance": OmegaConf.to_container(cfg.guidance, resolve=True) if guided else None,
+            "guidance": {"mode": _mode(cfg), **OmegaConf.to_container(cfg.guidance, resolve=True)} if guided else None,
             "arrangement": OmegaConf.to_container(cfg.arrangement, resolve=True) if guided else None}
 
 

@@ -5,7 +5,8 @@ by ``dasslab.checks.settings`` before a stage runs and by :func:`~dasslab.guidan
 when it is given a plain mapping; everything downstream (the guided step, LCG, GSG, the loss)
 trusts the :class:`GuidanceSettings` it receives.
 
-``guidance`` keys (``name`` is ignored here):
+``guidance`` keys (the option file, e.g. ``guidance=gsg_only``, is the guidance's name; there is no
+``guidance.name`` setting):
 
 ``scale``        lambda of Eq. 7 in raw mode (the paper: 80).
 ``calibrate``    ``true``: set lambda per step and per image so that the RMS of the mean shift
@@ -107,7 +108,7 @@ def _number(value: Any, key: str, positive: bool = False) -> float:
 def validate_guidance(guidance: Mapping[str, Any] | None,
                       arrangement: Mapping[str, Any] | str | None = None) -> GuidanceSettings:
     """Check the ``guidance`` and ``arrangement`` config groups; raise a one-line ConfigError naming the key."""
-    g = _keys(guidance, GUIDANCE_KEYS, "guidance", ignored=("name",))
+    g = _keys(guidance, GUIDANCE_KEYS, "guidance")
     a = {"name": arrangement} if isinstance(arrangement, str) else _keys(arrangement, ARRANGEMENT_KEYS,
                                                                           "arrangement")
     d = GuidanceSettings()

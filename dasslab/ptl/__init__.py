@@ -29,9 +29,9 @@ The mIoU-over-n curve is a callback (:mod:`dasslab.callbacks.ptl`); translating 
 """
 
 from dasslab.ptl.config import validate_ptl, validate_self_training
-from dasslab.ptl.data import PTLDataModule, SourceStream, datamodule_from_config
-from dasslab.ptl.module import PTLModule, from_config
+from dasslab.ptl.data import PTLDataModule, SourceStream, build_datamodule
+from dasslab.ptl.module import PTLModule, build
 from dasslab.ptl.schedule import DomainSchedule, lr_factor
 
-__all__ = ["DomainSchedule", "PTLDataModule", "PTLModule", "SourceStream", "datamodule_from_config", "from_config",
-           "lr_factor", "validate_ptl", "validate_self_training"]
+__all__ = ["DomainSchedule", "PTLDataModule", "PTLModule", "SourceStream", "build", "build_datamodule", "lr_factor",
+           "validate_ptl", "validate_self_training"]

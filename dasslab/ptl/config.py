@@ -1,4 +1,7 @@
-"""The adaptation stage's settings: their defaults and their checks (one line each, at config time).
+"""The adaptation stage's settings: their names and their checks (one line each, at config time).
+
+Their defaults live in one place, the config files (conf/ptl/progressive.yaml, conf/adapt/default.yaml);
+the code reads the settings it is given and never fills in a second default.
 
 ``ptl.*`` (the PTL group, conf/ptl/), ``ptl.watch.*``, ``adapt.loss``, ``adapt.self_training.*`` and
 the files the stage reads (the source model, guide and judge checkpoints, the diffusion model).
@@ -11,24 +14,29 @@ import math
 from dasslab.errors import ConfigError
 from dasslab.ptl.schedule import LR_SCHEDULES, MODES
 
-__all__ = ["MIX_SOURCES", "SELF_TRAINING_DEFAULTS", "WATCH_DEFAULTS", "self_training_settings", "validate_shared",
+__all__ = ["MIX_SOURCES", "PTL_KEYS", "SELF_TRAINING_KEYS", "WATCH_KEYS", "self_training_settings", "validate_shared",
            "validate_ptl", "validate_self_training"]
 
 TARGET_LABELED = "target_train_labeled"   # the dataset entry (and batch key) of ptl=ceiling's images
 TARGET = "target"                          # the unlabeled target-train images (and batch key) of self-training
-SELF_TRAINING_DEFAULTS = {"enabled": False, "ema": 0.999, "threshold": 0.968, "mix": "auto", "weight": 1.0,
-                          "jitter": 0.2, "p_jitter": 0.2, "blur": True}
+PTL_KEYS = ("name", "N", "K", "t_max", "max_steps", "pool_size", "pool_batch", "val_every_domains", "lr_schedule",
+            "watch")                 # conf/ptl/progressive.yaml's settings (grid_every_domains: the stage's grid)
+WATCH_KEYS = ("judge_ckpt", "domain_score", "images", "classifier_steps", "classifier_images")
+SELF_TRAINING_KEYS = ("enabled", "ema", "threshold", "mix", "weight", "jitter", "p_jitter", "blur")
 MIX_SOURCES = ("auto", "source", "translated")
-WATCH_DEFAULTS = {"judge_ckpt": None, "domain_score": False, "images": 64, "classifier_steps": 400,
-                  "classifier_images": 1000}
 
 
-def self_training_settings(cfg) -> dict:
-    """``adapt.self_training`` over its defaults (off where the config has no such section)."""
+def self_training_settings(adapt) -> dict:
+    """The ``adapt`` section's ``self_training`` settings (``{"enabled": False}`` where there is no such section)."""
     from dasslab.lit.build import plain
 
-    adapt = cfg.get("adapt") or {}
-    return {**SELF_TRAINING_DEFAULTS, **(plain(adapt.get("self_training")) or {})}
+    section = (adapt or {}).get("self_training")
+    return plain(section) if section is not None else {"enabled": False}
+
+
+def missing_keys(given, keys) -> list[str]:
+    """The names of ``keys`` that ``given`` lacks (a section of the config must hold every one of its settings)."""
+    return [k for k in keys if k not in (given or {})]
 
 
 def _checkpoint_classes(path: str, setting: str) -> list[str]:
@@ -74,16 +82,20 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
     integer = _integer
     if p.get("name") not in MODES:
         raise ConfigError(f"ptl.name={p.get('name')!r}: expected one of {', '.join(MODES)} (ptl=<name>)")
+    missing = missing_keys(p, PTL_KEYS) or [f"watch.{k}" for k in missing_keys(p.watch, WATCH_KEYS)]
+    if missing:
+        raise ConfigError(f"ptl.{missing[0]}: missing; expected every setting of conf/ptl/progressive.yaml "
+                          f"(which every ptl option extends)")
     integer("ptl.K", p.K)
     validate_shared(cfg)
     integer("ptl.max_steps", p.get("max_steps"), null=True)
     integer("ptl.pool_size", p.get("pool_size"), null=True)
-    integer("ptl.pool_batch", p.get("pool_batch", 8))
-    integer("ptl.val_every_domains", p.get("val_every_domains", 0), lo=0)
-    lr = p.get("lr_schedule", "global")
+    integer("ptl.pool_batch", p.pool_batch)
+    integer("ptl.val_every_domains", p.val_every_domains, lo=0)
+    lr = p.lr_schedule
     if lr not in LR_SCHEDULES:
         raise ConfigError(f"ptl.lr_schedule={lr!r}: expected one of {', '.join(LR_SCHEDULES)}")
-    watch = {**WATCH_DEFAULTS, **(p.get("watch") or {})}
+    watch = p.watch
     integer("ptl.watch.images", watch["images"], lo=0)
     integer("ptl.watch.classifier_steps", watch["classifier_steps"])
     integer("ptl.watch.classifier_images", watch["classifier_images"])
@@ -134,12 +146,18 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
 
 def validate_self_training(cfg) -> None:
     """One line for the first bad ``adapt.self_training`` setting (and a dataset without target images)."""
-    raw = (cfg.get("adapt") or {}).get("self_training") or {}
-    unknown = sorted(set(raw) - set(SELF_TRAINING_DEFAULTS))
+    raw = (cfg.get("adapt") or {}).get("self_training")
+    if raw is None:          # no such section: off
+        return
+    unknown = sorted(set(raw) - set(SELF_TRAINING_KEYS))
     if unknown:
         raise ConfigError(f"adapt.self_training.{unknown[0]}: unknown setting; expected one of "
-                          f"{', '.join(SELF_TRAINING_DEFAULTS)}")
-    s = self_training_settings(cfg)
+                          f"{', '.join(SELF_TRAINING_KEYS)}")
+    missing = missing_keys(raw, SELF_TRAINING_KEYS)
+    if missing:
+        raise ConfigError(f"adapt.self_training.{missing[0]}: missing; expected every setting of "
+                          f"conf/adapt/default.yaml's self_training ({', '.join(SELF_TRAINING_KEYS)})")
+    s = self_training_settings(cfg.get("adapt"))
 
     def number(key, lo, hi, lo_open=False, hi_open=False):
         v = s[key]

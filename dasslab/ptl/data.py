@@ -23,7 +23,7 @@ from dasslab.errors import ConfigError
 from dasslab.ptl.config import TARGET, TARGET_LABELED, self_training_settings
 
 __all__ = ["STREAM_SALT", "TARGET", "TARGET_LABELED", "PTLDataModule", "SourceStream", "StreamLoader",
-           "datamodule_from_config"]
+           "build_datamodule"]
 
 STREAM_SALT = {TARGET_LABELED: 11, TARGET: 12}   # each extra stream's seed: derive_seed(seed, salt)
 
@@ -143,13 +143,12 @@ class PTLDataModule(DASSDataModule):
         return StreamLoader(self.stream(), lambda: t.global_step if t is not None else 0, self.num_workers, extra)
 
 
-def datamodule_from_config(cfg, batch_size: int | None = None) -> PTLDataModule:
+def build_datamodule(dataset, data, eval, seed: int, batch_size: int, ptl, adapt) -> PTLDataModule:
     """The adaptation datamodule (``conf/stage/adapt.yaml``): source stream (+ the labelled target-train
     stream for ptl=ceiling, + the unlabeled target-train stream for self-training) + target val."""
-    domains = ["source"] + ([TARGET_LABELED] if cfg.ptl.get("name") == "ceiling" else [])
-    if self_training_settings(cfg)["enabled"]:
+    domains = ["source"] + ([TARGET_LABELED] if ptl.get("name") == "ceiling" else [])
+    if self_training_settings(adapt)["enabled"]:
         domains.append(TARGET)
-    return PTLDataModule(cfg.dataset, batch_size=int(batch_size or cfg.segmenter.batch_size),
-                         num_workers=cfg.data.num_workers, train_domains=domains, val_split=cfg.eval.split,
-                         val_batch_size=cfg.eval.batch_size, seed=cfg.seed,
-                         limit_train=cfg.data.get("limit_train"), limit_val=cfg.data.get("limit_val"))
+    return PTLDataModule(dataset, batch_size=int(batch_size), num_workers=data.num_workers, train_domains=domains,
+                         val_split=eval.split, val_batch_size=eval.batch_size, seed=seed,
+                         limit_train=data.get("limit_train"), limit_val=data.get("limit_val"))

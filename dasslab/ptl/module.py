@@ -28,14 +28,14 @@ from dasslab.data.transforms import derive_seed
 from dasslab.errors import ConfigError
 from dasslab.guidance.translation import chunk_seed, translate_batch, translate_images
 from dasslab.lit.segmenter_module import SegmenterModule
-from dasslab.ptl.config import SELF_TRAINING_DEFAULTS, WATCH_DEFAULTS, self_training_settings
+from dasslab.ptl.config import PTL_KEYS, WATCH_KEYS, missing_keys, self_training_settings
 from dasslab.ptl.data import TARGET, TARGET_LABELED, SourceStream
 from dasslab.ptl.schedule import DomainSchedule, domain_seed, lr_factor, ptl_max_steps
 from dasslab.ptl.watch import PoolWatch
 from dasslab.segmentation import self_training as st
 from dasslab.utils.rng import own_rng
 
-__all__ = ["PTLModule", "from_config", "train_keys_for"]
+__all__ = ["PTLModule", "build", "train_keys_for"]
 
 
 class PTLModule(SegmenterModule):
@@ -61,14 +61,12 @@ class PTLModule(SegmenterModule):
                          schedule, inference, ignore_index)
         self.save_hyperparameters()
         p = dict(ptl or {})
-        missing = [k for k in ("name", "N", "K") if k not in p]
-        if missing:   # no second default for these: conf/ptl/ holds them
+        missing = missing_keys(p, PTL_KEYS) or [f"watch.{k}" for k in missing_keys(p["watch"], WATCH_KEYS)]
+        if missing:   # no second default: conf/ptl/progressive.yaml holds them
             raise ValueError(f"PTLModule: ptl needs {', '.join(missing)} (conf/ptl/progressive.yaml's settings)")
-        self.ptl = {"t_max": None, "pool_size": None, "pool_batch": 8, "val_every_domains": 0,
-                    "lr_schedule": "global", **p}
-        self.ptl["watch"] = {**WATCH_DEFAULTS, **dict(p.get("watch") or {})}
+        self.ptl = {**p, "watch": dict(p["watch"])}
         self.guide = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.st = {**SELF_TRAINING_DEFAULTS, **dict(self_training or {})}
+        self.st = dict(self_training or {"enabled": False})
         if self.st["enabled"]:   # h_0 = g_0 (the EMA's alpha_0 = 0 makes it so at step 0 anyway)
             self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
         self._diffusion = None
@@ -95,7 +93,7 @@ class PTLModule(SegmenterModule):
             return n
         first = step == self.domains.start(step)
         dm = self.trainer.datamodule if self._trainer is not None else None
-        stream = dm.stream() if dm is not None and self.translates and self.ptl.get("pool_size") else None
+        stream = dm.stream() if dm is not None and self.translates and self.ptl["pool_size"] else None
         self.start_domain(n, snapshot=first, stream=stream)
         if first:
             self.refreshed.append((n, step))
@@ -135,7 +133,7 @@ class PTLModule(SegmenterModule):
         """The mIoU-over-n curve (``ptl.val_every_domains``) is a callback; the walk itself is above."""
         from dasslab.callbacks.ptl import MiouOverDomains
 
-        return [MiouOverDomains(val_every_domains=int(self.ptl.get("val_every_domains") or 0))]
+        return [MiouOverDomains(val_every_domains=int(self.ptl["val_every_domains"]))]
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -151,7 +149,7 @@ class PTLModule(SegmenterModule):
     def domains(self) -> DomainSchedule:
         T = int((self.hparams.schedule or {}).get("num_timesteps", 1000))
         p = self.ptl
-        return DomainSchedule(p["name"], int(p["N"]), int(p["K"]), p.get("t_max"), T)
+        return DomainSchedule(p["name"], int(p["N"]), int(p["K"]), p["t_max"], T)
 
     @property
     def translates(self) -> bool:
@@ -275,7 +273,7 @@ class PTLModule(SegmenterModule):
             self.snapshot_guide()
         self.prepared_domain = n
         self._pool = None
-        if self.translates and self.ptl.get("pool_size"):
+        if self.translates and self.ptl["pool_size"]:
             self._pool = self.build_pool(n, stream)
 
     def build_pool(self, n: int, stream: SourceStream) -> tuple[Tensor, Tensor]:
@@ -347,7 +345,7 @@ class PTLModule(SegmenterModule):
     def configure_optimizers(self):
         """The optimiser of :class:`SegmenterModule`; the lr factor of ``ptl.lr_schedule`` (:func:`lr_factor`)."""
         out = super().configure_optimizers()
-        mode = self.ptl.get("lr_schedule") or "global"
+        mode = self.ptl["lr_schedule"]
         if mode == "global":  # the poly decay over max_steps of SegmenterModule
             return out
         domains, max_steps = self.domains, max(int(self.hparams.max_steps), 1)
@@ -370,28 +368,30 @@ def train_keys_for(ptl: Mapping[str, Any], loss: str) -> list[str]:
     return ["translated", "source"] if loss == "ada_src" else ["translated"]
 
 
-def from_config(cfg, datamodule, init_ckpt: str | None = None) -> PTLModule:
-    """The adaptation module of ``conf/stage/adapt.yaml``, initialised from the source-only model."""
-    from dasslab.lit.build import plain, source_model
+def build(datamodule, init_ckpt: str | None, backbone, segmenter, adapt, ptl, augment, dataset, diffusion, eval,
+          guidance, arrangement, diffusion_ckpt: str | None, translate, seed: int) -> PTLModule:
+    """The adaptation module, initialised from the source-only model, from the sections ``conf/stage/adapt.yaml``
+    hands it: ``backbone``, ``segmenter`` (the recipe) under ``adapt`` (``optim``, ``loss``, ``self_training``),
+    ``ptl``, ``augment``, ``dataset`` (eval subsets), ``diffusion`` (schedule, speed settings), ``eval`` (inference),
+    ``guidance`` and ``arrangement`` (SGG), ``diffusion_ckpt``, ``translate`` (respacing, variance), ``seed``."""
+    from dasslab.lit.build import plain, schedule_of, source_model
 
-    init_ckpt = init_ckpt or cfg.segmenter.get("init_ckpt")
     if not init_ckpt:
         raise ConfigError("stage=adapt needs segmenter.init_ckpt=PATH (the source-only model to adapt)")
     names = list(datamodule.class_names)
-    source = source_model(init_ckpt, names, cfg.dataset.name)
-    ptl = plain(cfg.ptl)
+    source = source_model(init_ckpt, names, dataset.name)
+    ptl = plain(ptl)
     module = PTLModule(
         # the weights come from init_ckpt: never fetch ImageNet weights
-        backbone={**plain(cfg.backbone), "pretrained": False, "weights": None}, num_classes=len(names),
-        class_names=names, optim={**plain(cfg.segmenter), **(plain(cfg.adapt.get("optim")) or {})},
-        max_steps=ptl_max_steps(ptl), augment=plain(cfg.augment), eval_subsets=plain(cfg.dataset.eval_subsets),
-        train_keys=train_keys_for(ptl, cfg.adapt.loss),
-        schedule={k: cfg.diffusion[k] for k in ("num_timesteps", "beta_start", "beta_end")},
-        inference=plain(cfg.eval.get("inference")) or {"mode": "whole"}, ptl=ptl,
-        guidance=plain(cfg.get("guidance")), arrangement=plain(cfg.get("arrangement")),
-        diffusion_ckpt=cfg.get("diffusion_ckpt"), num_steps=cfg.translate.get("num_steps"), seed=int(cfg.seed),
-        speed={k: cfg.diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")},
-        sampling={"variance": cfg.translate.get("variance", "beta")}, self_training=self_training_settings(cfg))
+        backbone={**plain(backbone), "pretrained": False, "weights": None}, num_classes=len(names),
+        class_names=names, optim={**plain(segmenter), **(plain(adapt.get("optim")) or {})},
+        max_steps=ptl_max_steps(ptl), augment=plain(augment), eval_subsets=plain(dataset.eval_subsets),
+        train_keys=train_keys_for(ptl, adapt.loss), schedule=schedule_of(diffusion),
+        inference=plain(eval.get("inference")) or {"mode": "whole"}, ptl=ptl,
+        guidance=plain(guidance), arrangement=plain(arrangement),
+        diffusion_ckpt=diffusion_ckpt, num_steps=translate.get("num_steps"), seed=int(seed),
+        speed={k: diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")},
+        sampling={"variance": translate.get("variance", "beta")}, self_training=self_training_settings(adapt))
     module.model.load_state_dict(source.model.state_dict())
     module.snapshot_guide()
     if module.self_training:

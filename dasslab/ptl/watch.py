@@ -94,7 +94,7 @@ class PoolWatch:
 
         if self._classifier is None:
             w = self.settings
-            count = int(w.get("classifier_images", 1000))
+            count = int(w["classifier_images"])
             source, target = self._stack(dm, "source", count, 19), self._stack(dm, "target", count, 17)
             schedule = copy.deepcopy(module.schedule).cpu()
             sched = module.domains

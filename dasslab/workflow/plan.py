@@ -216,6 +216,9 @@ def stage_key(sub: DictConfig) -> str:
     probe = copy.deepcopy(sub)
     probe.paths.output_dir = RUN_DIR
     tree = OmegaConf.to_container(probe, resolve=True)
+    # the stage file as written: its builders' nodes name whole sections (``dataset: ${dataset}``), which are
+    # hashed where they live (minus what the ignore lists drop), not a second time inside the stage
+    tree["stage"] = OmegaConf.to_container(probe.stage, resolve=False)
     ignore = [*(sub.pipeline.get("ignore") or []), *(sub.stage.get("ignore") or []),
               *(sub.pipeline.get("job_ignore") or [])]
     for dotted in ignore:

@@ -3,8 +3,8 @@
 A stage file names what it builds and how (see ``conf/stage/``)::
 
     kind: fit            # datamodule + module + Lightning fit (+ evaluation on eval.split)
-    datamodule: {_target_: …, <arguments>}   # called as target(cfg, **arguments)
-    module:     {_target_: …, <arguments>}   # called as target(cfg, datamodule, **arguments)
+    datamodule: {_target_: …, <arguments>}   # called as target(**arguments)
+    module:     {_target_: …, <arguments>}   # called as target(datamodule=…, **arguments)
     callbacks:  {name: {_target_: …}}        # instantiated and handed to the Trainer
     max_steps, val_every, checkpoint_every, paper_batch_size, evaluate
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dasslab.checkpoints import checkpoint_trusted
 from dasslab.errors import ConfigError
@@ -45,10 +45,11 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 def call(node: DictConfig, *args, **extra):
-    """``node._target_(*args, **node's other keys, **extra)`` with the keys resolved to plain values.
+    """``node._target_(*args, **node's other keys, **extra)``: a builder gets its own node and nothing else.
 
-    Unlike ``hydra.utils.instantiate`` the positional ``cfg`` is passed as it is (not merged
-    into ``node``), so its interpolations keep resolving against the root config.
+    A key holding a config section (``dataset: ${dataset}``) arrives as that section (a DictConfig whose
+    interpolations still resolve); other keys arrive as plain resolved values. The stage file is where a
+    builder's inputs are listed (``conf/stage/*.yaml``), so reading one tells what the builder reads.
     """
     target = node.get("_target_")
     if not target:
@@ -57,8 +58,20 @@ def call(node: DictConfig, *args, **extra):
         fn = get_object(target)
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"stage: _target_={target} cannot be imported ({e})") from None
-    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if not k.startswith("_")}
+    kwargs = {}
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        value = node[key]
+        kwargs[str(key)] = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
     return fn(*args, **kwargs, **extra)
+
+
+def build_modules(cfg: DictConfig):
+    """The datamodule (set up for fitting) and the module of ``cfg.stage``, each from its own node."""
+    dm = call(cfg.stage.datamodule)
+    dm.setup("fit")
+    return dm, call(cfg.stage.module, datamodule=dm)
 
 
 def make_trainer(cfg: DictConfig, out: Path, max_steps: int, callbacks: list | None = None,
@@ -160,9 +173,7 @@ def run_stage(cfg: DictConfig) -> dict:
     out = run_dir(cfg)
     save_config(cfg, out)
     L.seed_everything(cfg.seed, workers=True)
-    dm = call(stage.datamodule, cfg)
-    dm.setup("fit")
-    module = call(stage.module, cfg, dm)
+    dm, module = build_modules(cfg)
     callbacks = [instantiate(c) for c in (stage.get("callbacks") or {}).values() if c is not None]
     # a stage may leave max_steps to its module (PTL: N x K)
     max_steps = int(stage.max_steps if stage.get("max_steps") is not None else module.hparams.max_steps)

@@ -43,6 +43,7 @@ from dasslab.workflow.results import COMPARISON_NOTE, comparison_cells, comparis
 
 # config keys that do not make two runs different settings (besides `seed`)
 IGNORE = ("seed", "paths", "hydra", "logger", "callbacks", "resume", "task_name", "pipeline", "data.num_workers",
+          "stage.datamodule", "stage.module",     # the builders' inputs: copies of the root's sections
           "trainer.enable_progress_bar", "trust_checkpoint", "eval.overlays", "translate.out_dir", "device")
 PATH_LIKE = re.compile(r"(_ckpt|_dir|(^|\.)root|(^|\.)out_dir|(^|\.)translated_dir|(^|\.)weights)$")
 NO_MIOU_STAGES = {"diffusion", "translate", "quality", "check", "judge", "pipeline"}
