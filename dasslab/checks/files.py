@@ -175,7 +175,7 @@ def check_run_files(cfg: DictConfig, skip=()) -> None:
         if key == "diffusion_ckpt":
             _check_denoiser_fits(cfg, value, setting, summary)
     if stage == "translate" and _guided(cfg) and not _value_and_setting(cfg, "guide_ckpt")[0]:
-        raise ConfigError(f"guidance ({_mode(cfg)}) needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
+        raise ConfigError(f"guidance={_mode(cfg)} needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
                           f"the source model's …/checkpoints/last.ckpt)")
     _check_resume(cfg, expected_classes)
     _check_backbone_weights(cfg)

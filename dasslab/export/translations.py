@@ -87,7 +87,7 @@ def _guide(cfg: DictConfig, device: torch.device):
         return None
     path = cfg.translate.get("guide_ckpt")
     if not path:
-        raise ConfigError(f"guidance ({_mode(cfg)}) needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
+        raise ConfigError(f"guidance={_mode(cfg)} needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
                           f"the source model's …/checkpoints/last.ckpt)")
     return load_segmenter(path, setting="guide_ckpt").to(device).model.eval().requires_grad_(False)
 
