@@ -98,3 +98,17 @@ def test_bad_settings_name_the_setting(compose, override, match):
     cfg = compose(override)
     with pytest.raises(ConfigError, match=match.replace(".", r"\.")):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("stage", ["source", "adapt"])
+def test_each_shared_setting_is_checked_once_per_run(compose, monkeypatch, stage):
+    """ptl.N / ptl.t_max / adapt.loss (``validate_shared``) are checked once for every stage, also for the
+    adaptation, whose own check (``validate_ptl``) includes them."""
+    import dasslab.ptl.config as ptl_config
+    from dasslab.checks.settings import validate_config
+
+    calls = []
+    real = ptl_config.validate_shared
+    monkeypatch.setattr(ptl_config, "validate_shared", lambda cfg: (calls.append(1), real(cfg)))
+    validate_config(compose("debug=smoke", f"stage={stage}"), check_files=False)
+    assert len(calls) == 1

@@ -426,9 +426,10 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
 
         validate_guidance(cfg.guidance, cfg.get("arrangement"))
     T = cfg.diffusion.num_timesteps
-    from dasslab.ptl.config import validate_shared
+    if stage != "adapt":     # the adaptation's check (validate_ptl, below) includes it: each check runs once
+        from dasslab.ptl.config import validate_shared
 
-    validate_shared(cfg)
+        validate_shared(cfg)
     _check_translate(cfg, T)
     if stage == "translate" and cfg.dataset.get(cfg.translate.split) is None:
         raise ConfigError(f"translate.split={cfg.translate.split}: dataset={d.get('name')} has no "
@@ -453,9 +454,9 @@ def validate_config(cfg: DictConfig, check_files: bool = True) -> None:
 
         check_run_files(cfg)
         if stage == "adapt":
-            from dasslab.ptl.config import validate_ptl
+            from dasslab.ptl.config import check_ptl_files
 
-            validate_ptl(cfg)
+            check_ptl_files(cfg)
 
 
 def validate_eval(cfg: DictConfig) -> None:

@@ -15,7 +15,7 @@ from dasslab.errors import ConfigError
 from dasslab.ptl.schedule import LR_SCHEDULES, MODES
 
 __all__ = ["MIX_SOURCES", "PTL_KEYS", "SELF_TRAINING_KEYS", "WATCH_KEYS", "self_training_settings", "validate_shared",
-           "validate_ptl", "validate_self_training"]
+           "validate_ptl", "validate_self_training", "check_ptl_files"]
 
 TARGET_LABELED = "target_train_labeled"   # the dataset entry (and batch key) of ptl=ceiling's images
 TARGET = "target"                          # the unlabeled target-train images (and batch key) of self-training
@@ -109,11 +109,19 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
     if p.name == "none" and loss == "ada":
         raise ConfigError("adapt.loss=ada with ptl=none: nothing is translated, L_ada is empty; use adapt.loss=ada_src")
     validate_self_training(cfg)
-    if not check_files:
-        return
+    if check_files:
+        check_ptl_files(cfg)
+
+
+def check_ptl_files(cfg) -> None:
+    """The files the adaptation reads, against its settings (checked first by :func:`validate_ptl`): the source
+    set size (pool), the classes of segmenter.init_ckpt, guide_ckpt and ptl.watch.judge_ckpt against the
+    dataset's, and the diffusion checkpoint against the crop size and the deepest domain."""
     from omegaconf import OmegaConf
 
     from dasslab.data.datamodule import build_dataset
+
+    p = cfg.ptl
 
     source = build_dataset(cfg.dataset, "source", train=True, limit=cfg.data.get("limit_train"))
     if p.get("pool_size") and p.name not in ("none", "ceiling") and p.pool_size > len(source):
