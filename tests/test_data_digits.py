@@ -75,7 +75,7 @@ def test_cache_reused_and_regenerated_when_parameters_change(digits_root, tmp_pa
     make_digits(root, n_train=25, n_val=10)
     assert json.loads((root / "meta.json").read_text())["n_train"] == 25
     assert len(list((root / "source" / "images").iterdir())) == 25
-    assert [p.name for p in tmp_path.iterdir()] == ["c"], "no temporary folders left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".c.lock", "c"], "no temporary folders left behind"
 
 
 def test_interrupted_generation_leaves_no_cache(tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_interrupted_generation_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(digits_mod, "_generate", boom)
     with pytest.raises(KeyboardInterrupt):
         make_digits(tmp_path / "cache", n_train=10, n_val=5)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] in ([], [".cache.lock"])     # no (half) cache, at most the lock
 
 
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
@@ -135,3 +135,33 @@ def test_digit_scale_changes_the_scenes_and_is_recorded_only_when_set(tmp_path):
     assert meta_b["class_fraction"]["source"][0] < meta_a["class_fraction"]["source"][0]
     with pytest.raises(DataError, match="digit_scale"):
         make_digits(tmp_path / "c", n_train=4, n_val=1, digit_scale=(0.9, 0.5))
+
+
+def test_two_processes_wanting_the_cache_at_once_generate_it_once(tmp_path, monkeypatch):
+    """A pipeline's parallel jobs (a DDPM and a source model) ask for the same cache at once: the second waits
+    for the first and reads its files; it never generates again and swaps the folder under the first's reader."""
+    import threading
+    import time
+
+    real, calls = digits_mod._generate, []
+
+    def slow(out, params):
+        calls.append(out)
+        time.sleep(1.0)
+        real(out, params)
+
+    monkeypatch.setattr(digits_mod, "_generate", slow)
+    root = tmp_path / "digits"
+    results = []
+
+    def want():
+        results.append(make_digits(root, size=16, n_train=4, n_val=2, seed=0))
+
+    threads = [threading.Thread(target=want) for _ in range(2)]
+    threads[0].start()
+    time.sleep(0.3)                  # the second asks while the first is generating
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [root, root] and len(calls) == 1
+    assert len(list((root / "target" / "images").iterdir())) == 4

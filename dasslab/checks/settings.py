@@ -275,7 +275,7 @@ def _check_translate(cfg, T: int) -> None:
             raise ConfigError(f"translate depth n={n!r}: expected an integer in 0..{T} (diffusion.num_timesteps)")
     if t.get("num_steps") is not None:
         _positive(t.num_steps, "translate.num_steps", integer=True)
-    check_variance(t.get("variance", "beta"), "translate.variance")
+    check_variance(t.variance, "translate.variance")
     check_choice(_get(cfg, "translate.split"), "translate.split", TRANSLATE_SPLITS)
     check_number(_get(cfg, "translate.limit"), "translate.limit", integer=True, lo=1, null=True)
     check_number(_get(cfg, "translate.batch_size"), "translate.batch_size", integer=True, lo=1)

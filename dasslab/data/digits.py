@@ -44,6 +44,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dasslab.utils.io import locked
+
 from .folder import FolderDomain
 from .io import DataError, write_png
 
@@ -179,23 +181,24 @@ def make_digits(root, size: int = 32, n_train: int = 3000, n_val: int = 600, see
         raise DataError(f"dataset.root={root}: exists and is not a digits cache (no meta.json); "
                         "expected an empty or missing folder to generate the benchmark into")
     root.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = root.parent / f".{root.name}.tmp-{tag}"
-    try:
-        _generate(tmp, params)
-        old = None
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{tag}"
-            os.replace(root, old)
+    # processes that want the cache at once (a pipeline's parallel jobs): one generates, the others wait here
+    # and then read its files -- none swaps the folder while another reads it
+    with locked(root.parent / f".{root.name}.lock"):
+        if _matches(root, params):
+            return root
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = root.parent / f".{root.name}.tmp-{tag}"
         try:
+            _generate(tmp, params)
+            old = None
+            if root.exists():
+                old = root.parent / f".{root.name}.old-{tag}"
+                os.replace(root, old)
             os.replace(tmp, root)
-        except OSError:
-            if not _matches(root, params):  # another process did not win the race with our parameters
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

@@ -97,7 +97,7 @@ def fingerprint(cfg: DictConfig, depth: int, guided: bool, data: dict | None = N
     the data itself (``data``: :func:`dasslab.provenance.dataset_fingerprint` of the translated images and
     labels -- root, names, sizes, mtimes, classes), the checkpoints by content, the sampling settings."""
     t = cfg.translate
-    return {"depth": int(depth), "num_steps": t.num_steps, "variance": t.get("variance", "beta"),
+    return {"depth": int(depth), "num_steps": t.num_steps, "variance": t.variance,
             "split": t.split, "limit": t.limit,
             "batch_size": int(t.batch_size), "seed": int(cfg.seed), "image_size": list(cfg.dataset.image_size),
             "data": data, "diffusion_ckpt": file_identity(t.diffusion_ckpt),
@@ -192,7 +192,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
             y = torch.stack([it["label"] for it in items])
             (_, tr), = translate_images(sampler, x, y, depth, t.num_steps, guide, guidance, arrangement,
                                         batch_size=len(chunk), seed=cfg.seed, device=device, first_chunk=ci,
-                                        variance=t.get("variance", "beta"))
+                                        variance=t.variance)
             skipped += tr.skipped
             for s in tr.stats:
                 acc = shift.setdefault(s["step"], [0.0, 0])

@@ -36,7 +36,7 @@ def segmenter(datamodule, backbone, segmenter, augment, dataset, diffusion, eval
         backbone=plain(backbone), num_classes=len(names), class_names=names, optim=plain(segmenter),
         max_steps=int(segmenter.max_steps), augment=plain(augment), eval_subsets=plain(dataset.eval_subsets),
         train_keys=list(train_keys), schedule=schedule_of(diffusion),
-        inference=plain(eval.get("inference")) or {"mode": "whole"})
+        inference=plain(eval.inference))
     if init_ckpt:
         source = source_model(init_ckpt, names, dataset.name)
         try:

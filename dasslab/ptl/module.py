@@ -387,11 +387,11 @@ def build(datamodule, init_ckpt: str | None, backbone, segmenter, adapt, ptl, au
         class_names=names, optim={**plain(segmenter), **(plain(adapt.get("optim")) or {})},
         max_steps=ptl_max_steps(ptl), augment=plain(augment), eval_subsets=plain(dataset.eval_subsets),
         train_keys=train_keys_for(ptl, adapt.loss), schedule=schedule_of(diffusion),
-        inference=plain(eval.get("inference")) or {"mode": "whole"}, ptl=ptl,
+        inference=plain(eval.inference), ptl=ptl,
         guidance=plain(guidance), arrangement=plain(arrangement),
         diffusion_ckpt=diffusion_ckpt, num_steps=translate.get("num_steps"), seed=int(seed),
         speed={k: diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")},
-        sampling={"variance": translate.get("variance", "beta")}, self_training=self_training_settings(adapt))
+        sampling={"variance": translate.variance}, self_training=self_training_settings(adapt))
     module.model.load_state_dict(source.model.state_dict())
     module.snapshot_guide()
     if module.self_training:

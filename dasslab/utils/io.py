@@ -6,8 +6,10 @@ plain ``open()`` would have (0666 minus the user's umask) before it is renamed i
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -63,3 +65,17 @@ def png_bytes(array) -> bytes:
 def atomic_write_png(path: str | Path, array) -> Path:
     """Write a uint8 image (HxWx3) or label map (HxW) as PNG, atomically."""
     return atomic_write_bytes(path, png_bytes(array))
+
+
+@contextmanager
+def locked(path: str | Path):
+    """An exclusive ``flock`` on ``path`` (created): processes that want one thing at once (a pipeline job, a
+    generated dataset) serialise here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

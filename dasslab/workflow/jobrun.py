@@ -19,19 +19,17 @@ A Slurm job of the Slurm engine (:mod:`dasslab.workflow.slurm`) is such a launch
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from dasslab.errors import ConfigError
-from dasslab.utils.io import atomic_write_text
+from dasslab.utils.io import atomic_write_text, locked
 
 POLL_S = 1.0
 JOB_FILE = "job.yaml"
@@ -79,18 +77,6 @@ def trainer_processes(cfg) -> int | None:
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
         return None
     return devices * int(nodes)
-
-
-@contextmanager
-def locked(path: Path):
-    """An exclusive ``flock`` on ``path`` (created): processes that want one job serialise here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def die_with_parent() -> None:

@@ -34,8 +34,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from dasslab.errors import ConfigError
-from dasslab.utils.io import atomic_write_text
-from dasslab.workflow.jobrun import locked, trainer_processes
+from dasslab.utils.io import atomic_write_text, locked
+from dasslab.workflow.jobrun import trainer_processes
 
 # keys of hydra/launcher=slurm that are per job here (or submitit's own), not cluster settings
 PER_JOB = {"_target_", "submitit_folder", "tasks_per_node", "nodes", "name", "array_parallelism",
