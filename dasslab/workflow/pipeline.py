@@ -1,24 +1,9 @@
 """``stage=pipeline``: run the jobs of a results table, reusing finished stage runs.
 
-``pipeline.jobs`` names every job a table may need; ``pipeline.rows`` the ones it reports::
-
-    jobs:
-      source_only: {stage: source}
-      diffusion:   {stage: diffusion}
-      baseline:    {stage: adapt, groups: {guidance: none},
-                    needs: {segmenter.init_ckpt: source_only, diffusion_ckpt: diffusion}}
-
-A job is the root config with ``stage=<stage>`` (the file ``conf/stage/<stage>.yaml``),
-other config-group options swapped in (``groups``), values set (``set``) and the
-checkpoints of upstream jobs filled in (``needs``: config key -> job). Jobs a row needs
-run first, once. A job lists the dataset entries it requires (``requires``); when the
-dataset lacks one, the row is skipped with the reason printed and recorded. ``watch``
-(config key -> job) names optional upstreams: filled like ``needs`` where that job can run
-on this dataset, left as they are (null) where it cannot, and the row runs either way
-(the judge that scores what PTL trains on needs target labels; the adaptation does not).
-
-The jobs, their cache keys and order: :mod:`dasslab.workflow.plan`; running them here:
-:mod:`dasslab.workflow.execute`; results.json/results.md: :mod:`dasslab.workflow.results`.
+``pipeline.jobs`` names every job a table may need, ``pipeline.rows`` the ones it reports (the format:
+:mod:`dasslab.workflow.plan`). The steps, each in its own module: the plan (:mod:`dasslab.workflow.plan`:
+jobs, cache keys, order), running it here (:mod:`dasslab.workflow.execute`), the results
+(:mod:`dasslab.workflow.results`: results.json, results.md, timings.json).
 
 Who runs a job (:mod:`dasslab.workflow.jobrun`): the pipeline process plans, locks and writes the records; a job
 that trains as several processes (DDP: ``trainer.devices`` > 1) runs in a child process that starts its
