@@ -103,6 +103,20 @@ def test_lower_layers_do_not_import_upper_ones():
                    if m.startswith("dasslab.diffusion") for d in deps)
 
 
+def test_the_entry_points_are_the_top_and_nothing_imports_them():
+    """dasslab/commands/ holds the apps; the library below never imports from it (only ``python -m dasslab``
+    starts an app), and an app imports the library, not another app (besides their shared decorator, app.py)."""
+    graph = import_graph(PKG)
+    for m, deps in graph.items():
+        if m == "dasslab.__main__":
+            continue
+        if m.startswith("dasslab.commands"):
+            apps = [d for d in deps if d.startswith("dasslab.commands.") and d != "dasslab.commands.app"]
+            assert not apps, f"{m} imports the app(s) {apps}"
+        else:
+            assert not any(d.startswith("dasslab.commands") for d in deps), f"{m} imports from dasslab.commands"
+
+
 STAGE = """\
 # @package stage
 name: both_domains
