@@ -553,3 +553,19 @@ def test_config_group_files_are_valid_settings():
         for a in arrangements:
             s = validate_guidance(guidance, load_option("arrangement", a))
             assert s.mode == g and "name" not in guidance   # the file is its name: no dead setting
+
+
+def test_the_sgg_option_restates_the_library_defaults_except_what_it_chooses():
+    """The guidance settings have their defaults in :class:`GuidanceSettings` (what ``validate_guidance`` fills in
+    for a key a mapping leaves out: the quality analysis' settings rely on it); ``conf/guidance/sgg.yaml`` lists
+    every key for the command line and chooses two values of its own (calibrated lambda, chunked LCG copies).
+    A default changed in one place and not the other fails here."""
+    from omegaconf import OmegaConf
+
+    from dasslab.guidance.settings import GuidanceSettings
+    from dasslab.workflow.plan import load_option
+
+    sgg = OmegaConf.to_container(load_option("guidance", "sgg"))
+    library = GuidanceSettings()
+    differ = {k for k, v in sgg.items() if getattr(library, k) != v and not (k == "autocast_dtype" and v is None)}
+    assert differ == {"calibrate", "max_batch"}

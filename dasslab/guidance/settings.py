@@ -5,6 +5,10 @@ by ``dasslab.checks.settings`` before a stage runs and by :func:`~dasslab.guidan
 when it is given a plain mapping; everything downstream (the guided step, LCG, GSG, the loss)
 trusts the :class:`GuidanceSettings` it receives.
 
+Defaults: the fields of :class:`GuidanceSettings` are what a mapping that leaves a key out gets (the
+library's: raw lambda, as Eq. 7 writes it); ``conf/guidance/sgg.yaml`` lists every key for the command line
+and chooses ``calibrate: true`` and ``max_batch: auto`` — the rest equal the fields (a test keeps them so).
+
 ``guidance`` keys (the option file, e.g. ``guidance=gsg_only``, is the guidance's name; there is no
 ``guidance.name`` setting):
 
