@@ -218,9 +218,7 @@ def _guidance_label(g: dict) -> str:
 
 
 def quality_stage(cfg: DictConfig) -> dict:
-    """The translation-quality job: :func:`dasslab.analysis.translation_quality.measure` in the run dir."""
-    from dasslab.analysis.translation_quality import measure
-
+    """The translation-quality job (``conf/stage/quality.yaml``): :func:`measure` in the run dir."""
     for key in ("quality.judge_ckpt", "diffusion_ckpt", "guide_ckpt"):
         if not OmegaConf.select(cfg, key):
             raise ConfigError(f"stage=quality needs {key}=PATH (the pipeline fills it from its jobs)")
@@ -231,7 +229,7 @@ def quality_stage(cfg: DictConfig) -> dict:
 
 
 def quality_markdown(q: dict) -> str:
-    """Consistency / domain score / high-frequency tables of :func:`dasslab.analysis.translation_quality.measure`."""
+    """Consistency / domain score / high-frequency tables of :func:`measure`'s result."""
     ref = q["reference"]
 
     def hf(r):

@@ -36,13 +36,6 @@ CHECKPOINT_SETTINGS = {
 }
 
 
-def _mode(cfg: DictConfig) -> str:
-    """sgg | lcg_only | gsg_only | none: what the ``guidance`` section asks for."""
-    from dasslab.guidance import validate_guidance
-
-    return validate_guidance(cfg.guidance).mode
-
-
 def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
@@ -175,8 +168,10 @@ def check_run_files(cfg: DictConfig, skip=()) -> None:
         if key == "diffusion_ckpt":
             _check_denoiser_fits(cfg, value, setting, summary)
     if stage == "translate" and _guided(cfg) and not _value_and_setting(cfg, "guide_ckpt")[0]:
-        raise ConfigError(f"guidance={_mode(cfg)} needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
-                          f"the source model's …/checkpoints/last.ckpt)")
+        from dasslab.guidance import validate_guidance
+
+        raise ConfigError(f"guidance={validate_guidance(cfg.guidance).mode} needs guide_ckpt=PATH (a segmenter "
+                          f"checkpoint, e.g. the source model's …/checkpoints/last.ckpt)")
     _check_resume(cfg, expected_classes)
     _check_backbone_weights(cfg)
 

@@ -37,6 +37,7 @@ from dasslab.checkpoints import load_diffusion, load_segmenter
 from dasslab.data.datamodule import build_dataset
 from dasslab.data.io import read_image
 from dasslab.errors import ConfigError, StaleOutputError  # noqa: F401  (StaleOutputError: re-exported)
+from dasslab.guidance import validate_guidance
 from dasslab.guidance.translation import guidance_enabled, translate_images
 from dasslab.provenance import dataset_fingerprint, describe_change, differences, file_identity, read_record
 from dasslab.utils.io import atomic_write_png, atomic_write_text
@@ -46,13 +47,6 @@ log = logging.getLogger(__name__)
 
 
 SPLITS = {"source": "source", "target": "target", "target_val": "target_val"}
-
-
-def _mode(cfg: DictConfig) -> str:
-    """sgg | lcg_only | gsg_only | none: what the ``guidance`` section asks for."""
-    from dasslab.guidance import validate_guidance
-
-    return validate_guidance(cfg.guidance).mode
 
 
 def depth_dir(root: str | Path, depth: int) -> Path:
@@ -87,8 +81,8 @@ def _guide(cfg: DictConfig, device: torch.device):
         return None
     path = cfg.translate.get("guide_ckpt")
     if not path:
-        raise ConfigError(f"guidance={_mode(cfg)} needs guide_ckpt=PATH (a segmenter checkpoint, e.g. "
-                          f"the source model's …/checkpoints/last.ckpt)")
+        raise ConfigError(f"guidance={validate_guidance(cfg.guidance).mode} needs guide_ckpt=PATH (a segmenter "
+                          f"checkpoint, e.g. the source model's …/checkpoints/last.ckpt)")
     return load_segmenter(path, setting="guide_ckpt").to(device).model.eval().requires_grad_(False)
 
 
@@ -102,7 +96,8 @@ def fingerprint(cfg: DictConfig, depth: int, guided: bool, data: dict | None = N
             "batch_size": int(t.batch_size), "seed": int(cfg.seed), "image_size": list(cfg.dataset.image_size),
             "data": data, "diffusion_ckpt": file_identity(t.diffusion_ckpt),
             "guide_ckpt": file_identity(t.guide_ckpt) if guided else None,
-            "guidance": {"mode": _mode(cfg), **OmegaConf.to_container(cfg.guidance, resolve=True)} if guided else None,
+            "guidance": ({"mode": validate_guidance(cfg.guidance).mode,
+                          **OmegaConf.to_container(cfg.guidance, resolve=True)} if guided else None),
             "arrangement": OmegaConf.to_container(cfg.arrangement, resolve=True) if guided else None}
 
 

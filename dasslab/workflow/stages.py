@@ -50,6 +50,8 @@ def call(node: DictConfig, *args, **extra):
     A key holding a config section (``dataset: ${dataset}``) arrives as that section (a DictConfig whose
     interpolations still resolve); other keys arrive as plain resolved values. The stage file is where a
     builder's inputs are listed (``conf/stage/*.yaml``), so reading one tells what the builder reads.
+    Not ``hydra.utils.instantiate``: it would build the ``_target_``s inside the sections handed over (a
+    dataset's splits) and wrap a builder's one-line error in its own exception.
     """
     target = node.get("_target_")
     if not target:
