@@ -39,6 +39,22 @@ def test_a_launch_of_several_ranks_is_recognised(monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_jobs_port_is_shared_by_its_ranks_and_outside_the_ephemeral_range():
+    """Every rank of a launch computes one MASTER_PORT per job; it lies below Linux's ephemeral ports (32768+), which
+    any outgoing connection may hold (a Slurm test once failed with 'address already in use' on 3xxxx)."""
+    from types import SimpleNamespace
+
+    from dasslab.workflow.jobrun import World, _rank_env
+
+    ports = set()
+    for i in range(500):
+        job = SimpleNamespace(key=f"{i:012x}")
+        a = _rank_env(job, World(0, 2, "4242"))["MASTER_PORT"]
+        assert a == _rank_env(job, World(1, 2, "4242"))["MASTER_PORT"]
+        ports.add(int(a))
+    assert min(ports) >= 20000 and max(ports) < 32768 and len(ports) > 400
+
+
 def test_experiment_under_ddp_runs_to_completion(tmp_path, digits_data_dir):
     out = tmp_path / "run"
     env = dict(os.environ, DASSLAB_ROOT=str(tmp_path), DASSLAB_DATA=str(digits_data_dir), OMP_NUM_THREADS="1")

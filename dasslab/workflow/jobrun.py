@@ -34,6 +34,7 @@ from dasslab.utils.io import atomic_write_text, locked
 POLL_S = 1.0
 JOB_FILE = "job.yaml"
 RESULT_FILE = ".result.json"
+JOB_PORTS = (20000, 32000)        # [first, end) of the MASTER_PORTs jobs of a launch use
 # the variables through which a launcher names a process's rank: a job that starts its own DDP processes
 # must not inherit them (Lightning would take the pipeline's launch for the job's world)
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "MASTER_ADDR",
@@ -182,9 +183,10 @@ def _own_env() -> dict:
 
 def _rank_env(job, world: World) -> dict:
     """The environment of this rank's child: the launch's variables, and a port of this job's own (every rank
-    computes the same), so that the jobs of one launch never meet on one port."""
+    computes the same), so that the jobs of one launch never meet on one port. The ports (20000-31999) lie below
+    Linux's ephemeral range (32768-60999), where any outgoing connection of the machine may already hold one."""
     digest = int(hashlib.sha1(f"{world.name}/{job.key}".encode()).hexdigest()[:8], 16)
-    return {**os.environ, "MASTER_PORT": str(20000 + digest % 20000)}
+    return {**os.environ, "MASTER_PORT": str(JOB_PORTS[0] + digest % (JOB_PORTS[1] - JOB_PORTS[0]))}
 
 
 def run_child(job, env: dict, rank: int = 0) -> dict:
