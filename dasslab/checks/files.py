@@ -93,6 +93,8 @@ def _deepest(cfg: DictConfig) -> tuple[str, int] | None:
         return "translate.depths" if t.get("depths") else "translate.depth", max(int(n) for n in depths)
     if name == "adapt":
         p = cfg.ptl
+        if p.get("t_max") == "auto":     # the calibration probes up to its deepest candidate
+            return "calibrate.probe_depths", max(int(d) for d in cfg.calibrate.probe_depths)
         return ("ptl.t_max", int(p.t_max)) if p.get("t_max") else ("ptl.N", int(p.N))
     if name == "quality":
         q = cfg.quality
@@ -158,7 +160,7 @@ def check_run_files(cfg: DictConfig, skip=()) -> None:
             continue
         if key == "guide_ckpt" and stage == "translate" and not _guided(cfg):
             continue                     # unguided translation reads no guide
-        if key == "diffusion_ckpt" and stage == "adapt" and cfg.ptl.get("name") in ("none", "ceiling"):
+        if key == "diffusion_ckpt" and stage == "adapt" and cfg.ptl.get("name") in ("none", "ceiling", "ceiling_m"):
             continue                     # these controls translate nothing
         if key == "segmenter.init_ckpt" and stage != "adapt" and "init_ckpt" not in (cfg.stage.get("module") or {}):
             continue                     # e.g. the oracle starts from scratch

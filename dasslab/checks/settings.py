@@ -143,13 +143,13 @@ def _positive(value, key: str, integer: bool = False) -> None:
     check_number(value, key, integer=integer, lo=0, lo_open=True)
 
 
-def check_variance(value, key: str) -> None:
-    """The reverse-step variance kind: ``beta`` | ``posterior`` | a number in [0, 1] (interpolation)."""
+def check_variance(value, key: str, auto: bool = False) -> None:
+    """The reverse-step variance kind: ``beta`` | ``posterior`` | a number in [0, 1] (interpolation) [| ``auto``]."""
     number = _is_number(value) and math.isfinite(value)
-    if value in ("beta", "posterior") or (number and 0.0 <= float(value) <= 1.0):
+    if value in ("beta", "posterior") or (number and 0.0 <= float(value) <= 1.0) or (auto and value == "auto"):
         return
     raise ConfigError(f"{key}={value!r}: expected 'beta' (the paper), 'posterior' (beta~) or a number in [0, 1] "
-                      "(log-interpolation weight towards beta)")
+                      "(log-interpolation weight towards beta)" + (", or auto (calibrated)" if auto else ""))
 
 
 # --------------------------------------------------------------------------- groups of settings
@@ -275,7 +275,10 @@ def _check_translate(cfg, T: int) -> None:
             raise ConfigError(f"translate depth n={n!r}: expected an integer in 0..{T} (diffusion.num_timesteps)")
     if t.get("num_steps") is not None:
         _positive(t.num_steps, "translate.num_steps", integer=True)
-    check_variance(t.variance, "translate.variance")
+    check_variance(t.variance, "translate.variance", auto=True)
+    from dasslab.calibration.plan import calibration_mode
+
+    calibration_mode(t)
     check_choice(_get(cfg, "translate.split"), "translate.split", TRANSLATE_SPLITS)
     check_number(_get(cfg, "translate.limit"), "translate.limit", integer=True, lo=1, null=True)
     check_number(_get(cfg, "translate.batch_size"), "translate.batch_size", integer=True, lo=1)

@@ -46,7 +46,7 @@ class DASSDataModule(L.LightningDataModule):
                  train_domains: Sequence[str] = ("source",), extra: Mapping[str, Dataset] | None = None,
                  val_split: str | None = "target_val", val_batch_size: int | None = None,
                  seed: int = 0, limit_train: int | None = None, limit_val: int | None = None,
-                 prescan: str = "full") -> None:
+                 prescan: str = "full", report_split: str | None = None) -> None:
         super().__init__()
         self.cfg = dataset
         self.batch_size = int(batch_size)
@@ -61,6 +61,9 @@ class DASSDataModule(L.LightningDataModule):
         self.prescan_report = None
         self.train_sets: dict[str, Dataset] = {}
         self.val_set: Dataset | None = None
+        # the held-apart split a stage's numbers are reported on (eval.report_split; where the dataset has it)
+        self.report_split = report_split if report_split and dataset.get(report_split) is not None else None
+        self.report_set: Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_sets:
@@ -71,6 +74,8 @@ class DASSDataModule(L.LightningDataModule):
                 seed_transforms(ds, derive_seed(self.seed, process_rank()))
         if self.val_split and self.val_set is None:
             self.val_set = build_dataset(self.cfg, self.val_split, train=False, limit=self.limit_val)
+        if self.report_split and self.report_set is None and self.report_split != self.val_split:
+            self.report_set = build_dataset(self.cfg, self.report_split, train=False, limit=self.limit_val)
         self._check_classes()
         if self.prescan_report is None:
             self.prescan_report = self._prescan()
@@ -79,20 +84,22 @@ class DASSDataModule(L.LightningDataModule):
         """Every file of every split this datamodule will read, checked before training (``data.prescan``)."""
         from dasslab.data.prescan import scan_datasets
 
-        sets = dict(self.train_sets)
-        if self.val_set is not None:
-            sets[self.val_split] = self.val_set
-        report = scan_datasets(sets, self.prescan)
+        report = scan_datasets(self._all_sets(), self.prescan)
         if report.splits:
             log.info(report.summary())
         return report
 
+    def _all_sets(self) -> dict[str, Dataset]:
+        """Every split this datamodule reads: the training sets, the val split, the report split."""
+        sets = dict(self.train_sets)
+        for key, ds in ((self.val_split, self.val_set), (self.report_split, self.report_set)):
+            if ds is not None:
+                sets[key] = ds
+        return sets
+
     def _check_classes(self) -> None:
         expected = self.cfg.get("num_classes")
-        sets = dict(self.train_sets)
-        if self.val_set is not None:
-            sets[self.val_split] = self.val_set
-        for key, ds in sets.items():
+        for key, ds in self._all_sets().items():
             k = getattr(ds, "num_classes", None)
             if expected is not None and k is not None and k != expected:
                 raise DataError(f"dataset.{key}: {k} classes but dataset.num_classes={expected}")
@@ -121,6 +128,12 @@ class DASSDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    def report_dataloader(self) -> DataLoader:
+        """The loader of ``report_split`` (the held-apart test split), for the final evaluation only."""
+        if self.report_set is None:
+            raise DataError(f"eval.report_split={self.report_split}: not loaded (dataset.{self.report_split} unset)")
+        return self._loader(self.report_set, False, self.val_batch_size, collate_fn=eval_collate)
+
 
 def build(dataset: DictConfig, data: DictConfig, eval: DictConfig, seed: int, train_domains: Sequence[str],
           batch_size: int, val: bool = True, extra: Mapping[str, Dataset] | None = None) -> DASSDataModule:
@@ -130,4 +143,5 @@ def build(dataset: DictConfig, data: DictConfig, eval: DictConfig, seed: int, tr
                           train_domains=list(train_domains), extra=extra,
                           val_split=eval.split if val else None, val_batch_size=eval.batch_size,
                           seed=seed, limit_train=data.get("limit_train"),
-                          limit_val=data.get("limit_val"), prescan=data.get("prescan") or "full")
+                          limit_val=data.get("limit_val"), prescan=data.get("prescan") or "full",
+                          report_split=eval.get("report_split") if val else None)

@@ -15,54 +15,32 @@ mask is where its upscaled intensity exceeds 0.5) in ``size x size`` images.
 Classes (11): index 0 = ``"background"``, index ``d + 1`` = digit ``d``
 (names ``"0"`` .. ``"9"``). Where digits overlap, the later one wins.
 
-The benchmark is written once into a cache folder in the ``folder`` layout
-(so :class:`~dasslab.data.folder.FolderDomain` reads it too)::
-
-    ROOT/classes.txt  ROOT/meta.json
-    ROOT/source/{images,labels}      n_train scenes
-    ROOT/source_val/{images,labels}  n_val scenes
-    ROOT/target/{images,labels}      n_train scenes (labels kept for the target oracle only)
-    ROOT/target_val/{images,labels}  n_val scenes
-
-Generation is deterministic from ``seed`` (byte-identical files); each subset
-draws from its own ``numpy`` generator seeded by ``(seed, subset)``, and train
-and val scenes use disjoint digit scans (80 % / 20 % of the 1797 scans).
-It is atomic: files go to a temporary sibling folder that is renamed to
-``ROOT`` when complete, so an interrupted run never leaves a half cache. A
-cache whose recorded parameters (``meta.json``) differ is regenerated; a
-non-empty ``ROOT`` that is not a digits cache is never overwritten.
+The layout, seeding and atomic caching are those of every built-in pair (:mod:`dasslab.data.generated`:
+source, source_val, target, target_val, target_test). Train scenes and val/test scenes use disjoint
+digit scans (80 % / 20 % of the 1797 scans); val and test scenes are distinct draws from the held-out scans.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from dasslab.utils.io import locked
+from .generated import GeneratedDomain, check_counts, make_generated, photos, read_meta, write_subsets
+from .io import DataError
 
-from .folder import FolderDomain
-from .io import DataError, write_png
+__all__ = ["CLASS_NAMES", "Digits", "make_digits", "read_meta"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2      # 2: the target_test subset
 CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(str(d) for d in range(10))
 BACKGROUND = 0
-SUBSETS = {"source": 0, "source_val": 1, "target": 2, "target_val": 3}
-FOLDERS = {("source", "train"): "source", ("source", "val"): "source_val",
-           ("target", "train"): "target", ("target", "val"): "target_val"}
-
-
 DIGIT_SCALE = (0.35, 0.6)
 
 
-def _params(size: int, n_train: int, n_val: int, seed: int, digit_scale=DIGIT_SCALE) -> dict:
+def _params(size: int, n_train: int, n_val: int, n_test: int, seed: int, digit_scale=DIGIT_SCALE) -> dict:
     p = {"generator": "dasslab.data.digits", "version": GENERATOR_VERSION,
-         "size": int(size), "n_train": int(n_train), "n_val": int(n_val), "seed": int(seed)}
+         "size": int(size), "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test), "seed": int(seed)}
     if tuple(float(v) for v in digit_scale) != DIGIT_SCALE:  # recorded only when not the default
         p["digit_scale"] = [float(v) for v in digit_scale]
     return p
@@ -102,9 +80,9 @@ def _render_source(rng, alpha):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _render_target(rng, alpha, photos):
+def _render_target(rng, alpha, pictures):
     size = alpha.shape[0]
-    photo = photos[rng.integers(len(photos))]
+    photo = pictures[rng.integers(len(pictures))]
     side = int(rng.integers(size, 4 * size + 1))
     y = rng.integers(0, photo.shape[0] - side + 1)
     x = rng.integers(0, photo.shape[1] - side + 1)
@@ -114,117 +92,56 @@ def _render_target(rng, alpha, photos):
 
 
 def _generate(out: Path, params: dict) -> None:
-    from sklearn.datasets import load_digits, load_sample_image
+    from sklearn.datasets import load_digits
 
     data = load_digits()
     scans = (data.images / 16.0).astype(np.float32)
     order = np.random.default_rng(params["seed"]).permutation(len(scans))
     cut = int(0.8 * len(scans))
-    pools = {"train": order[:cut], "val": order[cut:]}
-    photos = [load_sample_image(name) for name in ("china.jpg", "flower.jpg")]
-    size = params["size"]
-    fractions = {}
-    for folder, subset_id in SUBSETS.items():
-        rng = np.random.default_rng([params["seed"], subset_id])
-        idx = pools["val" if folder.endswith("_val") else "train"]
-        pool_scans, pool_targets = scans[idx], data.target[idx]
-        n = params["n_val" if folder.endswith("_val") else "n_train"]
-        (out / folder / "images").mkdir(parents=True)
-        (out / folder / "labels").mkdir()
-        counts = np.zeros(len(CLASS_NAMES), np.int64)
-        for i in range(n):
-            alpha, label = _compose(rng, pool_scans, pool_targets, size, params.get("digit_scale", DIGIT_SCALE))
-            if folder.startswith("source"):
-                img = _render_source(rng, alpha)
-            else:
-                img = _render_target(rng, alpha, photos)
-            write_png(out / folder / "images" / f"{i:05d}.png", img)
-            write_png(out / folder / "labels" / f"{i:05d}.png", label)
-            counts += np.bincount(label.ravel(), minlength=len(CLASS_NAMES))
-        fractions[folder] = [round(float(c), 6) for c in counts / max(1, counts.sum())]
-    (out / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n", encoding="utf-8")
-    meta = dict(params, class_names=list(CLASS_NAMES), class_fraction=fractions)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    pools = {"train": order[:cut], "held_out": order[cut:]}
+    pictures = photos()
+    size, scale = params["size"], params.get("digit_scale", DIGIT_SCALE)
 
+    def scene(rng, folder, _i):
+        idx = pools["train" if folder in ("source", "target") else "held_out"]
+        alpha, label = _compose(rng, scans[idx], data.target[idx], size, scale)
+        img = _render_source(rng, alpha) if folder.startswith("source") else _render_target(rng, alpha, pictures)
+        return img, label
 
-def read_meta(root) -> dict | None:
-    """Return the cache's ``meta.json`` (parameters and per-folder class pixel fractions), or None."""
-    try:
-        return json.loads((Path(root) / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _matches(root: Path, params: dict) -> bool:
-    meta = read_meta(root)
-    return meta is not None and all(meta.get(k) == v for k, v in params.items())
+    write_subsets(out, params, CLASS_NAMES, scene)
 
 
 def make_digits(root, size: int = 32, n_train: int = 3000, n_val: int = 600, seed: int = 0,
-                digit_scale=DIGIT_SCALE) -> Path:
+                digit_scale=DIGIT_SCALE, n_test: int | None = None) -> Path:
     """Generate the digits benchmark into ``root`` unless a cache with these parameters is there.
 
-    Returns ``Path(root)``. See the module docstring for the layout and guarantees.
+    ``n_test``: target_test scenes (default ``n_val``). Returns ``Path(root)``; see the module docstring.
     """
-    root = Path(root).expanduser()
-    if size < 16:
-        raise DataError(f"dataset.size={size}: digits scenes need size >= 16")
-    if n_train < 1 or n_val < 1:
-        raise DataError(f"digits n_train={n_train}, n_val={n_val}: expected at least 1 scene each")
+    n_test = n_val if n_test is None else n_test
+    check_counts(size, n_train, n_val, n_test)
     if not 0 < float(digit_scale[0]) <= float(digit_scale[1]) <= 1:
         raise DataError(f"dataset.generate.digit_scale={list(digit_scale)}: expected 0 < lo <= hi <= 1 "
                         "(digit side as a fraction of the scene side)")
-    params = _params(size, n_train, n_val, seed, digit_scale)
-    if _matches(root, params):
-        return root
-    if root.exists() and read_meta(root) is None and (not root.is_dir() or any(root.iterdir())):
-        raise DataError(f"dataset.root={root}: exists and is not a digits cache (no meta.json); "
-                        "expected an empty or missing folder to generate the benchmark into")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # processes that want the cache at once (a pipeline's parallel jobs): one generates, the others wait here
-    # and then read its files -- none swaps the folder while another reads it
-    with locked(root.parent / f".{root.name}.lock"):
-        if _matches(root, params):
-            return root
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = root.parent / f".{root.name}.tmp-{tag}"
-        try:
-            _generate(tmp, params)
-            old = None
-            if root.exists():
-                old = root.parent / f".{root.name}.old-{tag}"
-                os.replace(root, old)
-            os.replace(tmp, root)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return make_generated(root, _params(size, n_train, n_val, n_test, seed, digit_scale), _generate)
 
 
-class Digits(FolderDomain):
+class Digits(GeneratedDomain):
     """One split of the digits benchmark, generated into ``root`` on first use.
 
     Args:
         root: cache folder.
         domain: ``"source"`` or ``"target"``.
-        split: ``"train"`` or ``"val"``.
+        split: ``"train"``, ``"val"`` or (target) ``"test"``.
         transform: albumentations transform or None.
-        size, n_train, n_val, seed: generation parameters (a differing cache is regenerated).
+        size, n_train, n_val, n_test, seed: generation parameters (a differing cache is regenerated).
         digit_scale: (lo, hi) range of a digit's side as a fraction of the scene side.
         labels: load labels; default everywhere except target train (set True for the target oracle).
     """
 
-    GENERATED = True   # its files are a function of the generation settings (dasslab.provenance)
+    make = staticmethod(make_digits)
 
     def __init__(self, root, domain: str = "source", split: str = "train", transform=None,
                  size: int = 32, n_train: int = 3000, n_val: int = 600, seed: int = 0, *,
-                 labels: bool | None = None, digit_scale=DIGIT_SCALE):
-        if (domain, split) not in FOLDERS:
-            raise DataError(f"digits domain={domain!r} split={split!r}: expected domain 'source'|'target' "
-                            "and split 'train'|'val'")
-        root = make_digits(root, size=size, n_train=n_train, n_val=n_val, seed=seed, digit_scale=digit_scale)
-        if labels is None:
-            labels = (domain, split) != ("target", "train")
-        super().__init__(root, FOLDERS[(domain, split)], transform, labels=labels)
-        self.meta = read_meta(root)
+                 labels: bool | None = None, digit_scale=DIGIT_SCALE, n_test: int | None = None):
+        super().__init__(root, domain, split, transform, labels=labels, size=size, n_train=n_train, n_val=n_val,
+                         seed=seed, digit_scale=digit_scale, n_test=n_test)

@@ -17,7 +17,8 @@ and chooses ``calibrate: true`` and ``max_batch: auto`` — the rest equal the f
                  ``lambda * Sigma_k * grad L`` over the image's labelled pixels equals
                  ``shift * sigma_k`` (``scale`` is then unused). One ``shift`` means the same at
                  32x32 and at 512x1024, with either reduction.
-``shift``        the calibrated shift as a fraction of ``sigma_k`` (e.g. 0.1).
+``shift``        the calibrated shift as a fraction of ``sigma_k`` (e.g. 0.1), or ``auto``: chosen per depth by
+                 the label-free calibration (:mod:`dasslab.calibration`), which replaces it before a translation.
 ``reduction``    ``sum`` (default) or ``mean`` of the guide's per-pixel CE, see ``losses.py``.
 ``lcg``/``gsg``  which kinds are on; both: the arrangement decides per step.
 ``ignore_index`` label value without guidance (255).
@@ -57,6 +58,7 @@ GUIDANCE_KEYS = {"scale", "calibrate", "shift", "reduction", "lcg", "gsg", "igno
 LCG_INPUTS = ("masked", "whole")
 GUIDE_ON = ("x_t", "x0")
 ARRANGEMENT_KEYS = {"name", "seed"}
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class GuidanceSettings:
 
     scale: float = 80.0
     calibrate: bool = False
-    shift: float = 0.1
+    shift: float | str = 0.1      # or "auto": the calibration's value per depth replaces it before a translation
     reduction: str = "sum"
     lcg: bool = True
     gsg: bool = True
@@ -82,7 +84,7 @@ class GuidanceSettings:
     @property
     def enabled(self) -> bool:
         strength = self.shift if self.calibrate else self.scale
-        return strength > 0 and (self.lcg or self.gsg)
+        return (strength == AUTO or strength > 0) and (self.lcg or self.gsg)
 
     @property
     def mode(self) -> str:
@@ -120,7 +122,8 @@ def validate_guidance(guidance: Mapping[str, Any] | None,
     if not isinstance(calibrate, bool):
         raise ConfigError(f"guidance.calibrate={calibrate!r}: expected true or false")
     scale = _number(g.get("scale", d.scale), "guidance.scale")
-    shift = _number(g.get("shift", d.shift), "guidance.shift")
+    shift = g.get("shift", d.shift)
+    shift = shift if shift == AUTO else _number(shift, "guidance.shift")   # auto: chosen per depth by the calibration
     reduction = g.get("reduction", d.reduction)
     if reduction not in REDUCTIONS:
         raise ConfigError(f"guidance.reduction={reduction!r}: expected one of {list(REDUCTIONS)}")

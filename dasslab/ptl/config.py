@@ -65,7 +65,8 @@ def validate_shared(cfg) -> None:
         raise ConfigError(f"adapt.loss={loss!r}: expected 'ada_src' (Eq. 12) or 'ada' (Table 3 (a))")
     p, T = cfg.ptl, int(cfg.diffusion.num_timesteps)
     _integer("ptl.N", p.N)
-    _integer("ptl.t_max", p.get("t_max"), 1, T, null=True)
+    if p.get("t_max") != "auto":     # auto: chosen per pair by the calibration (translate.calibrate)
+        _integer("ptl.t_max", p.get("t_max"), 1, T, null=True)
     if p.get("t_max") is None and p.N > T:
         raise ConfigError(f"ptl.N={p.N} exceeds diffusion.num_timesteps={T}; set ptl.t_max <= {T} to stride "
                           f"the domains")
@@ -101,14 +102,18 @@ def validate_ptl(cfg, check_files: bool = True) -> None:
     integer("ptl.watch.classifier_images", watch["classifier_images"])
     if not isinstance(watch["domain_score"], bool):
         raise ConfigError(f"ptl.watch.domain_score={watch['domain_score']!r}: expected true or false")
-    if p.name == "ceiling" and cfg.dataset.get(TARGET_LABELED) is None:
-        raise ConfigError(f"ptl.name=ceiling: dataset={cfg.dataset.get('name')} has no labelled target-train split "
+    if p.name in ("ceiling", "ceiling_m") and cfg.dataset.get(TARGET_LABELED) is None:
+        raise ConfigError(f"ptl.name={p.name}: dataset={cfg.dataset.get('name')} has no labelled target-train split "
                           f"(dataset.{TARGET_LABELED}); the ceiling trains on target labels")
     integer("translate.num_steps", cfg.translate.get("num_steps"), null=True)
     loss = cfg.adapt.get("loss")
     if p.name == "none" and loss == "ada":
         raise ConfigError("adapt.loss=ada with ptl=none: nothing is translated, L_ada is empty; use adapt.loss=ada_src")
     validate_self_training(cfg)
+    if p.name in ("progressive", "direct"):    # translation settings: auto only under translate.calibrate=auto
+        from dasslab.calibration import TranslationSettings
+
+        TranslationSettings.of(p, cfg.translate, cfg.get("guidance"), int(cfg.diffusion.num_timesteps))
     if check_files:
         check_ptl_files(cfg)
 
@@ -124,7 +129,7 @@ def check_ptl_files(cfg) -> None:
     p = cfg.ptl
 
     source = build_dataset(cfg.dataset, "source", train=True, limit=cfg.data.get("limit_train"))
-    if p.get("pool_size") and p.name not in ("none", "ceiling") and p.pool_size > len(source):
+    if p.get("pool_size") and p.name not in ("none", "ceiling", "ceiling_m") and p.pool_size > len(source):
         raise ConfigError(f"ptl.pool_size={p.pool_size} is larger than the source set ({len(source)} images)")
     names = list(source.class_names)
     for key in ("segmenter.init_ckpt", "guide_ckpt", "ptl.watch.judge_ckpt"):
@@ -134,7 +139,7 @@ def check_ptl_files(cfg) -> None:
         if path and _checkpoint_classes(path, key) != names:
             raise ConfigError(f"{key}={path}: its classes differ from dataset={cfg.dataset.name}'s {len(names)} "
                               f"classes ({', '.join(names[:4])}, …)")
-    if p.name in ("none", "ceiling"):  # nothing is translated: no diffusion model
+    if p.name in ("none", "ceiling", "ceiling_m"):  # nothing is translated: no diffusion model
         return
     if not cfg.get("diffusion_ckpt"):
         raise ConfigError("diffusion_ckpt is not set; ptl=progressive|direct translates with the target DDPM")
@@ -146,9 +151,10 @@ def check_ptl_files(cfg) -> None:
         diffusion.check_data((1, 3, *crop), f"dataset.crop_size={crop}")
     except ValueError as e:
         raise ConfigError(f"diffusion_ckpt={cfg.diffusion_ckpt}: {e}") from None
-    if int(diffusion.hparams.num_timesteps) < (p.get("t_max") or p.N):
+    deepest = max(int(d) for d in cfg.calibrate.probe_depths) if p.get("t_max") == "auto" else (p.get("t_max") or p.N)
+    if int(diffusion.hparams.num_timesteps) < deepest:
         raise ConfigError(f"diffusion_ckpt={cfg.diffusion_ckpt}: T={diffusion.hparams.num_timesteps} timesteps, "
-                          f"fewer than the deepest domain needs ({p.get('t_max') or p.N})")
+                          f"fewer than the deepest domain needs ({deepest})")
 
 
 
@@ -188,7 +194,7 @@ def validate_self_training(cfg) -> None:
         raise ConfigError(f"adapt.self_training.mix={s['mix']!r}: expected one of {', '.join(MIX_SOURCES)}")
     if not s["enabled"]:
         return
-    if s["mix"] == "translated" and cfg.ptl.name not in ("progressive", "direct", "ceiling"):
+    if s["mix"] == "translated" and cfg.ptl.name not in ("progressive", "direct", "ceiling", "ceiling_m"):
         raise ConfigError(f"adapt.self_training.mix=translated with ptl={cfg.ptl.name}: nothing is translated; "
                           "use mix=source or auto")
     if cfg.dataset.get(TARGET) is None:

@@ -146,9 +146,10 @@ class PTLDataModule(DASSDataModule):
 def build_datamodule(dataset, data, eval, seed: int, batch_size: int, ptl, adapt) -> PTLDataModule:
     """The adaptation datamodule (``conf/stage/adapt.yaml``): source stream (+ the labelled target-train
     stream for ptl=ceiling, + the unlabeled target-train stream for self-training) + target val."""
-    domains = ["source"] + ([TARGET_LABELED] if ptl.get("name") == "ceiling" else [])
+    domains = ["source"] + ([TARGET_LABELED] if ptl.get("name") in ("ceiling", "ceiling_m") else [])
     if self_training_settings(adapt)["enabled"]:
         domains.append(TARGET)
     return PTLDataModule(dataset, batch_size=int(batch_size), num_workers=data.num_workers, train_domains=domains,
                          val_split=eval.split, val_batch_size=eval.batch_size, seed=seed,
-                         limit_train=data.get("limit_train"), limit_val=data.get("limit_val"))
+                         limit_train=data.get("limit_train"), limit_val=data.get("limit_val"),
+                         report_split=eval.get("report_split"))

@@ -17,8 +17,8 @@ statistics) is saved under ``checkpoint["ptl"]``.
 from __future__ import annotations
 
 import copy
-import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +46,9 @@ class PTLModule(SegmenterModule):
     reverse chain; ``guidance`` / ``arrangement``: the config groups; ``diffusion_ckpt``: the target
     DDPM; ``sampling``: keyword settings of the reverse chain passed to every translation
     (``{"variance": translate.variance}``); ``self_training``: ``adapt.self_training`` (the EMA
-    teacher, pseudo-labels and ClassMix term; off by default).
+    teacher, pseudo-labels and ClassMix term; off by default); ``translation``: the settings of each
+    calibrated depth (:meth:`dasslab.calibration.TranslationPlan.record`: variance and guidance shift per
+    depth, used at the nearest one), where some were left to the calibration.
     """
 
     def __init__(self, backbone: dict, num_classes: int, class_names: Sequence[str], optim: dict,
@@ -56,7 +58,7 @@ class PTLModule(SegmenterModule):
                  guidance: dict | None = None, arrangement: dict | str | None = None,
                  diffusion_ckpt: str | None = None, num_steps: int | None = None, seed: int = 0,
                  speed: dict | None = None, sampling: dict | None = None,
-                 self_training: dict | None = None) -> None:
+                 self_training: dict | None = None, translation: dict | None = None) -> None:
         super().__init__(backbone, num_classes, class_names, optim, max_steps, augment, eval_subsets, train_keys,
                          schedule, inference, ignore_index)
         self.save_hyperparameters()
@@ -93,7 +95,7 @@ class PTLModule(SegmenterModule):
             return n
         first = step == self.domains.start(step)
         dm = self.trainer.datamodule if self._trainer is not None else None
-        stream = dm.stream() if dm is not None and self.translates and self.ptl["pool_size"] else None
+        stream = dm.stream(self.watch_stream) if dm is not None and self.pooled else None
         self.start_domain(n, snapshot=first, stream=stream)
         if first:
             self.refreshed.append((n, step))
@@ -109,8 +111,9 @@ class PTLModule(SegmenterModule):
         parts = {"source": batch["source"]}
         if self.translates:     # X^n: from the domain's pool, or translated now
             parts["translated"] = self.translated_batch(step, batch["source"])
-        elif self.ceiling:      # perfect translations: labelled target images in place of X^n
-            parts["translated"] = batch[TARGET_LABELED]
+        elif self.ceiling:      # perfect translations: labelled target images in place of X^n (ceiling_m: its pool)
+            parts["translated"] = self.pool_batch(step, batch[TARGET_LABELED]["image"].shape[0]) \
+                if self._pool is not None else batch[TARGET_LABELED]
         # the Appendix C augmentation draws from the global RNG: seed it by (seed, rank, step) so a
         # resumed run draws what the uninterrupted one drew (after translating, which has its own seeds)
         torch.manual_seed(derive_seed(self.hparams.seed, self._rank()[0], step))
@@ -154,25 +157,28 @@ class PTLModule(SegmenterModule):
     @property
     def translates(self) -> bool:
         """Whether X^n comes from the diffusion model (progressive, direct)."""
-        return "translated" in self.train_keys and self.ptl["name"] not in ("none", "ceiling")
+        return "translated" in self.train_keys and self.ptl["name"] not in ("none", "ceiling", "ceiling_m")
 
     @property
     def ceiling(self) -> bool:
-        """Whether X^n is replaced by labelled target-train images (ptl=ceiling)."""
-        return "translated" in self.train_keys and self.ptl["name"] == "ceiling"
+        """Whether X^n is replaced by labelled target-train images (ptl=ceiling, ceiling_m)."""
+        return "translated" in self.train_keys and self.ptl["name"] in ("ceiling", "ceiling_m")
+
+    @property
+    def pooled(self) -> bool:
+        """Whether X^n comes from a pool per domain: translations (``ptl.pool_size``) or ptl=ceiling_m's images."""
+        return bool(self.ptl["pool_size"]) and (self.translates or self.ptl["name"] == "ceiling_m")
+
+    @property
+    def pool_images(self) -> int:
+        """M: the distinct images of a domain's pool (``ptl.pool_size``); ptl=direct's one domain holds as many
+        as the N pools of a walk (N x pool_size), so that it trains on as many distinct translations."""
+        return int(self.ptl["pool_size"] or 0) * (int(self.ptl["N"]) if self.ptl["name"] == "direct" else 1)
 
     @property
     def watch(self) -> dict:
         """``ptl.watch``: judge_ckpt, domain_score, images, classifier_steps, classifier_images."""
         return self.ptl["watch"]
-
-    def _sampling(self, fn: Callable) -> dict:
-        """The ``sampling`` keyword settings that ``fn`` (translate_batch / translate_images) takes."""
-        sampling = dict(self.hparams.get("sampling") or {})
-        if not sampling:
-            return {}
-        params = inspect.signature(fn).parameters
-        return {k: v for k, v in sampling.items() if k in params}
 
     def set_diffusion(self, diffusion) -> None:
         """Use this (frozen) DiffusionModule instead of loading ``diffusion_ckpt``."""
@@ -257,29 +263,47 @@ class PTLModule(SegmenterModule):
             self.__dict__["_guidance"] = settings if settings is not None and settings.enabled else None
         return self.__dict__["_guidance"]
 
+    def depth_settings(self, depth: int) -> tuple[Any, Any]:
+        """(Sigma of the reverse steps, guidance settings or None) of a translation at ``depth``: as configured, or
+        the calibrated depth nearest to it for the settings left to the calibration (``translation``)."""
+        guidance = self.guidance_settings
+        variance = (self.hparams.get("sampling") or {}).get("variance", "beta")
+        rows = (self.hparams.get("translation") or {}).get("depths") or {}
+        if not rows:
+            return variance, guidance
+        row = rows[min(rows, key=lambda d: (abs(int(d) - int(depth)), int(d)))]
+        if guidance is not None and row.get("shift") is not None:
+            from dataclasses import replace
+
+            guidance = replace(guidance, shift=float(row["shift"]))
+        return row["variance"] if guidance is not None else row["variance_unguided"], guidance
+
     @torch.no_grad()
     def translate(self, images: Tensor, labels: Tensor, n: int, chunk: int, seed: int):
         """SGG(phi^{t_n}(images), guide) of one chunk, noise from ``chunk_seed(seed, t_n, chunk)``."""
         depth = self.domains.depth(n)
         gen = torch.Generator(device=self.device).manual_seed(chunk_seed(seed, depth, chunk))
-        guidance = self.guidance_settings
+        variance, guidance = self.depth_settings(depth)
         return translate_batch(self.sampler(), images.to(self.device), labels.to(self.device), depth,
                                self.hparams.num_steps, self.guide if guidance else None, guidance,
-                               self.hparams.arrangement, gen, **self._sampling(translate_batch))
+                               self.hparams.arrangement, gen, variance=variance)
 
     def start_domain(self, n: int, snapshot: bool, stream: SourceStream | None = None) -> None:
-        """Enter domain n: refresh the guide (at the domain's first step) and build its pool."""
+        """Enter domain n: refresh the guide (at the domain's first step) and build its pool (translations; for
+        ptl=ceiling_m the domain's labelled target images)."""
         if snapshot:
             self.snapshot_guide()
         self.prepared_domain = n
         self._pool = None
         if self.translates and self.ptl["pool_size"]:
             self._pool = self.build_pool(n, stream)
+        elif self.pooled and stream is not None:
+            self._pool = stream.images(self.domains.start(self.global_step), self.pool_images)
 
     def build_pool(self, n: int, stream: SourceStream) -> tuple[Tensor, Tensor]:
         """Translate the domain's first M stream images once, in chunks of ``pool_batch`` (kept on the CPU)."""
         rank, _ = self._rank()
-        M = int(self.ptl["pool_size"])
+        M = self.pool_images
         start = self.domains.start(self.global_step)
         images, labels = stream.images(start, M)
         out, stats = self._translate_all(images, labels, n, domain_seed(self.hparams.seed, n, rank))
@@ -288,12 +312,13 @@ class PTLModule(SegmenterModule):
 
     def _translate_all(self, images: Tensor, labels: Tensor, n: int, seed: int) -> tuple[Tensor, list]:
         """SGG(phi^{t_n}(images), guide) in chunks of ``pool_batch`` on ``seed``: (images on the CPU, Translations)."""
-        guidance = self.guidance_settings
+        depth = self.domains.depth(n)
+        variance, guidance = self.depth_settings(depth)
         out, stats = [], []
-        for _, tr in translate_images(self.sampler(), images, labels, self.domains.depth(n), self.hparams.num_steps,
+        for _, tr in translate_images(self.sampler(), images, labels, depth, self.hparams.num_steps,
                                       self.guide if guidance else None, guidance, self.hparams.arrangement,
                                       batch_size=int(self.ptl["pool_batch"]), seed=seed, device=self.device,
-                                      **self._sampling(translate_images)):
+                                      variance=variance):
             out.append(tr.images.detach().cpu())
             stats.append(tr)
         return torch.cat(out), stats
@@ -308,7 +333,7 @@ class PTLModule(SegmenterModule):
         images of ``stream``. The global RNG is left as it was (:func:`own_rng`)."""
         count = int(self.watch["images"])
         start = self.domains.start(self.global_step)
-        if self.ceiling:
+        if self.ceiling and self._pool is None:
             return stream.images(start, count)
         if self._pool is not None:
             images, labels = self._pool
@@ -333,13 +358,48 @@ class PTLModule(SegmenterModule):
         i = step - self.domains.start(step)
         B = source["image"].shape[0]
         if self._pool is not None:
-            images, labels = self._pool
-            idx = torch.tensor([(i * B + j) % len(images) for j in range(B)])
-            return {"image": images[idx].to(self.device), "label": labels[idx].to(self.device)}
+            return self.pool_batch(step, B)
         tr = self.translate(source["image"], source["label"], n, chunk=i,
                             seed=domain_seed(self.hparams.seed, n, self._rank()[0]))
         self._record_stats([tr])
         return {"image": tr.images.detach(), "label": source["label"]}
+
+    def pool_batch(self, step: int, B: int) -> dict:
+        """The ``B`` pool images of ``step``: the domain's pool cycled in order from its first step."""
+        images, labels = self._pool
+        i = step - self.domains.start(step)
+        idx = torch.tensor([(i * B + j) % len(images) for j in range(B)])
+        return {"image": images[idx].to(self.device), "label": labels[idx].to(self.device)}
+
+    def distinct_images(self, dm) -> dict[str, int]:
+        """How many distinct images each training stream gave the run (``metrics.json``'s ``distinct_images``):
+        ``source`` (every step's source batch), and X^n -- ``translated`` (the pools' source images, or every
+        step's when translated on the fly) or ``target_labeled`` (ptl=ceiling, ceiling_m) -- counted by dataset
+        index over all ranks' shards of this run's ``max_steps`` steps."""
+        steps, domains = int(self.hparams.max_steps), self.domains
+        world = self._rank()[1]
+        counts = {}
+
+        def indices(key, step_range):
+            out = set()
+            for r in range(world):
+                s = dm.stream(key)
+                s.rank, s.world_size = r, world
+                out |= {i for st in step_range for i, _ in s.keys(st)}
+            return out
+
+        counts["source"] = len(indices("source", range(steps)))
+        if not (self.translates or self.ceiling):
+            return counts
+        key = self.watch_stream
+        if self.pooled:               # each domain's pool: the stream items from its first step on
+            starts = sorted({domains.start(st) for st in range(steps)})
+            per = -(-self.pool_images // dm.batch_size)
+            used = indices(key, [st for s0 in starts for st in range(s0, s0 + per)])
+        else:
+            used = indices(key, range(steps))
+        counts["translated" if self.translates else TARGET_LABELED] = len(used)
+        return counts
 
     # ------------------------------------------------------------------ Lightning
     def configure_optimizers(self):
@@ -356,7 +416,7 @@ class PTLModule(SegmenterModule):
 
     @property
     def watch_stream(self) -> str:
-        """The stream whose images the domain's watch scores: the labelled target set (ceiling) or the source."""
+        """The stream X^n comes from (its pools, the watch): the labelled target set (ceiling) or the source."""
         return TARGET_LABELED if self.ceiling else "source"
 
 
@@ -368,12 +428,40 @@ def train_keys_for(ptl: Mapping[str, Any], loss: str) -> list[str]:
     return ["translated", "source"] if loss == "ada_src" else ["translated"]
 
 
+def translation_plan(ptl: dict, translate, guidance, arrangement, diffusion, dataset, calibrate, guide_ckpt: str,
+                     diffusion_ckpt: str | None, seed: int, out_dir) -> dict | None:
+    """The translation settings of an adaptation that translates, resolved (:class:`dasslab.calibration.TranslationPlan`):
+    the ``auto`` ones from ``translate.calibration`` (a calibrate job's file, the pipeline's way), or from a
+    calibration run here into ``<out_dir>/calibration/`` when none is given. Returns the plan's record (None
+    when nothing is ``auto``)."""
+    from dasslab.calibration import TranslationPlan, TranslationSettings, load_calibration
+
+    settings = TranslationSettings.of(ptl, translate, guidance, int(diffusion.num_timesteps))
+    if not settings.auto_keys():
+        return None
+    if translate.get("calibration"):
+        calibration = load_calibration(translate.calibration)
+    else:
+        from dasslab.calibration.calibrate import run_calibration
+
+        if not diffusion_ckpt:
+            raise ConfigError("stage=adapt: diffusion_ckpt is not set (a `dasslab-train stage=diffusion` "
+                              "checkpoint of the target domain)")
+        print(f"[calibrate] {', '.join(settings.auto_keys())}=auto and no translate.calibration: calibrating here "
+              f"(the pipeline runs it once per pair as its calibrate job)", flush=True)
+        calibration = run_calibration(dataset, calibrate, settings, guidance, arrangement, guide_ckpt, diffusion_ckpt,
+                                      seed, Path(str(out_dir)) / "calibration")
+    return TranslationPlan.of(settings, calibration).record()
+
+
 def build(datamodule, init_ckpt: str | None, backbone, segmenter, adapt, ptl, augment, dataset, diffusion, eval,
-          guidance, arrangement, diffusion_ckpt: str | None, translate, seed: int) -> PTLModule:
+          guidance, arrangement, diffusion_ckpt: str | None, translate, seed: int, calibrate=None,
+          out_dir: str | None = None) -> PTLModule:
     """The adaptation module, initialised from the source-only model, from the sections ``conf/stage/adapt.yaml``
     hands it: ``backbone``, ``segmenter`` (the recipe) under ``adapt`` (``optim``, ``loss``, ``self_training``),
     ``ptl``, ``augment``, ``dataset`` (eval subsets), ``diffusion`` (schedule, speed settings), ``eval`` (inference),
-    ``guidance`` and ``arrangement`` (SGG), ``diffusion_ckpt``, ``translate`` (respacing, variance), ``seed``."""
+    ``guidance`` and ``arrangement`` (SGG), ``diffusion_ckpt``, ``translate`` (respacing, variance, calibration),
+    ``seed``, ``calibrate`` and ``out_dir`` (a calibration run here when settings are ``auto`` and no file is given)."""
     from dasslab.lit.build import plain, schedule_of, source_model
 
     if not init_ckpt:
@@ -381,6 +469,14 @@ def build(datamodule, init_ckpt: str | None, backbone, segmenter, adapt, ptl, au
     names = list(datamodule.class_names)
     source = source_model(init_ckpt, names, dataset.name)
     ptl = plain(ptl)
+    translation = None
+    if ptl["name"] in ("progressive", "direct"):
+        translation = translation_plan(ptl, translate, guidance, arrangement, diffusion, dataset, calibrate,
+                                       init_ckpt, diffusion_ckpt, seed, out_dir)
+        if translation is not None:
+            ptl["t_max"] = translation["t_max"]
+    elif ptl.get("t_max") == "auto":   # nothing is translated: no depth to choose
+        ptl["t_max"] = None
     module = PTLModule(
         # the weights come from init_ckpt: never fetch ImageNet weights
         backbone={**plain(backbone), "pretrained": False, "weights": None}, num_classes=len(names),
@@ -391,7 +487,8 @@ def build(datamodule, init_ckpt: str | None, backbone, segmenter, adapt, ptl, au
         guidance=plain(guidance), arrangement=plain(arrangement),
         diffusion_ckpt=diffusion_ckpt, num_steps=translate.get("num_steps"), seed=int(seed),
         speed={k: diffusion.get(k) for k in ("compile", "autocast", "compile_cpu", "autocast_cpu")},
-        sampling={"variance": translate.variance}, self_training=self_training_settings(adapt))
+        sampling={"variance": translate.variance}, self_training=self_training_settings(adapt),
+        translation=translation)
     module.model.load_state_dict(source.model.state_dict())
     module.snapshot_guide()
     if module.self_training:

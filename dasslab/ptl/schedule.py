@@ -19,7 +19,8 @@ from dasslab.guidance.translation import chunk_seed
 
 __all__ = ["LR_SCHEDULES", "MODES", "DomainSchedule", "domain_seed", "lr_factor", "ptl_max_steps"]
 
-MODES = ("progressive", "direct", "none", "ceiling")
+MODES = ("progressive", "direct", "none", "ceiling", "ceiling_m")
+WALKS = ("progressive", "ceiling_m")   # the modes that walk N domains of K iterations
 LR_SCHEDULES = ("global", "domain", "constant")
 
 
@@ -34,14 +35,14 @@ class DomainSchedule:
     T: int = 1000
 
     def domain(self, step: int) -> int:
-        """n of ``step``: ``min(1 + step // K, N)`` (progressive), N (direct, ceiling), 0 (none)."""
-        if self.mode == "progressive":
+        """n of ``step``: ``min(1 + step // K, N)`` (progressive, ceiling_m), N (direct, ceiling), 0 (none)."""
+        if self.mode in WALKS:
             return min(1 + int(step) // self.K, self.N)
         return self.N if self.mode in ("direct", "ceiling") else 0
 
     def start(self, step: int) -> int:
         """The first global step of the domain ``step`` belongs to."""
-        if self.mode == "progressive":
+        if self.mode in WALKS:
             return (self.domain(step) - 1) * self.K
         return 0
 
@@ -49,7 +50,7 @@ class DomainSchedule:
         """(first step, length) of the domain of ``step`` in a run of ``max_steps`` iterations: K for
         n < N; the last domain (and the single one of direct/none/ceiling) lasts to ``max_steps``."""
         start = self.start(step)
-        if self.mode == "progressive" and self.domain(step) < self.N:
+        if self.mode in WALKS and self.domain(step) < self.N:
             return start, self.K
         return start, max(int(max_steps) - start, 1)
 
@@ -59,7 +60,7 @@ class DomainSchedule:
 
     @property
     def num_domains(self) -> int:
-        return {"progressive": self.N, "direct": 1, "ceiling": 1}.get(self.mode, 0)
+        return {"progressive": self.N, "ceiling_m": self.N, "direct": 1, "ceiling": 1}.get(self.mode, 0)
 
 
 def lr_factor(step: int, domains: DomainSchedule, max_steps: int, power: float = 0.9, mode: str = "global") -> float:

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def evaluate_segmenter(module, loader, class_names: Sequence[str], out_dir: str | Path,
                        subsets: Mapping[str, Sequence[int]] | None = None, split: str = "target_val",
-                       overlays: int = 4, extra: dict | None = None, print_table: bool = True) -> dict:
-    """Run ``module.predict_batch`` over ``loader``; write ``metrics.json`` and ``overlays.png``.
+                       overlays: int = 4, extra: dict | None = None, print_table: bool = True,
+                       filename: str = "metrics.json") -> dict:
+    """Run ``module.predict_batch`` over ``loader``; write ``filename`` (``metrics.json``) and ``overlays.png``.
 
     Returns the metrics record (IoU in percent)."""
     out_dir = Path(out_dir)
@@ -49,7 +50,7 @@ def evaluate_segmenter(module, loader, class_names: Sequence[str], out_dir: str 
                 shown.append([img, overlay(img, pred, k), overlay(img, lab_np, k)])
     module.train(was_training)
     record = metrics_record(metric, class_names, split, **(extra or {}))
-    write_metrics(out_dir / "metrics.json", record)
+    write_metrics(out_dir / filename, record)
     if shown:
         save_png(out_dir / "overlays.png", grid(shown, titles=["image", "prediction", "label"],
                                                 scale=max(1, 96 // shown[0][0].shape[0])))

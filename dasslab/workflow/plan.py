@@ -16,6 +16,10 @@ dataset lacks one, the row is skipped with the reason printed and recorded. ``wa
 (config key -> job) names optional upstreams: filled like ``needs`` where that job can run
 on this dataset, left as they are (null) where it cannot, and the row runs either way
 (the judge that scores what PTL trains on needs target labels; the adaptation does not).
+A job may be *wanted* only by some of the jobs that list it (``wanted``: a function of the needing job's
+config, e.g. the calibration only where a translation setting is ``auto``; elsewhere the setting is left as
+it is), and may *inherit* config sections from the job that needs it (``inherit``: the calibration measures
+the guidance of the row it calibrates); variants that end up with one cache key are one job.
 
 Each job runs in ``paths.cache_dir/<stage>/<key>``: ``key`` is the hash of the job's
 resolved config, minus what cannot change its result (``pipeline.ignore``, the sections
@@ -41,6 +45,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from dasslab.config import CONF_DIR
@@ -88,15 +93,18 @@ class Job:
     @property
     def priority(self) -> int:
         """``pipeline.jobs.<name>.priority``: with ``pipeline.parallel`` > 1, ready jobs start highest first."""
-        return int(self.cfg.pipeline.jobs[self.name.split("@seed")[0]].get("priority") or 0)
+        return int(self.cfg.pipeline.jobs[job_name(self.name)].get("priority") or 0)
 
     @property
     def checkpoint(self) -> Path:
-        return self.out / "checkpoints" / "last.ckpt"
+        """What the jobs that need this one are given: the stage's ``product`` (default its last checkpoint)."""
+        return self.out / str(self.cfg.stage.get("product") or "checkpoints/last.ckpt")
 
 
-def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: int | None = None) -> DictConfig:
-    """The config of job ``name`` with ``checkpoints`` (setting -> its upstream job's checkpoint) filled in."""
+def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: int | None = None,
+               inherited: dict | None = None) -> DictConfig:
+    """The config of job ``name`` with ``checkpoints`` (setting -> its upstream job's checkpoint) filled in and
+    the ``inherited`` sections (section -> value, from the job that needs this one) in place of its own."""
     job = cfg.pipeline.jobs[name]
     sub = copy.deepcopy(cfg)
     OmegaConf.set_struct(sub, False)
@@ -106,6 +114,8 @@ def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: i
         sub[group] = load_option(group, option)
     if job.get("set"):
         sub.merge_with(job.set)
+    for section, value in (inherited or {}).items():
+        sub[section] = value
     for setting, path in checkpoints.items():
         OmegaConf.update(sub, setting, str(path), force_add=True)
     group = OmegaConf.select(cfg, "logger.wandb.group")          # the experiment's (resolved before renaming)
@@ -123,6 +133,11 @@ def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: i
     return sub
 
 
+def job_name(label: str) -> str:
+    """The ``pipeline.jobs`` name of a planned job's label (``full@seed1``, ``calibrate~3f2a1c``)."""
+    return label.split("@seed")[0].split("~")[0]
+
+
 def _label(name: str, seed: int | None) -> str:
     return name if seed is None else f"{name}@seed{seed}"
 
@@ -133,12 +148,35 @@ def _upstream_seed(cfg: DictConfig, upstream: str, seed: int | None) -> int | No
     return seed if seed is not None and cfg.pipeline.jobs[upstream].get("per_seed") else None
 
 
-def job_upstreams(cfg: DictConfig, name: str) -> dict[str, str]:
-    """``{setting: upstream job}`` that job ``name`` fills from other jobs: its ``needs``, plus its optional
-    ``watch`` upstreams where they can run on this dataset (and ``pipeline.watch`` is on)."""
-    job = cfg.pipeline.jobs[name]
+def job_upstreams(cfg: DictConfig, name: str, own: DictConfig | None = None) -> dict[str, str]:
+    """``{setting: upstream job}`` that job ``name`` fills from other jobs: its ``needs`` (less those whose job
+    is not ``wanted`` by this job's config ``own``), plus its optional ``watch`` upstreams where they can run
+    on this dataset (and ``pipeline.watch`` is on)."""
+    jobs = cfg.pipeline.jobs
+    job = jobs[name]
+    own = job_config(cfg, name, {}) if own is None else own
+    needs = {s: up for s, up in (job.get("needs") or {}).items()
+             if up not in jobs or not jobs[up].get("wanted") or get_object(str(jobs[up].wanted))(own)}
     watch = (job.get("watch") or {}) if cfg.pipeline.get("watch", True) else {}
-    return {**(job.get("needs") or {}), **{s: up for s, up in watch.items() if not unmet_requirement(cfg, up)}}
+    return {**needs, **{s: up for s, up in watch.items() if not unmet_requirement(cfg, up)}}
+
+
+def inherited_sections(cfg: DictConfig, upstream: str, own: DictConfig) -> dict | None:
+    """The sections job ``upstream`` takes from the job that needs it (its ``inherit`` list) where they differ
+    from the root config's (None where none does: the upstream is the shared one)."""
+    out = {}
+    for section in cfg.pipeline.jobs[upstream].get("inherit") or []:
+        mine, root = OmegaConf.select(own, section), OmegaConf.select(cfg, section)
+        plain = [OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for v in (mine, root)]
+        if plain[0] != plain[1]:
+            out[str(section)] = copy.deepcopy(mine)
+    return out or None
+
+
+def _digest(tree: dict) -> str:
+    blob = json.dumps({k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                       for k, v in tree.items()}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:6]
 
 
 def check_job(jobs, name: str, chain: tuple) -> None:
@@ -154,22 +192,28 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
     jobs = cfg.pipeline.jobs
     planned: dict[str, Job] = {}
     skipped: dict[str, str] = {}
+    aliases: dict[str, str] = {}         # a label -> the planned label of the same job (same cache folder)
 
-    def add(name: str, chain: tuple = (), seed: int | None = None) -> None:
-        label = _label(name, seed)
-        if label in planned:
-            return
+    def add(name: str, chain: tuple = (), seed: int | None = None, inherited: dict | None = None) -> str:
+        label = _label(name, seed) + (f"~{_digest(inherited)}" if inherited else "")
+        if label in planned or label in aliases:
+            return aliases.get(label, label)
         check_job(jobs, name, chain)
+        own = job_config(cfg, name, {}, seed, inherited)     # its own settings, before its upstreams
         needs = {}                       # setting -> label of the upstream run that fills it
-        for setting, upstream in job_upstreams(cfg, name).items():
+        for setting, upstream in job_upstreams(cfg, name, own).items():
             upstream_seed = _upstream_seed(cfg, upstream, seed)
-            add(upstream, chain + (name,), upstream_seed)
-            needs[setting] = _label(upstream, upstream_seed)
-        sub = job_config(cfg, name, {s: planned[up].checkpoint for s, up in needs.items()}, seed)
+            needs[setting] = add(upstream, chain + (name,), upstream_seed, inherited_sections(cfg, upstream, own))
+        sub = job_config(cfg, name, {s: planned[up].checkpoint for s, up in needs.items()}, seed, inherited)
         key = stage_key(sub)
         out = Path(cfg.paths.cache_dir) / str(sub.stage.name) / key
+        same = next((lb for lb, j in planned.items() if j.out == out), None)
+        if same is not None:             # another variant of a job that is one job after all
+            aliases[label] = same
+            return same
         sub.paths.output_dir = str(out)
         planned[label] = Job(label, sub, key, out, list(needs.values()))
+        return label
 
     seeds = list(cfg.pipeline.get("seeds") or [])
     for row in rows:

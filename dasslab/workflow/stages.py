@@ -206,11 +206,19 @@ def _finish(cfg, stage, trainer, module, dm, out: Path, ckpt: Path, record: dict
     """Evaluate a segmenter stage on ``eval.split`` (metrics.json, overlays, also sent to the loggers)."""
     if stage.get("evaluate"):
         train_on = list(getattr(module, "train_keys", None) or dm.train_domains)
+        extra = {"stage": stage.name, "train_on": train_on, "checkpoint": str(ckpt), "steps": trainer.global_step}
+        distinct = getattr(module, "distinct_images", None)
+        if callable(distinct):
+            extra["distinct_images"] = distinct(dm)
+        report = getattr(dm, "report_split", None)
+        if report is not None:    # the held-apart split numbers are reported on (never used to choose)
+            test = evaluate_segmenter(module, dm.report_dataloader(), dm.class_names, out,
+                                      subsets=cfg.dataset.eval_subsets, split=report, overlays=0,
+                                      print_table=False, filename=f"metrics_{report}.json")
+            extra["report"] = {k: test[k] for k in ("split", "miou", "subsets")}
         record = evaluate_segmenter(module, dm.val_dataloader(), dm.class_names, out,
                                     subsets=cfg.dataset.eval_subsets, split=cfg.eval.split,
-                                    overlays=cfg.eval.overlays,
-                                    extra={"stage": stage.name, "train_on": train_on,
-                                           "checkpoint": str(ckpt), "steps": trainer.global_step})
+                                    overlays=cfg.eval.overlays, extra=extra)
         if (out / "overlays.png").is_file():
             from dasslab.data.io import read_image
             from dasslab.visualize import log_image
