@@ -35,7 +35,7 @@ from dasslab.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["calibrate", "calibrate_stage", "calibration_markdown", "run_calibration"]
+__all__ = ["calibrate", "calibrate_stage", "calibration_markdown", "calibration_summary", "run_calibration"]
 
 
 def _say(msg: str) -> None:
@@ -247,4 +247,15 @@ def calibrate_stage(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     result = run_calibration(cfg.dataset, cfg.calibrate, settings, cfg.guidance, cfg.arrangement, cfg.guide_ckpt,
                              cfg.diffusion_ckpt, int(cfg.seed), out)
-    return {"markdown": calibration_markdown(result), "calibration": str(out / "calibration.json")}
+    return {"markdown": calibration_markdown(result), "calibration": str(out / "calibration.json"),
+            "summary": calibration_summary(result)}
+
+
+def calibration_summary(result: dict) -> str:
+    """One line: t_max, and each depth's variance / shift (what the pipeline prints when the job ends)."""
+    def fmt(v):
+        return v if isinstance(v, str) else f"{v:.2f}"
+
+    depths = "; ".join(f"{r['depth']}: v {fmt(r['variance'])}" + ("" if r.get("shift") is None else f" s {r['shift']:g}")
+                       + f" hf x{r['hf_ratio']:.2f}" for r in result["depths"])
+    return f"t_max {result['t_max'].get('value')} ({'chosen' if result['t_max'].get('chosen') else 'given'}); {depths}"

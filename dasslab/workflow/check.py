@@ -17,7 +17,14 @@ __all__ = ["validate_jobs"]
 def validate_jobs(cfg) -> None:
     """Every job a ``stage=pipeline`` run will start, checked before the first one runs: its settings
     (:func:`validate_config` without files: upstream checkpoints do not exist yet), the files the user
-    gave it (not those upstream jobs fill), and the record (``DONE.json``) of a finished job it will reuse."""
+    gave it (not those upstream jobs fill), and the record (``DONE.json``) of a finished job it will reuse.
+    A suite (``pipeline.pairs``): every pair's jobs."""
+    if cfg.pipeline.get("pairs"):
+        from dasslab.workflow.suite import pair_config
+
+        for pair in cfg.pipeline.pairs:
+            validate_jobs(pair_config(cfg, str(pair)))
+        return
     from dasslab.checks.files import check_run_files
     from dasslab.errors import DasslabError
     from dasslab.workflow.plan import check_job, job_config, job_upstreams, unmet_requirement

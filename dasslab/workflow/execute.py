@@ -110,7 +110,8 @@ def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1,
                         other.cancel()
                     raise
                 graph.done(name)
-                score = done[name].get("miou")
+                score, said = done[name].get("miou"), done[name].get("summary")
                 print(f"[pipeline] {name}: done in {time.perf_counter() - started[name]:.0f} s"
-                      + (f" (target-val mIoU {score:.2f})" if isinstance(score, (int, float)) else ""), flush=True)
+                      + (f" (target-val mIoU {score:.2f})" if isinstance(score, (int, float)) else "")
+                      + (f": {said}" if said else ""), flush=True)
     return {name: done[name] for name in planned}

@@ -32,6 +32,10 @@ def run_pipeline(cfg: DictConfig) -> dict:
     Under ``hydra/launcher=slurm`` the jobs are submitted as Slurm jobs instead (:mod:`dasslab.workflow.slurm`) and
     the results are written by the last of them. Ranks of a launch of several processes
     (:func:`dasslab.workflow.jobrun.launched_world`) all run the jobs; rank 0 alone writes the results."""
+    if cfg.pipeline.get("pairs"):        # a suite: every pair's rows, one table with the pairs as columns
+        from dasslab.workflow.suite import run_suite
+
+        return run_suite(cfg)
     planned, skipped = plan(cfg, list(cfg.pipeline.rows))
     for row, why in skipped.items():
         print(f"[pipeline] {row}: skipped ({why})")

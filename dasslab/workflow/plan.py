@@ -134,8 +134,9 @@ def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: i
 
 
 def job_name(label: str) -> str:
-    """The ``pipeline.jobs`` name of a planned job's label (``full@seed1``, ``calibrate~3f2a1c``)."""
-    return label.split("@seed")[0].split("~")[0]
+    """The ``pipeline.jobs`` name of a planned job's label (``full@seed1``, ``calibrate~3f2a1c``, a suite's
+    ``digits/full@seed1``)."""
+    return label.rsplit("/", 1)[-1].split("@seed")[0].split("~")[0]
 
 
 def _label(name: str, seed: int | None) -> str:

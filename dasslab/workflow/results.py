@@ -35,6 +35,16 @@ def mean_std(values) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
 
+def reported(record: dict) -> dict:
+    """A job's record with the numbers a table reports: those of the held-apart split (``report``: target_test,
+    where the dataset has one) in place of the val split's, which stay as ``val_miou``."""
+    report = record.get("report")
+    if not isinstance(report, dict) or report.get("miou") is None:
+        return record
+    return {**record, "miou": report["miou"], "subsets": report.get("subsets") or {}, "split": report.get("split"),
+            "val_miou": record.get("miou")}
+
+
 def _by_seed(entry: dict) -> dict[str, float] | float | None:
     """A summarized row's mIoU: ``{seed: value}`` where it was run per seed, else its one value (or None)."""
     if "per_seed" in entry:
@@ -91,7 +101,7 @@ def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -
     grouped: dict[str, dict[str, dict]] = {}
     for label, r in results.items():
         row, _, seed = label.partition("@seed")
-        grouped.setdefault(row, {})[seed] = r
+        grouped.setdefault(row, {})[seed] = reported(r)
     out = {}
     for row, by_seed in grouped.items():
         entries = []
@@ -99,6 +109,9 @@ def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -
             entry = {"miou": r.get("miou"), "run_dir": r.get("run_dir")}
             for name, sub in (r.get("subsets") or {}).items():
                 entry[name] = sub.get("miou") if isinstance(sub, dict) else sub
+            for key in ("split", "val_miou", "distinct_images"):
+                if r.get(key) is not None:
+                    entry[key] = r[key]
             entries.append(entry)
         if len(entries) == 1 and "" in by_seed:
             out[row] = entries[0]
@@ -106,6 +119,11 @@ def summarize(results: dict[str, dict], skipped: dict[str, str] | None = None) -
         mean, std = mean_std(e["miou"] for e in entries)
         out[row] = {"miou": mean, "std": std, "seeds": [int(s) for s in by_seed],
                     "per_seed": {s: e for s, e in zip(by_seed, entries)}}
+        for key in ("split", "distinct_images"):
+            if entries[0].get(key) is not None:
+                out[row][key] = entries[0][key]
+        if any(e.get("val_miou") is not None for e in entries):
+            out[row]["val_miou"] = mean_std(e.get("val_miou") for e in entries)[0]
     for row, why in (skipped or {}).items():
         out[row] = {"miou": None, "skipped": why}
     _share(out, "oracle", "gap_closed", "gap closed")
@@ -170,15 +188,32 @@ def comparison_columns(summary: dict) -> list[str]:
     return cols + extra
 
 
+def reported_split(summary: dict) -> str:
+    """The split a summary's numbers are on: target_test where every scored row has it, else target val."""
+    splits = {e.get("split") or "target_val" for e in summary.values() if e.get("miou") is not None}
+    return splits.pop().replace("_", " ") if len(splits) == 1 else "target val"
+
+
+def distinct_cell(entry: dict) -> str:
+    """``source + X^n`` distinct training images of a row (``distinct_images``), e.g. ``3000 + 768 translated``."""
+    d = entry.get("distinct_images") or {}
+    extra = [f"{v} {k.replace('target_train_labeled', 'target').replace('_', ' ')}" for k, v in d.items()
+             if k != "source"]
+    return " + ".join([str(d["source"])] + extra) if "source" in d else ""
+
+
 def results_markdown(summary: dict, dataset: str) -> str:
     cols = comparison_columns(summary)
-    lines = [f"# Results on {dataset} (target val, mIoU %)", "",
-             "| row | mIoU (± std, seeds) | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    distinct = any(e.get("distinct_images") for e in summary.values())
+    lines = [f"# Results on {dataset} ({reported_split(summary)}, mIoU %)", "",
+             "| row | mIoU (± std, seeds) | " + " | ".join(cols) + (" | distinct training images" if distinct else "")
+             + " |", "|---|---:|" + "---:|" * len(cols) + ("---:|" if distinct else "")]
     for row, e in summary.items():
         cells = comparison_cells(e)
         if e.get("skipped"):
             cells = {"gap closed": f"skipped: {e['skipped']}"}
-        lines.append(f"| {row} | {miou_cell(e)} | " + " | ".join(cells.get(c, "") for c in cols) + " |")
+        lines.append(f"| {row} | {miou_cell(e)} | " + " | ".join(cells.get(c, "") for c in cols)
+                     + (f" | {distinct_cell(e)}" if distinct else "") + " |")
     lines += ["", COMPARISON_NOTE]
     for top in ("oracle", "ceiling"):
         if summary.get(top, {}).get("note"):
@@ -246,6 +281,13 @@ def write_results(cfg: DictConfig, planned: dict[str, Job], skipped: dict[str, s
             continue
         for pic in run_dir.glob("*.png"):
             shutil.copy2(pic, out / f"{row}_{pic.name}")
+    for name, job in planned.items():      # what each calibration chose (every row it served listed above)
+        if job.stage == "calibrate" and "markdown" in done[name]:
+            md += "\n" + done[name]["markdown"]
+            tag = name.replace("calibrate", "calibration", 1).replace("~", "_").replace("@", "_")
+            for f in ("calibration.json", "calibration.png"):
+                if (job.out / f).is_file():
+                    shutil.copy2(job.out / f, out / f"{tag}{Path(f).suffix}")
     atomic_write_text(out / "results.md", md)
     print(md)
     if cfg.get("logger") and cfg.logger.get("wandb") is not None:
