@@ -19,7 +19,8 @@ def test_generation_is_byte_identical_for_a_seed(tmp_path):
     a = _files(make_digits(tmp_path / "a", n_train=30, n_val=10, seed=5))
     b = _files(make_digits(tmp_path / "b", n_train=30, n_val=10, seed=5))
     c = _files(make_digits(tmp_path / "c", n_train=30, n_val=10, seed=6))
-    assert len(a) == 2 * 2 * (30 + 10) + 2  # images + labels of 4 folders, classes.txt, meta.json
+    # images + labels of source, target (30 each), source_val, target_val, target_test (10 each); classes, meta
+    assert len(a) == 2 * (2 * 30 + 3 * 10) + 2
     assert a == b
     assert a.keys() == c.keys() and a["source/images/00000.png"] != c["source/images/00000.png"]
 
@@ -29,6 +30,8 @@ def test_classes_and_splits(digits_root):
     assert src.num_classes == 11 and src.class_names == ("background",) + tuple("0123456789")
     assert digits_mod.BACKGROUND == 0 and len(src) == 120
     assert len(Digits(digits_root, "target", "val", n_train=120, n_val=40)) == 40
+    test = Digits(digits_root, "target", "test", n_train=120, n_val=40)      # n_test defaults to n_val
+    assert len(test) == 40 and test.has_labels
     tgt = Digits(digits_root, "target", "train", n_train=120, n_val=40)
     assert not tgt.has_labels and (tgt[0]["label"] == 255).all()
     oracle = Digits(digits_root, "target", "train", n_train=120, n_val=40, labels=True)

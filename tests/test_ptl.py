@@ -22,9 +22,11 @@ from dasslab.errors import ConfigError
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SMOKE = ["debug=smoke", "dataset.generate.n_train=120", "dataset.generate.n_val=40", "logger=csv"]
 # a tiny adaptation: N = 3 domains of K = 2 steps, depths 10/20/30 respaced to 2 reverse steps; the
-# watch scores 4 translations per domain
+# watch scores 4 translations per domain; the translation settings given (tests/test_calibration.py
+# covers the calibration)
 TINY = ["ptl.N=3", "ptl.K=2", "ptl.t_max=30", "translate.num_steps=2", "segmenter.batch_size=2",
-        "guidance=sgg", "guidance.scale=1.0", "data.limit_val=8", "ptl.watch.images=4"]
+        "guidance=sgg", "guidance.scale=1.0", "data.limit_val=8", "ptl.watch.images=4",
+        "translate.calibrate=off", "translate.variance=beta", "guidance.shift=0.1"]
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,8 @@ def make_generated(root, params: dict, generate: Callable[[Path, dict], None]) -
     if _matches(root, params):
         return root
     if root.exists() and read_meta(root) is None and (not root.is_dir() or any(root.iterdir())):
-        raise DataError(f"dataset.root={root}: exists and is not a generated cache (no meta.json); "
+        what = str(params.get("generator", "")).rsplit(".", 1)[-1] or "generated"
+        raise DataError(f"dataset.root={root}: exists and is not a {what} cache (no meta.json); "
                         "expected an empty or missing folder to generate the pair into")
     root.parent.mkdir(parents=True, exist_ok=True)
     # processes that want the cache at once (a pipeline's parallel jobs): one generates, the others wait here

@@ -168,7 +168,8 @@ def inherited_sections(cfg: DictConfig, upstream: str, own: DictConfig) -> dict 
     out = {}
     for section in cfg.pipeline.jobs[upstream].get("inherit") or []:
         mine, root = OmegaConf.select(own, section), OmegaConf.select(cfg, section)
-        plain = [OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for v in (mine, root)]
+        # as written: a value set for this job shows, an interpolation (``${paths.output_dir}/…``) is the same text
+        plain = [OmegaConf.to_container(v, resolve=False) if isinstance(v, DictConfig) else v for v in (mine, root)]
         if plain[0] != plain[1]:
             out[str(section)] = copy.deepcopy(mine)
     return out or None
