@@ -460,3 +460,59 @@ def test_stage_adapt_runs_through_run_stage_and_leaves_the_curve_and_grid(adapt_
     adapted = load_segmenter(out / "checkpoints" / "last.ckpt")
     again = evaluate_segmenter(adapted, dm.val_dataloader(), dm.class_names, tmp_path / "again", print_table=False)
     assert again["miou"] == metrics["miou"]
+
+
+def test_ceiling_m_trains_each_domain_on_a_pool_of_labelled_target_images_and_counts_them(adapt_cfg, tmp_path):
+    """ptl=ceiling_m: domain n draws its K steps from the pool_size labelled target images its stream gives from the
+    domain's first step; distinct images are counted by dataset index (ceiling: every step's batch)."""
+    from dasslab.ptl.data import TARGET_LABELED
+
+    cfg = adapt_cfg("ptl=ceiling_m", "ptl.N=3", "ptl.K=2", "ptl.pool_size=3", "diffusion_ckpt=null")
+    dm, module = build(cfg)
+    assert module.ceiling and module.pooled and module.domains.num_domains == 3
+    seen, loss_on = {}, module.loss_on
+    module.loss_on = lambda image, label: (seen.setdefault(module.global_step, []).append(label.clone()),
+                                           loss_on(image, label))[1]
+    trainer(tmp_path, 6).fit(module, datamodule=dm)
+    target = dm.stream(TARGET_LABELED)
+    for s in range(6):
+        start = 2 * (s // 2)
+        pool = target.images(start, 3)[1]                       # the domain's 3 labelled target images
+        want = torch.stack([pool[(2 * (s - start) + j) % 3] for j in range(2)])
+        assert torch.equal(seen[s][0], want), s
+    counts = module.distinct_images(dm)
+    pools = {i for start in (0, 2, 4) for st in range(start, start + 2) for i, _ in target.keys(st)}
+    assert counts == {"source": len({i for s in range(6) for i, _ in dm.stream().keys(s)}), TARGET_LABELED: len(pools)}
+    assert counts[TARGET_LABELED] <= 3 * 4                       # 3 pools of ceil(3 / 2) = 2 batches of 2
+    plain_dm, plain = build(adapt_cfg("ptl=ceiling", "ptl.N=3", "ptl.K=2", "ptl.max_steps=6", "diffusion_ckpt=null"))
+    assert plain.distinct_images(plain_dm)[TARGET_LABELED] == len({i for s in range(6) for i, _ in
+                                                                  plain_dm.stream(TARGET_LABELED).keys(s)})
+
+
+def test_direct_translates_as_many_distinct_images_as_the_walk(adapt_cfg):
+    """ptl=direct's one pool holds N x pool_size translations: the progressive walk's N pools."""
+    _, walk = build(adapt_cfg("ptl.pool_size=4"))
+    _, one = build(adapt_cfg("ptl=direct", "ptl.pool_size=4"))
+    assert walk.pool_images == 4 and one.pool_images == 3 * 4
+
+
+def test_each_domain_translates_with_its_calibrated_variance_and_shift(adapt_cfg, tmp_path):
+    """translate.calibration: the depth's own variance and guidance shift (the nearest calibrated depth) reach the
+    sampler; t_max comes from the file."""
+    cal = {"t_max": {"value": 30, "chosen": True},
+           "depths": [{"n": 1, "depth": 10, "variance": 0.2, "variance_unguided": 0.9, "shift": 0.05},
+                      {"n": 3, "depth": 30, "variance": "posterior", "variance_unguided": 0.7, "shift": 0.3}]}
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(cal))
+    cfg = adapt_cfg("translate.calibrate=auto", "translate.variance=auto", "guidance.shift=auto", "ptl.t_max=auto",
+                    f"translate.calibration={path}")
+    _, module = build(cfg)
+    assert module.domains.t_max == 30 and module.hparams.translation["t_max"] == 30
+    v10, g10 = module.depth_settings(10)
+    v20, g20 = module.depth_settings(20)      # nearest: 10 (a tie goes to the shallower depth)
+    v30, g30 = module.depth_settings(30)
+    assert (v10, g10.shift) == (0.2, 0.05) and (v20, g20.shift) == (0.2, 0.05)
+    assert (v30, g30.shift) == ("posterior", 0.3)
+    _, unguided = build(adapt_cfg("translate.calibrate=auto", "translate.variance=auto", "ptl.t_max=auto",
+                                  "guidance=none", f"translate.calibration={path}"))
+    assert unguided.depth_settings(30) == (0.7, None)

@@ -375,8 +375,9 @@ class PTLModule(SegmenterModule):
         """How many distinct images each training stream gave the run (``metrics.json``'s ``distinct_images``):
         ``source`` (every step's source batch), and X^n -- ``translated`` (the pools' source images, or every
         step's when translated on the fly) or ``target_labeled`` (ptl=ceiling, ceiling_m) -- counted by dataset
-        index over all ranks' shards of this run's ``max_steps`` steps."""
-        steps, domains = int(self.hparams.max_steps), self.domains
+        index over all ranks' shards of the steps trained (``max_steps`` before a fit)."""
+        steps = self.trainer.global_step if self._trainer is not None else int(self.hparams.max_steps)
+        domains = self.domains
         world = self._rank()[1]
         counts = {}
 
