@@ -7,7 +7,7 @@ from test_stages import _folder_tree
 from dasslab.commands.train import run
 
 
-def test_demo_on_a_folder_pair_without_target_labels(compose, tmp_path, monkeypatch):
+def test_demo_on_a_folder_pair_without_target_labels(compose, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DASSLAB_ROOT", str(tmp_path))
     root = _folder_tree(tmp_path / "pair", classes=4, size=(40, 56))     # another class count and size
     out = tmp_path / "demo"
@@ -23,3 +23,8 @@ def test_demo_on_a_folder_pair_without_target_labels(compose, tmp_path, monkeypa
     assert "target_train_labeled" in saved["oracle"]["skipped"]
     md = (out / "results.md").read_text()
     assert "source_only" in md and "skipped" in md
+    # the translation settings were chosen for this pair (no target label needed), printed and listed
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["dataset"] == "folder" and cal["t_max"]["chosen"] and cal["depths"]
+    assert "## Calibration (folder" in md and (out / "calibration.png").is_file()
+    assert f"t_max {cal['t_max']['value']} (chosen)" in capsys.readouterr().out

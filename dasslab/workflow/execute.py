@@ -60,7 +60,12 @@ def execute(planned: dict[str, Job], reuse: bool = True, parallel: int = 1,
     if parallel < 1:
         raise ConfigError(f"pipeline.parallel={parallel}: expected an integer >= 1 (jobs run at once)")
     if parallel == 1 or world is not None:     # the plan's order already puts every job after what it needs
-        return {name: run_job(job, reuse, world) for name, job in planned.items()}
+        done = {}
+        for name, job in planned.items():
+            done[name] = run_job(job, reuse, world)
+            if done[name].get("summary") and (world is None or world.rank == 0):
+                print(f"[pipeline] {name}: {done[name]['summary']}", flush=True)
+        return done
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
