@@ -28,7 +28,13 @@ def test_experiment_runs_a_few_steps(experiment, shared_root, monkeypatch):
                                 f"paths.output_dir={root / experiment}"])
     if cfg.pipeline.get("seeds"):      # a few steps: one seed exercises the seeded rows (the study lists 3)
         cfg.pipeline.seeds = list(cfg.pipeline.seeds)[:1]
-    summary = run(cfg)
+    if cfg.pipeline.get("pairs"):      # a suite: its digits pair here (tests/test_suite.py runs several pairs)
+        cfg.pipeline.pairs = ["digits"]
+        summary = run(cfg)["pairs"]["digits"]
+        assert (root / experiment / "digits" / "results.json").is_file()
+        summary = {r: {"miou": e["mean"]} for r, e in summary.items()}
+    else:
+        summary = run(cfg)
     rows = list(cfg.pipeline.rows)
     assert set(summary) == {r for r in rows if r != "translation_quality"}
     for row in summary.values():

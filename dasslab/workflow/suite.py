@@ -30,13 +30,18 @@ __all__ = ["pair_config", "run_suite", "suite_markdown", "suite_summary"]
 
 
 def pair_config(cfg: DictConfig, pair: str) -> DictConfig:
-    """The experiment's config for one pair: its dataset file's ``dataset`` section, output in ``<out>/<pair>``."""
+    """The experiment's config for one pair: its dataset file's ``dataset`` section (the composed one, overrides
+    included, for the pair the run was composed with) with ``pipeline.pair_dataset`` merged in (values every
+    pair takes, e.g. ``{generate: {size: 64}}``), output in ``<out>/<pair>``."""
     sub = copy.deepcopy(cfg)
     OmegaConf.set_struct(sub, False)
-    option = load_option("dataset", str(pair))
-    if option.get("dataset") is None:
-        raise ConfigError(f"pipeline.pairs: dataset={pair} has no dataset section (conf/dataset/{pair}.yaml)")
-    sub.dataset = option.dataset
+    if str(cfg.dataset.get("name")) != str(pair):
+        option = load_option("dataset", str(pair))
+        if option.get("dataset") is None:
+            raise ConfigError(f"pipeline.pairs: dataset={pair} has no dataset section (conf/dataset/{pair}.yaml)")
+        sub.dataset = option.dataset
+    if cfg.pipeline.get("pair_dataset"):
+        sub.dataset = OmegaConf.merge(sub.dataset, cfg.pipeline.pair_dataset)
     sub.pipeline.pairs = None
     sub.paths.output_dir = str(Path(str(cfg.paths.output_dir)) / str(pair))
     return sub
@@ -134,10 +139,15 @@ def suite_summary(summaries: dict[str, dict], extras: dict[str, dict] | None = N
         for row, runs in (x.get("pools") or {}).items():
             last = [r[-1].get("consistency") for r in runs if r]
             deep = [p.get("consistency") for r in runs for p in r if p.get("domain_score", 0) >= 0.8]
+            per_domain = [{"domain": i + 1,
+                           "hf_ratio": _mean(r[i]["hf"] / r[i]["hf_target"] for r in runs
+                                             if len(r) > i and r[i].get("hf_target")),
+                           "domain_score": _mean(r[i].get("domain_score") for r in runs if len(r) > i),
+                           "consistency": _mean(r[i].get("consistency") for r in runs if len(r) > i)}
+                          for i in range(max(len(r) for r in runs))] if runs else []
             pools[row] = {"last_domain": _mean(last), "domain_score_ge_0.8": _mean(deep),
                           "last_domain_score": _mean([r[-1].get("domain_score") for r in runs if r]),
-                          "last_hf_ratio": _mean([r[-1]["hf"] / r[-1]["hf_target"] for r in runs
-                                                  if r and r[-1].get("hf_target")])}
+                          "per_domain": per_domain}
         result["regime"][pair] = {
             "baseline_minus_source_only": (None if base.get("mean") is None or src.get("mean") is None
                                            else base["mean"] - src["mean"]),
@@ -208,6 +218,14 @@ def suite_markdown(result: dict, rows: list[str]) -> str:
             cells.append(" + ".join(str(v) for v in d.values()))
         if any(cells):
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "## What PTL trained on: the pools of `full`, domain by domain (mean over seeds)", "",
+              "hf / target hf | domain score | judge consistency, per domain n = 1 … N", ""]
+    for pair in pairs:
+        per = ((result["regime"].get(pair) or {}).get("pools") or {}).get("full", {}).get("per_domain") or []
+        if per:
+            lines.append(f"- **{pair}**: " + "; ".join(
+                f"n={d['domain']}: x{_f(d['hf_ratio'], '{:.2f}')} | {_f(d['domain_score'], '{:.2f}')} | "
+                f"{_f(d['consistency'])}" for d in per))
     lines += ["", "## What the calibration chose (no target label read)", ""]
     for pair in pairs:
         for name, c in (result["calibration"].get(pair) or {}).items():
