@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
+from dasslab.callbacks.progress import progress
 from dasslab.checkpoints import load_diffusion, load_segmenter
 from dasslab.data.datamodule import build_dataset
 from dasslab.data.io import read_image
@@ -174,7 +174,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
         atomic_write_text(droot / "manifest.json", json.dumps(manifest, indent=2))
         shift: dict[int, list] = {}
         done = written = skipped = 0
-        bar = tqdm(total=len(indices), desc=f"translate n={depth}", dynamic_ncols=True)
+        bar = progress(total=len(indices), desc=f"translate n={depth}")
         for ci, start in enumerate(range(0, len(indices), bs)):
             chunk = indices[start:start + bs]
             stems = [Path(ds.samples[i][0]).stem for i in chunk]

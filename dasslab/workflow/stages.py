@@ -95,7 +95,10 @@ def make_trainer(cfg: DictConfig, out: Path, max_steps: int, callbacks: list | N
         if name == "checkpoint":
             every = min(int(checkpoint_every or v.every_n_train_steps), max_steps)
             v = OmegaConf.merge(v, {"dirpath": str(out / "checkpoints"), "every_n_train_steps": every})
-        cbs.append(instantiate(v))
+        cb = instantiate(v)
+        if hasattr(cb, "name") and name == "progress" and cfg.get("stage") is not None:
+            cb.name = cb.name or str(cfg.stage.name)     # the bar reads "<stage> step 40/400"
+        cbs.append(cb)
     cbs += callbacks or []
     if val_every:
         kw.update(val_check_interval=min(int(val_every), max_steps), check_val_every_n_epoch=None)
@@ -188,7 +191,7 @@ def run_stage(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg, out),
                 weights_only=not checkpoint_trusted(cfg.get("trust_checkpoint")))
     ckpt = out / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=False)     # the whole state: a resume continues exactly
     loss = trainer.callback_metrics.get("train/loss")
     record = {"stage": stage.name, "checkpoint": str(ckpt), "steps": trainer.global_step,
               "final_loss": None if loss is None else float(loss)}
@@ -208,7 +211,7 @@ def _finish(cfg, stage, trainer, module, dm, out: Path, ckpt: Path, record: dict
         train_on = list(getattr(module, "train_keys", None) or dm.train_domains)
         record = evaluate_segmenter(module, dm.val_dataloader(), dm.class_names, out,
                                     subsets=cfg.dataset.eval_subsets, split=cfg.eval.split,
-                                    overlays=cfg.eval.overlays,
+                                    overlays=cfg.eval.overlays, progress=trainer.progress_bar_callback is not None,
                                     extra={"stage": stage.name, "train_on": train_on,
                                            "checkpoint": str(ckpt), "steps": trainer.global_step})
         if (out / "overlays.png").is_file():

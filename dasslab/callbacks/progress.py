@@ -1,0 +1,160 @@
+"""One progress display for every command: a terminal gets a tqdm bar, a log file plain lines.
+
+:class:`Bar` is Lightning's ``Tqdm``: on a terminal it is the usual bar; when its stream is not a
+terminal (``> run.log``, a pipeline job's ``<key>.log``, a Slurm log) it writes one plain line every
+``every`` percent (:data:`LOG_EVERY_PERCENT`) and at the end, never a carriage return::
+
+    source step 40/400 10% [00:04<00:36, 9.81it/s, loss=1.93]
+
+:class:`StepProgressBar` (the ``callbacks.progress`` of every training stage) is Lightning's
+``TQDMProgressBar`` whose training bar counts the global step out of ``max_steps`` (over epochs,
+from the resumed step), and shows, for PTL, the domain n/N and its depth t_n. ``trainer.test`` and
+``trainer.predict`` (``dasslab-eval``, ``dasslab-predict``) use it too; :func:`progress` gives the same
+bar to the loops that are not Lightning's (``dasslab-translate``, the translation-quality analysis).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from typing import Any
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+LOG_EVERY_PERCENT = 5
+LINE_FORMAT = "{desc}{n_fmt}/{total_fmt} {percentage:3.0f}% [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+
+def is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class Bar(Tqdm):
+    """A tqdm bar on a terminal; one plain line every ``every`` percent elsewhere (see the module docstring)."""
+
+    def __init__(self, *args: Any, every: float = LOG_EVERY_PERCENT, **kwargs: Any) -> None:
+        kwargs.setdefault("file", sys.stdout)
+        self.lines = not is_terminal(kwargs["file"])
+        self.every, self._next, self._printed = float(every), 0.0, None
+        if self.lines:
+            kwargs.update(mininterval=0, miniters=1, position=0)
+        super().__init__(*args, **kwargs)
+
+    def _line(self) -> None:
+        d = self.format_dict
+        if self._printed == d["n"]:
+            return
+        d["bar_format"] = LINE_FORMAT if d["total"] else "{desc}{n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+        self.fp.write(self.format_meter(**d).strip() + "\n")
+        self.fp.flush()
+        self._printed = d["n"]
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if not self.lines:
+            return super().display(msg, pos)
+        if msg == "" or self.disable or not self.total:   # a clear; a count without a total prints at the end
+            return True
+        percent = 100.0 * self.n / self.total
+        if percent >= self._next or self.n >= self.total:
+            self._line()
+            self._next = (percent // self.every + 1) * self.every
+        return True
+
+    def clear(self, *args: Any, **kwargs: Any) -> None:
+        if not self.lines:
+            super().clear(*args, **kwargs)
+
+    def moveto(self, n: int) -> None:
+        if not self.lines:
+            super().moveto(n)
+
+    def close(self) -> None:
+        if self.lines and not self.disable:
+            if self.n:
+                self._line()
+            self.fp = io.StringIO()        # tqdm ends a bar with "\n" or "\r": not in a log
+        super().close()
+
+
+def progress(iterable=None, total: int | None = None, desc: str = "", every: float = LOG_EVERY_PERCENT,
+             **kwargs: Any) -> Bar:
+    """The same display for a loop of ours: ``for x in progress(items, desc="translate n=200"): …``."""
+    return Bar(iterable, total=total, desc=desc, every=every, dynamic_ncols=True, file=sys.stdout,
+               bar_format=TQDMProgressBar.BAR_FORMAT, **kwargs)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar counting the global step out of ``max_steps``; PTL adds n/N and t_n."""
+
+    def __init__(self, refresh_rate: int = 1, every: float = LOG_EVERY_PERCENT, name: str | None = None) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.every, self.name = float(every), name     # name: the stage (make_trainer sets it)
+
+    def _bar(self, desc: str, position: int = 0, leave: bool = True, every: float | None = None, **kw) -> Bar:
+        return Bar(desc=desc, position=2 * self.process_position + position, disable=self.is_disabled, leave=leave,
+                   dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT, every=every or self.every, **kw)
+
+    # -------------------------------------------------------------- the bars
+    def init_sanity_tqdm(self) -> Bar:
+        return self._bar(self.sanity_check_description, leave=False, every=100)
+
+    def init_train_tqdm(self) -> Bar:
+        return self._bar(self.train_description, smoothing=0)
+
+    def init_validation_tqdm(self) -> Bar:
+        during_fit = self.trainer.state.fn != "validate"
+        # inside a training run a log gets one line per validation, not one every few percent
+        return self._bar(self.validation_description, position=int(during_fit), leave=not during_fit,
+                         every=100 if during_fit else None)
+
+    def init_test_tqdm(self) -> Bar:
+        return self._bar(self.test_description)
+
+    def init_predict_tqdm(self) -> Bar:
+        return self._bar(self.predict_description, smoothing=0)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_test_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if self.name and batch_idx == 0:
+            self.test_progress_bar.set_description(self.name)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        super().on_predict_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
+        if self.name and batch_idx == 0:
+            self.predict_progress_bar.set_description(self.name)
+
+    # -------------------------------------------------------------- training: the global step
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.train_progress_bar = self.init_train_tqdm()
+        bar = self.train_progress_bar
+        bar.total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        bar.initial = bar.n = trainer.global_step          # a resumed run starts where it stopped
+        bar.set_description(f"{self.name or 'train'} step")
+        bar.refresh()
+
+    def on_train_epoch_start(self, trainer, *_: Any) -> None:
+        pass                                                # one bar over all epochs: no reset
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        bar = self.train_progress_bar
+        step = trainer.global_step
+        if bar is not None and not bar.disable and self._should_update(step, bar.total):
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.n = step
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = {k.split("/")[-1]: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+        domains = getattr(pl_module, "domains", None)
+        if domains is not None and getattr(domains, "num_domains", 0) > 0:
+            n = domains.domain(trainer.global_step)
+            metrics = {"n": f"{n}/{domains.N}", "t_n": domains.depth(n), **metrics}
+        return metrics
+
