@@ -1,4 +1,4 @@
-"""``dasslab-eval ckpt=PATH dataset=…``: evaluate a trained segmenter (mIoU, per-class IoU, confusion matrix, overlays)."""
+"""``dasslab-eval ckpt=PATH dataset=…``: evaluate a trained segmenter (mIoU, per-class IoU, confusion, overlays)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,8 @@ def test_trainer(device: torch.device, progress: bool = True, name: str | None =
 
     return L.Trainer(accelerator=device.type, devices=1, strategy=SingleDeviceStrategy(device=device),
                      logger=False, enable_checkpointing=False, enable_model_summary=False,
-                     enable_progress_bar=progress, callbacks=[*([StepProgressBar(name=name)] if progress else []), *callbacks])
+                     enable_progress_bar=progress,
+                     callbacks=[*([StepProgressBar(name=name)] if progress else []), *callbacks])
 
 
 def evaluate_segmenter(module, loader, class_names: Sequence[str], out_dir: str | Path,
