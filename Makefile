@@ -18,10 +18,10 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,slurm]'
+	$(PY) -m pip install -q -e '.[dev,slurm,optuna]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install dasslab with its dev tools
+install: $(STAMP)  ## create .venv and install dasslab with its dev tools, Slurm and Optuna extras
 
 # Tests use tiny tensors: one intra-op thread avoids oversubscribing a small CPU (several times faster here).
 # TEST_WORKERS test files run side by side (pytest-xdist, one file per worker: a file's fixtures are built once);
