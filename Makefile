@@ -63,7 +63,7 @@ reproduce-table3: $(STAMP)  ## Table 3: L_ada alone vs L_ada + L_src (LAUNCHER D
 	$(REPRODUCE) table=table3 $(ARGS)
 
 reproduce-table4:  ## Table 4: no runs are defined for it in dasslab
-	@echo "Table 4: no runs are defined for it in dasslab (see README, Reproducing the paper)"
+	@echo "Table 4: no runs are defined for it in dasslab (see docs/reference.md, Reproducing the paper)"
 
 reproduce-table5: $(STAMP)  ## Table 5: the LCG/GSG arrangements (LAUNCHER DRY_RUN SEEDS ARGS)
 	$(REPRODUCE) table=table5 $(ARGS)

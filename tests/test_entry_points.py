@@ -1,4 +1,4 @@
-"""Every command answers --help with its usage and exit status 0; `make help` and the README tell the truth
+"""Every command answers --help with its usage and exit status 0; `make help` and the docs tell the truth
 about the targets and the launcher default."""
 
 import re
@@ -64,7 +64,8 @@ def test_the_launcher_default_is_the_same_in_make_the_command_and_the_readme(cap
     assert len(SCRIPTS) == 7 and SCRIPTS["dasslab-tables"] == "dasslab.commands.tables:main"
     assert all(target.startswith("dasslab.commands.") for target in SCRIPTS.values())   # the apps, together
     assert re.search(r"^LAUNCHER \?= auto$", (ROOT / "Makefile").read_text(), re.M)
-    assert "`LAUNCHER=auto` (the default of\nboth `make` and `dasslab-reproduce`)" in (ROOT / "README.md").read_text()
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    assert "`LAUNCHER=auto` (the default of\nboth `make` and `dasslab-reproduce`)" in reference
     monkeypatch.delenv("LAUNCHER", raising=False)
     with pytest.raises(SystemExit):
         main(["--help"])

@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 from dasslab.analysis.domain_score import domain_score, train_domain_classifier
 from dasslab.analysis.image_stats import high_frequency_energy
 from dasslab.analysis.judge import foreground_classes, label_consistency
-from dasslab.callbacks.progress import progress
 from dasslab.errors import ConfigError
 from dasslab.guidance.translation import translate_images
 from dasslab.utils.io import atomic_write_text
+from dasslab.utils.progress import progress
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)

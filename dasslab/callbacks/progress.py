@@ -1,90 +1,24 @@
-"""One progress display for every command: a terminal gets a tqdm bar, a log file plain lines.
+"""The progress display of Lightning's loops: :class:`StepProgressBar`, the ``callbacks.progress`` of every stage.
 
-:class:`Bar` is Lightning's ``Tqdm``: on a terminal it is the usual bar; when its stream is not a
-terminal (``> run.log``, a pipeline job's ``<key>.log``, a Slurm log) it writes one plain line every
-``every`` percent (:data:`LOG_EVERY_PERCENT`) and at the end, never a carriage return::
-
-    source step 40/400 10% [00:04<00:36, 9.81it/s, loss=1.93]
-
-:class:`StepProgressBar` (the ``callbacks.progress`` of every training stage) is Lightning's
-``TQDMProgressBar`` whose training bar counts the global step out of ``max_steps`` (over epochs,
-from the resumed step), and shows, for PTL, the domain n/N and its depth t_n. ``trainer.test`` and
-``trainer.predict`` (``dasslab-eval``, ``dasslab-predict``) use it too; :func:`progress` gives the same
-bar to the loops that are not Lightning's (``dasslab-translate``, the translation-quality analysis).
+Lightning's ``TQDMProgressBar`` whose training bar counts the global step out of ``max_steps`` (over epochs,
+from the resumed step), and shows, for PTL, the domain n/N and its depth t_n; ``trainer.test`` and
+``trainer.predict`` (``dasslab-eval``, ``dasslab-predict``) use it too. Its bars are
+:class:`dasslab.utils.progress.Bar`: a tqdm bar on a terminal, a plain line every few percent in a log file.
 """
 
 from __future__ import annotations
 
-import io
 import sys
 from typing import Any
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
-LOG_EVERY_PERCENT = 5
-LINE_FORMAT = "{desc}{n_fmt}/{total_fmt} {percentage:3.0f}% [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+from dasslab.utils.progress import LOG_EVERY_PERCENT, Bar
 
 
-def is_terminal(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-class Bar(Tqdm):
-    """A tqdm bar on a terminal; one plain line every ``every`` percent elsewhere (see the module docstring)."""
-
-    def __init__(self, *args: Any, every: float = LOG_EVERY_PERCENT, **kwargs: Any) -> None:
-        kwargs.setdefault("file", sys.stdout)
-        self.lines = not is_terminal(kwargs["file"])
-        self.every, self._next, self._printed = float(every), 0.0, None
-        if self.lines:
-            kwargs.update(mininterval=0, miniters=1, position=0)
-        super().__init__(*args, **kwargs)
-
-    def _line(self) -> None:
-        d = self.format_dict
-        if self._printed == d["n"]:
-            return
-        d["bar_format"] = LINE_FORMAT if d["total"] else "{desc}{n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
-        self.fp.write(self.format_meter(**d).strip() + "\n")
-        self.fp.flush()
-        self._printed = d["n"]
-
-    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        if not self.lines:
-            return super().display(msg, pos)
-        if msg == "" or self.disable or not self.total:   # a clear; a count without a total prints at the end
-            return True
-        percent = 100.0 * self.n / self.total
-        if percent >= self._next or self.n >= self.total:
-            self._line()
-            self._next = (percent // self.every + 1) * self.every
-        return True
-
-    def clear(self, *args: Any, **kwargs: Any) -> None:
-        if not self.lines:
-            super().clear(*args, **kwargs)
-
-    def moveto(self, n: int) -> None:
-        if not self.lines:
-            super().moveto(n)
-
-    def close(self) -> None:
-        if self.lines and not self.disable:
-            if self.n:
-                self._line()
-            self.fp = io.StringIO()        # tqdm ends a bar with "\n" or "\r": not in a log
-        super().close()
-
-
-def progress(iterable=None, total: int | None = None, desc: str = "", every: float = LOG_EVERY_PERCENT,
-             **kwargs: Any) -> Bar:
-    """The same display for a loop of ours: ``for x in progress(items, desc="translate n=200"): …``."""
-    return Bar(iterable, total=total, desc=desc, every=every, dynamic_ncols=True, file=sys.stdout,
-               bar_format=TQDMProgressBar.BAR_FORMAT, **kwargs)
+class LightningBar(Bar, Tqdm):
+    """:class:`Bar` with Lightning's padding of the numbers it shows (a steady postfix)."""
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -95,8 +29,9 @@ class StepProgressBar(TQDMProgressBar):
         self.every, self.name = float(every), name     # name: the stage (make_trainer sets it)
 
     def _bar(self, desc: str, position: int = 0, leave: bool = True, every: float | None = None, **kw) -> Bar:
-        return Bar(desc=desc, position=2 * self.process_position + position, disable=self.is_disabled, leave=leave,
-                   dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT, every=every or self.every, **kw)
+        return LightningBar(desc=desc, position=2 * self.process_position + position, disable=self.is_disabled,
+                            leave=leave, dynamic_ncols=True, file=sys.stdout, bar_format=self.BAR_FORMAT,
+                            every=every or self.every, **kw)
 
     # -------------------------------------------------------------- the bars
     def init_sanity_tqdm(self) -> Bar:

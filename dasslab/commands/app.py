@@ -198,7 +198,51 @@ def prepare_job(cfg) -> Path:
     data, cache = paths.get("data_dir"), paths.get("cache_dir")
     log.info(f"outputs: {Path(out).resolve()}" + (f"; pipeline cache: {Path(cache).resolve()}" if cache else "")
              + (f"; data cache: {Path(data).resolve()}" if data else ""))
+    note = smoke_note(cfg)
+    if note:
+        log.info(note)
     return out
+
+
+def smoke_note(cfg) -> str | None:
+    """What ``debug=smoke`` changes, in one line (``conf/debug/smoke.yaml``), or None without it: the sizes and
+    budgets it sets, and for a folder pair the size of the user's own images that it resizes."""
+    from omegaconf import OmegaConf
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - no Hydra job
+        choice = None
+    if choice != "smoke":
+        return None
+
+    def get(key):
+        try:
+            return OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except Exception:  # noqa: BLE001 - a folder pair without a root: the run's own error says so
+            return None
+
+    size = get("dataset.image_size")
+    size = list(size) if size is not None else None
+    own = ""
+    if get("dataset.name") == "folder" and get("dataset.root") is not None:
+        try:
+            from dasslab.data.folder import working_size
+
+            native = working_size(get("dataset.root"), int(get("dataset.max_side")), int(get("dataset.size_multiple")))
+            if list(native) != size:
+                own = f" (your images' working size is {list(native)}: they are resized)"
+        except Exception:  # noqa: BLE001 - the data check names what is wrong with the folder
+            own = ""
+    steps = ", ".join(f"{get(k)} {name}" for k, name in (("segmenter.max_steps", "segmenter"),
+                                                         ("diffusion.max_steps", "DDPM"), ("ptl.max_steps", "PTL"))
+                      if get(k) is not None)
+    return (f"debug=smoke changes the run (conf/debug/smoke.yaml): small backbone and DDPM on the CPU; images "
+            f"resized to {size}{own}, crops {list(get('dataset.crop_size') or [])}; {steps} steps; the first "
+            f"{get('data.limit_train')} training and {get('data.limit_val')} validation images of each split; "
+            f"no progress bar")
 
 
 def fail(msg: str) -> None:

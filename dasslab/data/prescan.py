@@ -15,7 +15,7 @@ checks, per split:
   still decoded since their values are checked);
 * label values within ``[0, num_classes)`` or 255;
 * sizes: how many labels differ in size from their image (they are nearest-resized when
-  loaded: the count the README promises) and how many distinct image sizes there are.
+  loaded: the count docs/reference.md promises) and how many distinct image sizes there are.
 
 All bad samples of a split are counted; the error names the first file and the count, on
 one line. Files are read by a small thread pool (the decoders release the GIL). A split

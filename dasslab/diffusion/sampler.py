@@ -268,7 +268,7 @@ class Sampler:
         K = sched.num_timesteps
         order = range(K - 1, -1, -1)
         if self.progress:
-            from dasslab.callbacks.progress import progress
+            from dasslab.utils.progress import progress
 
             order = progress(order, total=K, desc=desc, leave=False)
         for step, j in enumerate(order):

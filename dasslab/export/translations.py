@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dasslab.callbacks.progress import progress
 from dasslab.checkpoints import load_diffusion, load_segmenter
 from dasslab.data.datamodule import build_dataset
 from dasslab.data.io import read_image
@@ -41,6 +40,7 @@ from dasslab.guidance import validate_guidance
 from dasslab.guidance.translation import guidance_enabled, translate_images
 from dasslab.provenance import dataset_fingerprint, describe_change, differences, file_identity, read_record
 from dasslab.utils.io import atomic_write_png, atomic_write_text
+from dasslab.utils.progress import progress
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)

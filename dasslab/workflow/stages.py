@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -188,7 +189,13 @@ def run_stage(cfg: DictConfig) -> dict:
     val_every = val_every if val_every and val_every < max_steps and stage.get("evaluate") else None
     trainer = make_trainer(cfg, out, max_steps, callbacks=callbacks, val_every=val_every,
                            checkpoint_every=stage.get("checkpoint_every"))
-    trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg, out),
+    resume = _resume_path(cfg, out)
+    if resume is not None and not getattr(dm, "resumes_exactly", False):
+        # Lightning's "dataloader is not resumable … unreliable results" on a mid-epoch resume, said in our terms
+        warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=Warning)
+        log.info("resume: model, optimiser, step and schedule continue exactly; this stage's data loader restarts "
+                 "the interrupted epoch in a new order (PTL's data resumes exactly)")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume,
                 weights_only=not checkpoint_trusted(cfg.get("trust_checkpoint")))
     ckpt = out / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=False)     # the whole state: a resume continues exactly
