@@ -89,7 +89,7 @@ class StepProgressBar(TQDMProgressBar):
         metrics = {k.split("/")[-1]: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
         domains = getattr(pl_module, "domains", None)
         if domains is not None and getattr(domains, "num_domains", 0) > 0:
-            n = domains.domain(trainer.global_step)
+            n = domains.domain(max(trainer.global_step - 1, 0))     # the domain of the step just done
             metrics = {"n": f"{n}/{domains.N}", "t_n": domains.depth(n), **metrics}
         return metrics
 

@@ -241,8 +241,8 @@ def smoke_note(cfg) -> str | None:
                       if get(k) is not None)
     return (f"debug=smoke changes the run (conf/debug/smoke.yaml): small backbone and DDPM on the CPU; images "
             f"resized to {size}{own}, crops {list(get('dataset.crop_size') or [])}; {steps} steps; the first "
-            f"{get('data.limit_train')} training and {get('data.limit_val')} validation images of each split; "
-            f"no progress bar")
+            f"{get('data.limit_train')} training and {get('data.limit_val')} validation images of each split"
+            + ("; no progress bar" if get("trainer.enable_progress_bar") is False else ""))
 
 
 def fail(msg: str) -> None:

@@ -4,7 +4,7 @@
 pipeline job's ``<key>.log``, a Slurm log) it writes one plain line every ``every`` percent
 (:data:`LOG_EVERY_PERCENT`) and at the end, never a carriage return::
 
-    adapt step: 40/400  10% [00:31<04:39,  1.29it/s, n=2/6, t_n=200, loss=0.912]
+    adapt step: 10/40  25% [00:05<00:15,  1.99it/s, n=2/8, t_n=150, loss=3.530]
 
 :func:`progress` gives it to the loops that are not Lightning's (``dasslab-translate``, the translation-quality
 analysis, the sampler); Lightning's loops get it through :class:`dasslab.callbacks.progress.StepProgressBar`.
