@@ -25,9 +25,9 @@ install: $(STAMP)  ## create .venv and install dasslab with its dev tools, Slurm
 
 # Tests use tiny tensors: one intra-op thread avoids oversubscribing a small CPU (several times faster here).
 # TEST_WORKERS test files run side by side (pytest-xdist, one file per worker: a file's fixtures are built once);
-# 2 on the 2-core CPU: ~11 min instead of ~18 serially. TEST_WORKERS=0 runs them in one process.
+# 2 on the 2-core CPU: ~15 min (17 min 46 s measured while two other suites shared the cores). TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
-test: $(STAMP)  ## run the test suite (CPU; ~11 min on 2 cores, a real single-node Slurm included where it installs)
+test: $(STAMP)  ## run the test suite (CPU; ~15 min on 2 cores, a real single-node Slurm included where it installs)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -x --timeout=900 -n $(TEST_WORKERS) --dist loadfile \
 		tests $(PYTEST_ARGS)
 
