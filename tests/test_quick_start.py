@@ -90,6 +90,7 @@ def test_every_quick_start_command_runs_from_a_fresh_clone(tmp_path, digits_data
             runs["pair"] = run_dir(proc.stdout)
             log = next(runs["pair"].glob("*.log")).read_text()
             assert "debug=smoke changes the run" in log and "they are resized" in log   # what smoke changes
+            assert "weights_only` was not set" not in log                   # no note against safe loading
             assert "oracle: skipped" in proc.stdout                          # no target-train labels given
         elif words[0] in ("dasslab-eval", "dasslab-predict"):
             import json

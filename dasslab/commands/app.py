@@ -107,7 +107,10 @@ def user_message(exc: BaseException) -> str | None:
         from hydra.errors import CompactHydraException, MissingConfigException
 
         if isinstance(exc, (CompactHydraException, MissingConfigException)):
-            return one_line(str(exc))
+            msg = one_line(str(exc))
+            if "'hydra/sweeper/optuna'" in msg:      # hparams_search=… without the optional extra
+                msg += "; the Optuna sweeper is the optional extra `optuna`: pip install -e '.[optuna]' (make install)"
+            return msg
     except ImportError:  # pragma: no cover
         pass
     return None
