@@ -18,16 +18,16 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,slurm]'
+	$(PY) -m pip install -q -e '.[dev,slurm,optuna]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install dasslab with its dev tools
+install: $(STAMP)  ## create .venv and install dasslab with its dev tools, Slurm and Optuna extras
 
 # Tests use tiny tensors: one intra-op thread avoids oversubscribing a small CPU (several times faster here).
 # TEST_WORKERS test files run side by side (pytest-xdist, one file per worker: a file's fixtures are built once);
-# 2 on the 2-core CPU: ~11 min instead of ~18 serially. TEST_WORKERS=0 runs them in one process.
+# 2 on the 2-core CPU: ~15 min (17 min 46 s measured while two other suites shared the cores). TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
-test: $(STAMP)  ## run the test suite (CPU; ~11 min on 2 cores, a real single-node Slurm included where it installs)
+test: $(STAMP)  ## run the test suite (CPU; ~15 min on 2 cores, a real single-node Slurm included where it installs)
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -x --timeout=900 -n $(TEST_WORKERS) --dist loadfile \
 		tests $(PYTEST_ARGS)
 
@@ -49,27 +49,27 @@ lint: $(STAMP)  ## ruff
 # The paper's tables: exactly the runs each needs, shared stages once (dasslab/workflow/reproduce.py).
 # LAUNCHER=auto (default: slurm where sbatch is on PATH, else local) | slurm (every job its own Slurm job,
 # afterok on what it needs; returns at once) | local (here, one experiment after the other);
-# DRY_RUN=1 prints the plan; SEEDS=5 repeats the adaptation runs; ARGS='dataset.source.root=… dataset.target.root=…'.
+# DRY_RUN=1 prints the plan and checks the data; SEEDS=5 repeats the adaptation runs; ARGS='dataset.source.root=… dataset.target.root=…'.
 LAUNCHER ?= auto
-REPRODUCE = $(VENV)/bin/dasslab-reproduce --launcher $(LAUNCHER) $(if $(SEEDS),--seeds $(SEEDS)) \
-	$(if $(filter-out 0,$(DRY_RUN)),--dry-run)
+REPRODUCE = $(VENV)/bin/dasslab-reproduce launcher=$(LAUNCHER) $(if $(SEEDS),seeds=$(SEEDS)) \
+	$(if $(filter-out 0,$(DRY_RUN)),dry_run=true)
 reproduce-table1: $(STAMP)  ## Table 1: source only and SGG + PTL, 3 backbones x GTA5/SYNTHIA (LAUNCHER DRY_RUN SEEDS ARGS)
-	$(REPRODUCE) table1 $(ARGS)
+	$(REPRODUCE) table=table1 $(ARGS)
 
 reproduce-table2: $(STAMP)  ## Table 2: the ablations (a)-(f) (LAUNCHER DRY_RUN SEEDS ARGS)
-	$(REPRODUCE) table2 $(ARGS)
+	$(REPRODUCE) table=table2 $(ARGS)
 
 reproduce-table3: $(STAMP)  ## Table 3: L_ada alone vs L_ada + L_src (LAUNCHER DRY_RUN SEEDS ARGS)
-	$(REPRODUCE) table3 $(ARGS)
+	$(REPRODUCE) table=table3 $(ARGS)
 
 reproduce-table4:  ## Table 4: no runs are defined for it in dasslab
-	@echo "Table 4: no runs are defined for it in dasslab (see README, Reproducing the paper)"
+	@echo "Table 4: no runs are defined for it in dasslab (see docs/reference.md, Reproducing the paper)"
 
 reproduce-table5: $(STAMP)  ## Table 5: the LCG/GSG arrangements (LAUNCHER DRY_RUN SEEDS ARGS)
-	$(REPRODUCE) table5 $(ARGS)
+	$(REPRODUCE) table=table5 $(ARGS)
 
 reproduce-table6: $(STAMP)  ## Table 6: the guide without / with the Appendix C augmentation (LAUNCHER DRY_RUN SEEDS ARGS)
-	$(REPRODUCE) table6 $(ARGS)
+	$(REPRODUCE) table=table6 $(ARGS)
 
 # Fig. 5: two sweeps of the full method, each one folder (outputs/table2f_full/<time>/0..3); the source model and
 # the DDPM are trained once and reused by every N and lambda. LAUNCHER=slurm submits every job to Slurm.

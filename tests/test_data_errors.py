@@ -150,3 +150,32 @@ def test_cityscapes_image_without_label(cityscapes_fixture, tmp_path):
     with pytest.raises(DataError, match=r"dataset.target.root=.*no leftImg8bit/train/ folder"):
         Cityscapes(tmp_path, "train")
     assert len(Cityscapes(tmp_path, "val", labels=False)) == 1
+
+
+def test_a_folder_pair_error_names_the_setting_the_user_gives(tmp_path):
+    """`dataset.root` for the entries of a folder pair (not dataset.source.root), the entry's own root where
+    the user wrote one, and an empty images folder is one line too."""
+    from hydra import compose, initialize_config_dir
+    from PIL import Image
+
+    from dasslab.data.build import build_dataset, root_setting
+    from dasslab.errors import DataError
+
+    root = tmp_path / "pair"
+    (root / "source" / "images").mkdir(parents=True)
+    (root / "classes.txt").write_text("a\nb\n")
+    Image.new("RGB", (8, 8)).save(root / "source" / "images" / "x.png")
+    from dasslab.config import CONF_DIR as conf
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", ["dataset=folder", f"dataset.root={root}", "dataset.image_size=[8,8]",
+                                "dataset.target_train_labeled={_target_: dasslab.data.folder.FolderDomain, "
+                                f"root: {tmp_path / 'labelled'}, domain: target, labels: true}}"])
+    assert root_setting(cfg.dataset, "source") == "dataset.root"
+    assert root_setting(cfg.dataset, "target_train_labeled") == "dataset.target_train_labeled.root"
+    with pytest.raises(DataError, match=rf"^dataset.root={root}: no target/images/ folder"):
+        build_dataset(cfg.dataset, "target", train=False)
+    (root / "target" / "images").mkdir(parents=True)
+    with pytest.raises(DataError, match=rf"^dataset.root={root}: target/images/ holds no images"):
+        build_dataset(cfg.dataset, "target", train=False)
+    with pytest.raises(DataError, match=rf"^dataset.target_train_labeled.root={tmp_path / 'labelled'}: folder not"):
+        build_dataset(cfg.dataset, "target_train_labeled", train=False)

@@ -58,3 +58,23 @@ def test_metrics_json_record(tmp_path):
     assert loaded["miou"] == 50.0 and loaded["ab"] == 75.0
     assert loaded["subsets"]["ab"]["classes"] == ["a", "b"]
     assert loaded["split"] == "target_val" and loaded["stage"] == "source"
+
+
+def test_the_confusion_matrix_is_written_with_labels_as_rows_and_drawn(tmp_path):
+    import csv
+
+    from PIL import Image
+
+    from dasslab.segmentation.evaluation import write_confusion
+    from dasslab.segmentation.metrics import SegmentationMetrics
+
+    metric = SegmentationMetrics(3, 255)
+    label = torch.tensor([[0, 0, 1, 1, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 1, 0, 2]])                 # one 0 read as 1, one 2 read as 0, an ignore pixel
+    metric.update(pred, label)
+    write_confusion(tmp_path, metric.compute(), ["road", "car", "sky"], "target_val")
+    rows = list(csv.reader((tmp_path / "confusion_matrix.csv").open()))
+    assert rows[0] == ["label \\ prediction", "road", "car", "sky"]
+    assert rows[1:] == [["road", "1", "1", "0"], ["car", "0", "2", "0"], ["sky", "1", "0", "0"]]
+    picture = np.asarray(Image.open(tmp_path / "confusion_matrix.png").convert("RGB"))
+    assert picture.shape[0] > 100 and picture.std() > 0

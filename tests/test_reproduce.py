@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dasslab.workflow.reproduce import TABLES, plan_table
@@ -91,13 +92,30 @@ def test_every_table_has_its_experiment_files(table):
     assert not missing
 
 
-def test_dry_run_from_the_command_line_prints_the_plan_and_runs_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.reproduce", "table5", "--dry-run"],
-                          capture_output=True, text=True, timeout=300)
+def test_dry_run_from_the_command_line_prints_the_plan_checks_the_data_and_runs_nothing(tmp_path, make_gta5):
+    gta5 = make_gta5([np.zeros((8, 8))] * 2, root=tmp_path / "gta5")
+    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.reproduce", "table=table5", "dry_run=true",
+                           f"dataset.source.root={gta5}", f"dataset.target.root={tmp_path / 'nowhere'}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "waits for:" in proc.stdout and "jobs per stage" in proc.stdout
     assert ("launcher: slurm (auto)" if shutil.which("sbatch") else "launcher: local (auto)") in proc.stdout
+    check = proc.stdout.split("data check:\n", 1)[1].splitlines()
+    # the missing Cityscapes folder is named by the setting that holds it, with where it was expected; the GTA5
+    # folder that exists is not
+    assert check[0].startswith(f"  gta5_cityscapes: MISSING dataset.target.root={tmp_path / 'nowhere'}: folder not "
+                               "found; expected the Cityscapes layout"), check
+    assert not any("MISSING dataset.source.root" in line for line in check)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_older_spelling_of_the_arguments_still_works(capsys):
+    from dasslab.commands.reproduce import main
+
+    assert main(["table5", "--dry-run", "--seeds", "2", "--launcher=local"]) == 0
+    out = capsys.readouterr().out
+    assert "launcher: local\n" in out and "@seed1" in out and "data check:" in out
+    assert main(["table=table9"]) == 2 and "table=table9: unknown table" in capsys.readouterr().err
 
 
 def test_slurm_without_sbatch_is_one_line(tmp_path, monkeypatch):

@@ -90,14 +90,18 @@ def test_an_experiment_reaches_wandb_even_when_its_jobs_are_reused(compose, tmp_
             "data.limit_val=8"]
     first = run(compose(*args, f"paths.output_dir={tmp_path / 'a'}"))
     job_dir = Path(first["source_only"]["run_dir"])
-    (job_run,) = _offline_runs(job_dir)
+    assert not (job_dir / "wandb").exists()                               # the job's run is the pipeline's
+    job_run, summary_a = _offline_runs(tmp_path / "a")
+    if b"probe_exp-summary" in _record(job_run):
+        job_run, summary_a = summary_a, job_run
     record = _record(job_run)
     assert b"probe_exp" in record and b"source_only" in record           # group and job type
     again = run(compose(*args, f"paths.output_dir={tmp_path / 'b'}"))     # every job reused: no training
     assert again["source_only"]["miou"] == first["source_only"]["miou"]
-    assert len(_offline_runs(job_dir)) == 1
+    assert len(_offline_runs(tmp_path / "a")) == 2 and not (job_dir / "wandb").exists()
     for out in (tmp_path / "a", tmp_path / "b"):
-        (summary,) = _offline_runs(out)
+        summary = summary_a if out.name == "a" else _offline_runs(out)[0]
+        assert len(_offline_runs(out)) == (2 if out.name == "a" else 1)
         record = _record(summary)
         assert b"probe_exp-summary" in record and b"summary" in record and b"git_revision" in record
         (table,) = _tables(summary, "results")
@@ -132,3 +136,29 @@ def test_the_summary_carries_the_miou_over_n_curves(compose, tmp_path, monkeypat
     full = dict(zip(table["columns"], next(r for r in table["data"] if r[0] == "full")))
     assert full["seeds"] == 2 and full["std"] == 0.35 and full["seconds"] == 2.0
     assert b"miou/full" in _record(run)
+
+
+def test_a_pipeline_puts_every_offline_run_in_one_folder_and_prints_how_to_sync_it(tmp_path, digits_data_dir):
+    """Each job's run (in the pipeline cache) and the summary run land in <output>/wandb; the run's last line
+    is the `wandb sync` command for that folder."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "exp"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "DASSLAB_DATA": str(digits_data_dir),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dasslab.commands.train", "stage=pipeline", *SMOKE,
+                           "pipeline.rows=[source_only,oracle]", "logger=wandb", "task_name=one_folder",
+                           "data.limit_val=8", f"paths.output_dir={out}"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = _offline_runs(out)
+    records = [_record(r) for r in runs]
+    assert len(runs) == 3, runs                                            # source_only, oracle, the summary
+    assert sum(b"one_folder-summary" in r for r in records) == 1
+    assert any(b"source_only" in r and b"one_folder-summary" not in r for r in records)
+    assert any(b"oracle" in r and b"one_folder-summary" not in r for r in records)
+    cache = tmp_path / "cache"
+    assert cache.is_dir() and not list(cache.rglob("offline-run-*"))      # nothing left in the jobs' folders
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"wandb sync {out / 'wandb'}")

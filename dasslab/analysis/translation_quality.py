@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from dasslab.analysis.domain_score import domain_score, train_domain_classifier
 from dasslab.analysis.image_stats import high_frequency_energy
@@ -35,6 +34,7 @@ from dasslab.analysis.judge import foreground_classes, label_consistency
 from dasslab.errors import ConfigError
 from dasslab.guidance.translation import translate_images
 from dasslab.utils.io import atomic_write_text
+from dasslab.utils.progress import progress
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def measure(cfg: DictConfig, judge_ckpt: str, diffusion_ckpt: str, guide_ckpt: s
     sw = q.get("lambda_sweep")
     scales = list(sw.scales) if sw else []
     examples: dict[tuple[str, int], torch.Tensor] = {}
-    bar = tqdm(total=len(plan) + len(scales), desc="translation quality", dynamic_ncols=True)
+    bar = progress(total=len(plan) + len(scales), desc="translation quality")
     for name, gcfg, depth in plan:
         t1 = time.perf_counter()
         imgs, shift, skipped = _translate(sampler, src_x, src_y, depth, q, guide, gcfg, arrangement,

@@ -468,6 +468,7 @@ def validate_eval(cfg: DictConfig) -> None:
     image = _size(cfg, "dataset.image_size")
     check_bool(_get(cfg, "trust_checkpoint"), "trust_checkpoint")
     check_device(_get(cfg, "device"))
+    check_bool(_get(cfg, "progress"), "progress", null=True)
     check_number(_get(cfg, "seed"), "seed", integer=True, lo=0, hi=SEED_MAX)
     _check_data(cfg)
     _check_eval(cfg, image, reads=True)

@@ -107,7 +107,10 @@ def user_message(exc: BaseException) -> str | None:
         from hydra.errors import CompactHydraException, MissingConfigException
 
         if isinstance(exc, (CompactHydraException, MissingConfigException)):
-            return one_line(str(exc))
+            msg = one_line(str(exc))
+            if "'hydra/sweeper/optuna'" in msg:      # hparams_search=… without the optional extra
+                msg += "; the Optuna sweeper is the optional extra `optuna`: pip install -e '.[optuna]' (make install)"
+            return msg
     except ImportError:  # pragma: no cover
         pass
     return None
@@ -198,7 +201,51 @@ def prepare_job(cfg) -> Path:
     data, cache = paths.get("data_dir"), paths.get("cache_dir")
     log.info(f"outputs: {Path(out).resolve()}" + (f"; pipeline cache: {Path(cache).resolve()}" if cache else "")
              + (f"; data cache: {Path(data).resolve()}" if data else ""))
+    note = smoke_note(cfg)
+    if note:
+        log.info(note)
     return out
+
+
+def smoke_note(cfg) -> str | None:
+    """What ``debug=smoke`` changes, in one line (``conf/debug/smoke.yaml``), or None without it: the sizes and
+    budgets it sets, and for a folder pair the size of the user's own images that it resizes."""
+    from omegaconf import OmegaConf
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("debug") if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - no Hydra job
+        choice = None
+    if choice != "smoke":
+        return None
+
+    def get(key):
+        try:
+            return OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except Exception:  # noqa: BLE001 - a folder pair without a root: the run's own error says so
+            return None
+
+    size = get("dataset.image_size")
+    size = list(size) if size is not None else None
+    own = ""
+    if get("dataset.name") == "folder" and get("dataset.root") is not None:
+        try:
+            from dasslab.data.folder import working_size
+
+            native = working_size(get("dataset.root"), int(get("dataset.max_side")), int(get("dataset.size_multiple")))
+            if list(native) != size:
+                own = f" (your images' working size is {list(native)}: they are resized)"
+        except Exception:  # noqa: BLE001 - the data check names what is wrong with the folder
+            own = ""
+    steps = ", ".join(f"{get(k)} {name}" for k, name in (("segmenter.max_steps", "segmenter"),
+                                                         ("diffusion.max_steps", "DDPM"), ("ptl.max_steps", "PTL"))
+                      if get(k) is not None)
+    return (f"debug=smoke changes the run (conf/debug/smoke.yaml): small backbone and DDPM on the CPU; images "
+            f"resized to {size}{own}, crops {list(get('dataset.crop_size') or [])}; {steps} steps; the first "
+            f"{get('data.limit_train')} training and {get('data.limit_val')} validation images of each split"
+            + ("; no progress bar" if get("trainer.enable_progress_bar") is False else ""))
 
 
 def fail(msg: str) -> None:
@@ -262,3 +309,67 @@ def entry_point(config_name: str):
         return main
 
     return decorate
+
+
+def parse_settings(argv, settings: dict, help_text: str, bare: str | None = None, rest: bool = False,
+                   aliases: dict | None = None):
+    """The ``key=value`` arguments of a command that is not a Hydra app, read with Hydra's own override grammar
+    (quoting, ``[a,b]`` lists, ``a,b`` comma lists), so that every command takes its settings alike.
+
+    ``settings``: the command's own keys and their defaults (a list default collects every occurrence); returns
+    ``(values, others)``: ``others`` are the arguments of other keys as given (``rest``: handed on to the Hydra
+    runs the command starts; else each is an error naming the key). A word without ``=`` sets ``bare``.
+    ``aliases``: old flags -> (key, takes a value): ``--dry-run`` -> ``dry_run=true``; ``--seeds 3`` and
+    ``--seeds=3`` -> ``seeds=3``. ``-h``/``--help`` prints ``help_text`` and exits 0. A bad argument is a
+    :class:`~dasslab.errors.ConfigError`, one line.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dasslab.errors import ConfigError
+
+    argv, aliases = list(argv), dict(aliases or {})
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text)
+        raise SystemExit(0)
+    words, i = [], 0
+    while i < len(argv):                        # old flags -> key=value
+        a = argv[i]
+        flag, eq, value = a.partition("=")
+        if flag in aliases:
+            key, takes_value = aliases[flag]
+            if not takes_value:
+                words.append(f"{key}=true")
+            elif eq:
+                words.append(f"{key}={value}")
+            elif i + 1 < len(argv):
+                words.append(f"{key}={argv[i + 1]}")
+                i += 1
+            else:
+                raise ConfigError(f"{flag}: a value is required ({key}=…)")
+        elif a.startswith("-"):
+            raise ConfigError(f"{a}: unknown option; expected key=value settings (--help lists them)")
+        elif not eq and bare is not None:
+            words.append(f"{bare}={a}")
+        else:
+            words.append(a)
+        i += 1
+    values, others = dict(settings), []
+    parser = OverridesParser.create()
+    for word in words:
+        try:
+            o = parser.parse_override(word)
+        except Exception as e:  # noqa: BLE001 - Hydra's grammar errors
+            raise ConfigError(f"{word}: cannot be read as key=value ({one_line(str(e))}); quote values with "
+                              f"unusual characters, e.g. key='a b'") from None
+        key = o.key_or_group
+        if key not in settings:
+            if rest:
+                others.append(word)
+                continue
+            raise ConfigError(f"{word}: unknown setting {key}; expected {', '.join(f'{k}=' for k in settings)}")
+        value = list(o.sweep_string_iterator()) if o.is_sweep_override() else o.value()
+        if isinstance(settings[key], list):     # a list setting: each occurrence adds (runs=A runs=B,C)
+            values[key] = [*values[key], *(value if isinstance(value, list) else [value])]
+        else:
+            values[key] = value
+    return values, others

@@ -1,4 +1,4 @@
-"""``dasslab-eval ckpt=PATH dataset=…``: evaluate a trained segmenter (mIoU, per-class IoU, overlays)."""
+"""``dasslab-eval ckpt=PATH dataset=…``: evaluate a trained segmenter (mIoU, per-class IoU, confusion, overlays)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from dasslab.commands.app import entry_point
 
 def run(cfg: DictConfig) -> dict:
     """Check the settings, the split (labelled, pre-scanned) and the checkpoint before anything is evaluated or
-    written; then ``metrics.json`` (with the checkpoint's identity and the data's fingerprint) and overlays."""
+    written; then ``metrics.json`` (with the checkpoint's identity and the data's fingerprint), the confusion
+    matrix (``confusion_matrix.csv`` and ``.png``) and overlays."""
     from torch.utils.data import DataLoader
 
     from dasslab.checkpoints import load_segmenter
@@ -39,6 +40,7 @@ def run(cfg: DictConfig) -> dict:
                         collate_fn=eval_collate)
     return evaluate_segmenter(module, loader, list(ds.class_names), out,
                               subsets=cfg.dataset.eval_subsets, split=cfg.eval.split, overlays=cfg.eval.overlays,
+                              progress=bool(cfg.get("progress", True)), confusion_png=True,
                               extra={"checkpoint": str(cfg.ckpt), "dataset": cfg.dataset.name,
                                      "inference": OmegaConf.to_container(cfg.eval.inference),
                                      "made_by": {"checkpoint": file_identity(cfg.ckpt),

@@ -8,31 +8,35 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from dasslab.commands.app import one_line, parse_settings
 from dasslab.errors import ConfigError, DasslabError
 from dasslab.workflow.tables import PAPER_FILE, find_runs, write_tables
 
 # --------------------------------------------------------------------------- command line
-USAGE = ("usage: dasslab-tables runs=DIR[,DIR…] [runs=GLOB …] out=DIR [paper=FILE] [ignore=KEY,…]\n"
-         "  DIR: a run folder, a multirun sweep folder (experiments included), a pipeline run, the pipeline\n"
-         "  cache (outputs/cache), or a folder holding any of them; a run reached twice counts once.")
+USAGE = "usage: dasslab-tables runs=DIR[,DIR…] [runs=GLOB …] out=DIR [paper=FILE] [ignore=KEY,…]"
+HELP = f"""{USAGE}
+
+Collect run folders into the paper's tables (Markdown + CSV, one per table and dataset; out/tables.md holds
+all), our numbers beside the paper's. Runs that differ only in seed share a row (mean ± std).
+
+options:
+  runs=DIR|GLOB          a run folder, a multirun sweep folder (experiments included), a pipeline run, the
+                         pipeline cache (outputs/cache), or a folder holding any of them; repeat it or give a
+                         comma list (runs=A,B or runs=[A,B]); a run reached twice counts once; a bare DIR too
+  out=DIR                where the tables go (required)
+  paper=FILE             the paper's numbers (default: dasslab/workflow/paper_results.yaml)
+  ignore=KEY,…           settings that do not tell rows apart (added to the built-in list)
+
+Settings are Hydra-style key=value, as for every dasslab command. Errors are one line. Reference:
+docs/reference.md#result-tables."""
 
 
 def parse_args(argv: Sequence[str]) -> dict:
     """``key=value`` arguments (``runs`` may repeat, hold a comma list or ``[a,b]``); bare words are runs."""
-    args: dict = {"runs": [], "out": None, "paper": str(PAPER_FILE), "ignore": []}
-    for a in argv:
-        if a in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        key, eq, value = a.partition("=")
-        if not eq:
-            key, value = "runs", a
-        if key not in args:
-            raise ConfigError(f"{key}={value}: unknown setting; expected runs=, out=, paper= or ignore=")
-        if key in ("runs", "ignore"):
-            args[key] += [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-        else:
-            args[key] = value
+    args, _ = parse_settings(argv, {"runs": [], "out": None, "paper": str(PAPER_FILE), "ignore": []}, HELP,
+                             bare="runs")
+    args["runs"] = [str(r).strip() for r in args["runs"] if str(r).strip()]
+    args["ignore"] = [str(k).strip() for k in args["ignore"] if str(k).strip()]
     if not args["runs"]:
         raise ConfigError("runs: a value is required (runs=DIR, a comma list or a glob)")
     if not args["out"]:
@@ -46,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = find_runs(args["runs"])
         tables = write_tables(runs, args["out"], args["paper"], args["ignore"])
     except DasslabError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {one_line(str(e))}\n")
         raise SystemExit(2) from None
     for md in tables.values():
         print(md)

@@ -51,6 +51,32 @@ def limited(ds: Dataset, limit: int | None) -> Dataset:
     return sub
 
 
+def root_setting(dataset_cfg: DictConfig, key: str) -> str | None:
+    """The setting that holds ``dataset.<key>``'s folder as the user gives it: the key its ``root`` refers to
+    (``${dataset.root}`` of a folder pair: ``dataset.root``; a val split's ``${dataset.target.root}``), else
+    ``dataset.<key>.root``; None when the entry has no ``root``."""
+    import re
+
+    entry = dataset_cfg.get(key)
+    node = entry._get_node("root") if isinstance(entry, DictConfig) else None
+    if node is None:
+        return None
+    raw = node._value()
+    m = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+    return m.group(1) if m else f"dataset.{key}.root"
+
+
+def _accepts(target, name: str) -> bool:
+    import inspect
+
+    from hydra.utils import get_object
+
+    try:
+        return name in inspect.signature(get_object(str(target))).parameters
+    except Exception:  # noqa: BLE001 - not importable here: instantiate says so
+        return False
+
+
 def build_dataset(dataset_cfg: DictConfig, key: str, train: bool, limit: int | None = None,
                   resize_labels: bool = False) -> Dataset:
     """Instantiate ``dataset.<key>`` with the train or eval transform (first ``limit`` samples).
@@ -68,8 +94,12 @@ def build_dataset(dataset_cfg: DictConfig, key: str, train: bool, limit: int | N
         transform = build_transform(False, resize=dataset_cfg.image_size)
     else:
         transform = ResizeImageOnly(dataset_cfg.image_size)
+    extra = {}
+    setting = root_setting(dataset_cfg, key)
+    if setting and "setting" not in entry and _accepts(entry.get("_target_"), "setting"):
+        extra["setting"] = setting          # errors name the key the user sets (dataset.root of a folder pair)
     try:
-        ds = instantiate(entry, transform=transform)
+        ds = instantiate(entry, transform=transform, **extra)
     except InstantiationException as e:  # surface our own one-line data errors unwrapped
         cause = e.__cause__
         while cause is not None and not isinstance(cause, DataError):

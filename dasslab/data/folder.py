@@ -33,7 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 from .base import SegmentationDataset, check_root, pair_by_stem
-from .io import DataError, list_files, read_index_label
+from .io import IMAGE_EXTENSIONS, DataError, list_files, read_index_label
 from .labels import IGNORE_INDEX
 
 LAYOUT = "folder layout ROOT/classes.txt + ROOT/<domain>/images/* (+ ROOT/<domain>/labels/*.png)"
@@ -108,6 +108,9 @@ class FolderDomain(SegmentationDataset):
             labels = LABELED_BY_DEFAULT.get(domain, (root / domain / "labels").is_dir())
         skipped: list[Path] = []          # files the loader does not read: the pre-scan reports them
         images = list_files(img_dir, skipped=skipped)
+        if not images and not skipped:
+            raise DataError(f"{setting}={root}: {domain}/images/ holds no images; expected image files "
+                            f"({' '.join(IMAGE_EXTENSIONS)}) in {img_dir}")
         if labels:
             lab_dir = root / domain / "labels"
             if not lab_dir.is_dir():

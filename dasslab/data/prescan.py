@@ -15,7 +15,7 @@ checks, per split:
   still decoded since their values are checked);
 * label values within ``[0, num_classes)`` or 255;
 * sizes: how many labels differ in size from their image (they are nearest-resized when
-  loaded: the count the README promises) and how many distinct image sizes there are.
+  loaded: the count docs/reference.md promises) and how many distinct image sizes there are.
 
 All bad samples of a split are counted; the error names the first file and the count, on
 one line. Files are read by a small thread pool (the decoders release the GIL). A split
@@ -310,3 +310,29 @@ def run_check(cfg: DictConfig) -> dict:
     for s in report.splits:
         print(f"  {s.line()}")
     return report.to_dict()
+
+
+def check_data(cfg: DictConfig, mode: str = "headers") -> tuple[PrescanReport | None, list[str]]:
+    """Every configured dataset entry of ``cfg`` built and pre-scanned, collecting rather than raising: the
+    report (None when an entry is missing or bad) and one line per problem, naming the setting that holds the
+    folder and where it is expected (``dataset.source.root=./data/gta5: folder not found; expected …``)."""
+    from dasslab.data.build import build_dataset
+
+    problems, datasets = [], {}
+    for key in _entry_keys(cfg):
+        try:
+            datasets[key] = build_dataset(cfg.dataset, key, train=False)
+        except Exception as e:  # noqa: BLE001 - a DataError, or one wrapped by an interpolation (dataset.root)
+            cause = e
+            while cause is not None and not isinstance(cause, DataError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            if str(cause) not in problems:
+                problems.append(str(cause))
+    if problems:
+        return None, problems
+    try:
+        return scan_datasets(datasets, mode, cfg.dataset.get("num_classes")), []
+    except DataError as e:
+        return None, [str(e)]

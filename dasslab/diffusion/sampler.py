@@ -268,9 +268,9 @@ class Sampler:
         K = sched.num_timesteps
         order = range(K - 1, -1, -1)
         if self.progress:
-            from tqdm.auto import tqdm
+            from dasslab.utils.progress import progress
 
-            order = tqdm(order, total=K, desc=desc, leave=False)
+            order = progress(order, total=K, desc=desc, leave=False)
         for step, j in enumerate(order):
             # One z per step before the last, drawn whether or not guidance is used, so that a
             # seed gives the same noise sequence with and without guidance.

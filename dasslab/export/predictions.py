@@ -38,8 +38,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning.pytorch as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from omegaconf import DictConfig, OmegaConf
 
 from dasslab.errors import ConfigError, DataError
@@ -220,17 +222,74 @@ def segment(module, inputs: torch.Tensor, sizes: Sequence[tuple[int, int]], mode
             for i, size in enumerate(sizes)]
 
 
+class Segmentation(L.LightningModule):
+    """What ``trainer.predict`` runs: a batch of :class:`ImageFiles` items segmented at their original sizes
+    (``{"items", "labels", "errors"}``; an unreadable image or a window larger than the image is an error)."""
+
+    def __init__(self, segmenter, mode: str, crop, stride) -> None:
+        super().__init__()
+        self.segmenter, self.mode, self.crop, self.stride = segmenter, mode, crop, stride
+
+    def predict_step(self, items: list[dict], batch_idx: int) -> dict:
+        errors = {it["index"]: it["error"] for it in items if "error" in it}
+        ok = [it for it in items if "error" not in it]
+        labels = []
+        if ok:
+            inputs = torch.stack([it["input"] for it in ok]).to(self.device)
+            try:
+                labels = segment(self.segmenter, inputs, [it["image"].shape[:2] for it in ok], self.mode,
+                                 self.crop, self.stride)
+            except ValueError as e:           # e.g. a window larger than this image (size=native)
+                errors.update({it["index"]: str(e) for it in ok})
+                ok = []
+        return {"items": ok, "labels": labels, "errors": errors}
+
+
+class PredictionFiles(BasePredictionWriter):
+    """Writes each predicted batch's PNGs (``labels/``, ``color/``, ``overlay/``) as it comes, atomically, and
+    counts them in ``summary``; an error is one line on stderr naming the file."""
+
+    def __init__(self, files: Sequence[Path], input_dir: Path, output_dir: Path, kinds: Sequence[str],
+                 class_names: Sequence[str], alpha: float, summary: Summary) -> None:
+        super().__init__(write_interval="batch")
+        from dasslab.data.labels import palette
+
+        self.files, self.input_dir, self.output_dir = list(files), input_dir, output_dir
+        self.kinds, self.k, self.alpha, self.summary = list(kinds), len(class_names), alpha, summary
+        self.colors = palette(self.k)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        from tqdm import tqdm
+
+        from dasslab.utils.io import atomic_write_png
+        from dasslab.visualize import overlay
+
+        for index, msg in prediction["errors"].items():
+            path = self.files[index]
+            msg = msg if msg.startswith(str(path)) else f"{path}: {msg}"
+            self.summary.failed[str(path)] = msg
+            tqdm.write(f"error: {msg}; skipped", file=sys.stderr)
+        for it, label in zip(prediction["items"], prediction["labels"]):
+            rel = output_name(self.files[it["index"]], self.input_dir)
+            if "labels" in self.kinds:
+                atomic_write_png(self.output_dir / "labels" / rel, label)
+            if "color" in self.kinds:
+                atomic_write_png(self.output_dir / "color" / rel, self.colors[label])
+            if "overlay" in self.kinds:
+                atomic_write_png(self.output_dir / "overlay" / rel, overlay(it["image"], label, self.k, self.alpha))
+            self.summary.written += 1
+
+
 def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolution: Resolution,
                    mode: str = "whole", stride: Sequence[int] | None = None, kinds: Sequence[str] = KINDS,
                    alpha: float = 0.5, batch_size: int = 4, num_workers: int = 0, progress: bool = True,
                    redo: bool = False) -> Summary:
-    """Segment every image under ``input_dir`` into ``output_dir`` (see the module docstring); ``redo``: every
-    image, also those whose outputs exist."""
-    from tqdm import tqdm
-
-    from dasslab.data.labels import palette
-    from dasslab.utils.io import atomic_write_png, atomic_write_text
-    from dasslab.visualize import overlay
+    """Segment every image under ``input_dir`` into ``output_dir`` (see the module docstring) by Lightning's
+    ``trainer.predict`` and a :class:`PredictionFiles` writer; ``redo``: every image, also those whose outputs
+    exist."""
+    from dasslab.segmentation.evaluation import test_trainer
+    from dasslab.utils.io import atomic_write_text
 
     input_dir, output_dir = Path(input_dir).expanduser(), Path(output_dir).expanduser()
     bad = [k for k in kinds if k not in KINDS]
@@ -241,7 +300,6 @@ def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolu
     if mode == "slide" and resolution.crop is None:
         raise ConfigError("crop=null: mode=slide needs the window size; set crop=[H,W] (the training crop is unknown)")
     names = list(module.class_names)
-    colors = palette(len(names))
     atomic_write_text(output_dir / "classes.txt", "".join(f"{n}\n" for n in names))
 
     summary = Summary()
@@ -259,39 +317,16 @@ def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolu
             todo.append(f)
     for msg in summary.failed.values():
         log.error(msg)
+    if not todo:
+        return summary
 
     fixed = resolution.size is not None
     loader = torch.utils.data.DataLoader(ImageFiles(todo, resolution.size), batch_size=batch_size if fixed else 1,
                                          num_workers=num_workers, collate_fn=_as_list)
-    device = module.device
-    bar = tqdm(total=len(todo), desc="predict", unit="img", dynamic_ncols=True, disable=not progress)
-    for items in loader:
-        for it in items:
-            if "error" in it:
-                summary.failed[str(todo[it["index"]])] = it["error"]
-                bar.write(f"error: {it['error']}; skipped", file=sys.stderr)
-        ok = [it for it in items if "error" not in it]
-        if ok:
-            inputs = torch.stack([it["input"] for it in ok]).to(device)
-            try:
-                labels = segment(module, inputs, [it["image"].shape[:2] for it in ok], mode, resolution.crop, stride)
-            except ValueError as e:           # e.g. a window larger than this image (size=native)
-                for it in ok:
-                    summary.failed[str(todo[it["index"]])] = f"{todo[it['index']]}: {e}"
-                    bar.write(f"error: {todo[it['index']]}: {e}; skipped", file=sys.stderr)
-                bar.update(len(items))
-                continue
-            for it, label in zip(ok, labels):
-                rel = output_name(todo[it["index"]], input_dir)
-                if "labels" in kinds:
-                    atomic_write_png(output_dir / "labels" / rel, label)
-                if "color" in kinds:
-                    atomic_write_png(output_dir / "color" / rel, colors[label])
-                if "overlay" in kinds:
-                    atomic_write_png(output_dir / "overlay" / rel, overlay(it["image"], label, len(names), alpha))
-                summary.written += 1
-        bar.update(len(items))
-    bar.close()
+    trainer = test_trainer(module.device, progress, name="predict",
+                           callbacks=[PredictionFiles(todo, input_dir, output_dir, kinds, names, alpha, summary)])
+    trainer.predict(Segmentation(module, mode, resolution.crop, stride), dataloaders=loader,
+                    return_predictions=False)
     return summary
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from dasslab.checkpoints import load_diffusion, load_segmenter
 from dasslab.data.datamodule import build_dataset
@@ -41,6 +40,7 @@ from dasslab.guidance import validate_guidance
 from dasslab.guidance.translation import guidance_enabled, translate_images
 from dasslab.provenance import dataset_fingerprint, describe_change, differences, file_identity, read_record
 from dasslab.utils.io import atomic_write_png, atomic_write_text
+from dasslab.utils.progress import progress
 from dasslab.visualize import grid, overlay, save_curve, save_png, to_uint8
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
         atomic_write_text(droot / "manifest.json", json.dumps(manifest, indent=2))
         shift: dict[int, list] = {}
         done = written = skipped = 0
-        bar = tqdm(total=len(indices), desc=f"translate n={depth}", dynamic_ncols=True)
+        bar = progress(total=len(indices), desc=f"translate n={depth}")
         for ci, start in enumerate(range(0, len(indices), bs)):
             chunk = indices[start:start + bs]
             stems = [Path(ds.samples[i][0]).stem for i in chunk]

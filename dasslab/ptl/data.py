@@ -131,6 +131,8 @@ class PTLDataModule(DASSDataModule):
     seed ``derive_seed(seed, 11)``; with ``target`` (self-training) one of the unlabeled target-train
     images, on ``derive_seed(seed, 12)``."""
 
+    resumes_exactly = True     # a resume draws the very batches of the uninterrupted run (from the global step)
+
     def stream(self, key: str = "source") -> SourceStream:
         t = self.trainer
         rank, world = (t.global_rank, t.world_size) if t is not None else (0, 1)

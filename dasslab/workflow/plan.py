@@ -127,6 +127,8 @@ def job_config(cfg: DictConfig, name: str, checkpoints: dict[str, Path], seed: i
     if sub.get("logger") and sub.logger.get("wandb") is not None:    # logger.* is not in the cache key
         w = sub.logger.wandb
         w.group, w.job_type = str(group), name
+        # every job's offline run in the pipeline's folder (not the job's cache folder): one `wandb sync` for all
+        w.save_dir = str(Path(str(OmegaConf.select(cfg, "logger.wandb.save_dir"))).resolve())
         w.name = name if seed is None else f"{name}-seed{seed}"
         tags = OmegaConf.to_container(w.tags, resolve=True) if w.get("tags") is not None else []
         w.tags = list(dict.fromkeys([str(cfg.task_name), *map(str, tags)]))     # experiment, row, dataset, …

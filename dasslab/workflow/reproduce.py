@@ -1,4 +1,4 @@
-"""``dasslab-reproduce TABLE``: exactly the runs a paper table needs, each stage once, in dependency order.
+"""``dasslab-reproduce table=TABLE``: exactly the runs a paper table needs, each stage once, in dependency order.
 
 Each table is a list of experiment configs (``conf/experiment/``, one file per row of the
 paper). Every experiment is a pipeline (``stage=pipeline``) whose jobs are planned
@@ -6,17 +6,17 @@ paper). Every experiment is a pipeline (``stage=pipeline``) whose jobs are plann
 settings — are the same job, so the Cityscapes diffusion model shared by GTA5 and
 SYNTHIA, or a source model shared by several rows, is planned once.
 
-``--launcher local`` runs the experiments here, one after the other (each reuses the jobs
-the earlier ones finished). ``--launcher slurm`` submits every job of the table once as a
+``launcher=local`` runs the experiments here, one after the other (each reuses the jobs
+the earlier ones finished). ``launcher=slurm`` submits every job of the table once as a
 Slurm job of its own, ``afterok`` on the Slurm jobs it needs, and one results job per
 experiment, then returns (:mod:`dasslab.workflow.slurm`; cluster settings as for ``hydra/launcher=slurm``).
-``--launcher auto`` (the default): slurm where ``sbatch`` is on PATH, else local. Each
+``launcher=auto`` (the default): slurm where ``sbatch`` is on PATH, else local. Each
 experiment writes its results to ``<paths.log_dir>/reproduce/<table>/<experiment>``; then
 ``dasslab-tables runs=<that folder> out=…`` makes the table. Finished jobs are reused, so a
 stopped reproduction is resumed by running the same command again.
 
-``--dry-run`` prints the plan (each job, its folder, what it waits for) and runs nothing.
-``--seeds 3`` repeats the adaptation runs with seeds 0, 1, 2 (the paper averages five);
+``dry_run=true`` prints the plan (each job, its folder, what it waits for), checks the data and runs nothing.
+``seeds=3`` repeats the adaptation runs with seeds 0, 1, 2 (the paper averages five);
 nothing else is repeated.
 """
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -95,7 +96,10 @@ def make_trainer(cfg: DictConfig, out: Path, max_steps: int, callbacks: list | N
         if name == "checkpoint":
             every = min(int(checkpoint_every or v.every_n_train_steps), max_steps)
             v = OmegaConf.merge(v, {"dirpath": str(out / "checkpoints"), "every_n_train_steps": every})
-        cbs.append(instantiate(v))
+        cb = instantiate(v)
+        if hasattr(cb, "name") and name == "progress" and cfg.get("stage") is not None:
+            cb.name = cb.name or str(cfg.stage.name)     # the bar reads "<stage> step 40/400"
+        cbs.append(cb)
     cbs += callbacks or []
     if val_every:
         kw.update(val_check_interval=min(int(val_every), max_steps), check_val_every_n_epoch=None)
@@ -185,10 +189,16 @@ def run_stage(cfg: DictConfig) -> dict:
     val_every = val_every if val_every and val_every < max_steps and stage.get("evaluate") else None
     trainer = make_trainer(cfg, out, max_steps, callbacks=callbacks, val_every=val_every,
                            checkpoint_every=stage.get("checkpoint_every"))
-    trainer.fit(module, datamodule=dm, ckpt_path=_resume_path(cfg, out),
+    resume = _resume_path(cfg, out)
+    if resume is not None and not getattr(dm, "resumes_exactly", False):
+        # Lightning's "dataloader is not resumable … unreliable results" on a mid-epoch resume, said in our terms
+        warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=Warning)
+        log.info("resume: model, optimiser, step and schedule continue exactly; this stage's data loader restarts "
+                 "the interrupted epoch in a new order (PTL's data resumes exactly)")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume,
                 weights_only=not checkpoint_trusted(cfg.get("trust_checkpoint")))
     ckpt = out / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=False)     # the whole state: a resume continues exactly
     loss = trainer.callback_metrics.get("train/loss")
     record = {"stage": stage.name, "checkpoint": str(ckpt), "steps": trainer.global_step,
               "final_loss": None if loss is None else float(loss)}
@@ -214,11 +224,13 @@ def _finish(cfg, stage, trainer, module, dm, out: Path, ckpt: Path, record: dict
         if report is not None:    # the held-apart split numbers are reported on (never used to choose)
             test = evaluate_segmenter(module, dm.report_dataloader(), dm.class_names, out,
                                       subsets=cfg.dataset.eval_subsets, split=report, overlays=0,
-                                      print_table=False, filename=f"metrics_{report}.json")
+                                      print_table=False, progress=trainer.progress_bar_callback is not None,
+                                      filename=f"metrics_{report}.json")
             extra["report"] = {k: test[k] for k in ("split", "miou", "subsets")}
         record = evaluate_segmenter(module, dm.val_dataloader(), dm.class_names, out,
                                     subsets=cfg.dataset.eval_subsets, split=cfg.eval.split,
-                                    overlays=cfg.eval.overlays, extra=extra)
+                                    overlays=cfg.eval.overlays, progress=trainer.progress_bar_callback is not None,
+                                    extra=extra)
         if (out / "overlays.png").is_file():
             from dasslab.data.io import read_image
             from dasslab.visualize import log_image

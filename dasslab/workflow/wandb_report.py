@@ -10,7 +10,8 @@ one run (job type ``summary``, name ``<experiment>-summary``, in ``logger.wandb.
 * ``results_md``: ``results.md`` as the pipeline wrote it;
 * as its config, the experiment's resolved config and ``run`` (git revision, versions).
 
-Offline (``WANDB_MODE=offline``) it is written under ``paths.output_dir/wandb`` like any run.
+Offline (``WANDB_MODE=offline``) it is written under ``<logger.wandb.save_dir>/wandb`` (the pipeline's
+``paths.output_dir``), beside the offline runs of every job the pipeline ran: ``wandb sync <that folder>``.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def log_experiment(cfg: DictConfig, summary: dict, rows: dict[str, dict], timing
     backbone = str(OmegaConf.select(cfg, "backbone.name") or "")
     tags = [t for t in dict.fromkeys([experiment, "summary", str(cfg.dataset.name), backbone]) if t]
     run = wandb.init(project=w.get("project"), group=w.get("group") or experiment, job_type="summary",
-                     name=f"{experiment}-summary", tags=tags, dir=str(out), config=run_config(cfg),
+                     name=f"{experiment}-summary", tags=tags, dir=str(w.get("save_dir") or out),
+                     config=run_config(cfg),
                      mode="offline" if w.get("offline") else None, reinit=True)
     try:
         table = wandb.Table(columns=COLUMNS, data=result_rows(summary, rows, timings))
