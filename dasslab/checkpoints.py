@@ -12,10 +12,12 @@ or safetensors; ``trust_checkpoint=true`` to opt in for a file you trust).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from dasslab.checks.tensors import cast_to, check_tensors, spec
 from dasslab.errors import CheckpointError, UnsafeCheckpointError
+from dasslab.utils.paths import real_path
 from dasslab.utils.safe_load import (  # noqa: F401  (re-exported: the project's loaders live here)
     META_KEY,
     SAFETENSORS_SUFFIX,
@@ -91,9 +93,9 @@ def _nonfinite(state) -> tuple[list[str], int]:
 
 def _identity(path) -> tuple | None:
     try:
-        p = Path(path).expanduser().resolve()
-        st = p.stat()
-        return str(p), st.st_size, st.st_mtime_ns
+        p = real_path(path)
+        st = os.stat(p)
+        return p, st.st_size, st.st_mtime_ns
     except OSError:
         return None
 

@@ -104,7 +104,15 @@ def check_pair(value, key: str, null: bool = False, what: str = "[height, width]
 
 
 def check_path(value, key: str, null: bool = True) -> None:
-    if value is _MISSING or (value is None and null) or (isinstance(value, str) and value.strip()):
+    """A path setting: a non-empty string (or null where allowed) that is not a symlink loop or dangling link."""
+    if isinstance(value, str) and value.strip():
+        from dasslab.utils.paths import link_problem
+
+        problem = link_problem(value)
+        if problem:
+            raise ConfigError(f"{key}={value}: {problem}; expected a path to a file or folder")
+        return
+    if value is _MISSING or (value is None and null):
         return
     if value is None:
         raise ConfigError(f"{key}: a value is required (set {key}=… on the command line)")

@@ -50,7 +50,8 @@ def _problem(key: str, have: tuple, want: tuple) -> str | None:
         if have_dtype in FLOAT_DTYPES or have_dtype == want_dtype or have_dtype in _CAST:
             return None
         return f"{key} holds {describe(have_dtype)} numbers, not float16, bfloat16 or float32 (float64 is cast)"
-    if have_dtype.is_floating_point or have_dtype.is_complex or (have_dtype == torch.bool) != (want_dtype == torch.bool):
+    kind_differs = (have_dtype == torch.bool) != (want_dtype == torch.bool)
+    if have_dtype.is_floating_point or have_dtype.is_complex or kind_differs:
         return f"{key} holds {describe(have_dtype)} numbers where the architecture has {describe(want_dtype)}"
     return None
 

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from dasslab.errors import DataError
+from dasslab.utils.paths import link_problem
 
 __all__ = ["DataError", "list_files", "read_first_channel_label", "read_image", "read_index_label", "write_png"]
 
@@ -108,13 +109,18 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
 def list_files(folder: str | os.PathLike, extensions=IMAGE_EXTENSIONS, skipped: list | None = None) -> dict[str, Path]:
     """Map file stem -> path for files in ``folder`` with one of ``extensions`` (case-insensitive).
 
-    Two files with the same stem (``a.png`` and ``a.jpg``) are ambiguous and raise :class:`DataError`.
+    Two files with the same stem (``a.png`` and ``a.jpg``) are ambiguous and raise :class:`DataError`, as does a
+    symlink that leads nowhere (a loop, a dangling link): named, not skipped.
     ``skipped`` (a list) receives the other files of the folder that look like data (not hidden, not
     ``Thumbs.db``): what the loader leaves out, which the pre-scan reports rather than drop silently.
     """
     out: dict[str, Path] = {}
     with os.scandir(folder) as it:
         for entry in it:
+            problem = link_problem(entry.path) if entry.is_symlink() else None
+            if problem:
+                raise DataError(f"{entry.path}: {problem}; expected a data file (remove the link or point it at "
+                                f"the file)")
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() not in extensions or not entry.is_file():
                 if (skipped is not None and entry.is_file() and not entry.name.startswith(".")

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from dasslab.errors import CheckpointError, UnsafeCheckpointError, WeightsError
+from dasslab.utils.paths import link_problem
 
 __all__ = [
     "IMAGENET_SOURCES",
@@ -255,6 +256,9 @@ def read_state_dict(path: str | os.PathLike, setting: str = "backbone.weights",
     from dasslab.utils.safe_load import safe_torch_load
 
     p = Path(path).expanduser()
+    problem = link_problem(p)
+    if problem:
+        raise WeightsError(f"{setting}={path}: {problem}; expected a weights file (a state dict or a checkpoint)")
     if not p.is_file():
         raise WeightsError(
             f"weights file {str(p)!r} does not exist: set {setting} to an existing file "
