@@ -226,8 +226,10 @@ def prescan_split(cfg: DictConfig, ds, key: str) -> None:
     """Pre-scan one built split (``data.prescan``, default full) before a command reads it."""
     import logging
 
+    from dasslab.data.formats import set_max_pixels
     from dasslab.data.prescan import scan_datasets
 
+    set_max_pixels((cfg.get("data") or {}).get("max_pixels"))      # also for the loaders that read it next
     mode = (cfg.get("data") or {}).get("prescan") or "full"
     report = scan_datasets({key: ds}, mode, cfg.dataset.get("num_classes"))
     if report.splits:

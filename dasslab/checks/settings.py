@@ -228,6 +228,7 @@ def _check_data(cfg) -> None:
     check_number(_get(cfg, "data.limit_train"), "data.limit_train", integer=True, lo=1, null=True)
     check_number(_get(cfg, "data.limit_val"), "data.limit_val", integer=True, lo=1, null=True)
     check_choice(_get(cfg, "data.prescan"), "data.prescan", PRESCAN, null=True)
+    check_number(_get(cfg, "data.max_pixels"), "data.max_pixels", integer=True, lo=1, null=True)
 
 
 def _check_inference(cfg, prefix: str, image) -> None:
@@ -496,6 +497,7 @@ def validate_predict(cfg: DictConfig) -> None:
     check_number(_get(cfg, "overlay_alpha"), "overlay_alpha", lo=0, hi=1)
     check_number(_get(cfg, "batch_size"), "batch_size", integer=True, lo=1)
     check_number(_get(cfg, "num_workers"), "num_workers", integer=True, lo=0)
+    check_number(_get(cfg, "max_pixels"), "max_pixels", integer=True, lo=1, null=True)
     check_device(_get(cfg, "device"))
     for key in ("progress", "trust_checkpoint", "overwrite"):
         check_bool(_get(cfg, key), key)

@@ -46,8 +46,11 @@ class DASSDataModule(L.LightningDataModule):
                  train_domains: Sequence[str] = ("source",), extra: Mapping[str, Dataset] | None = None,
                  val_split: str | None = "target_val", val_batch_size: int | None = None,
                  seed: int = 0, limit_train: int | None = None, limit_val: int | None = None,
-                 prescan: str = "full") -> None:
+                 prescan: str = "full", max_pixels: int | None = None) -> None:
         super().__init__()
+        from dasslab.data.formats import set_max_pixels
+
+        set_max_pixels(max_pixels)       # the pixel cap of this process and its loader workers (data.max_pixels)
         self.cfg = dataset
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -130,4 +133,5 @@ def build(dataset: DictConfig, data: DictConfig, eval: DictConfig, seed: int, tr
                           train_domains=list(train_domains), extra=extra,
                           val_split=eval.split if val else None, val_batch_size=eval.batch_size,
                           seed=seed, limit_train=data.get("limit_train"),
-                          limit_val=data.get("limit_val"), prescan=data.get("prescan") or "full")
+                          limit_val=data.get("limit_val"), prescan=data.get("prescan") or "full",
+                          max_pixels=data.get("max_pixels"))
