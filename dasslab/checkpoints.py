@@ -39,6 +39,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointSummary",
     "UnsafeCheckpointError",
+    "check_architecture",
     "check_checkpoint",
     "check_finite",
     "checkpoint_kind",
@@ -246,7 +247,7 @@ def check_checkpoint(path, setting: str, kinds=SEGMENTERS, *, class_names=None, 
         raise CheckpointError(f"{setting}={path}: {len(names)} classes ({_names(names)}); expected {classes_of}'s "
                               f"{len(list(class_names))} classes ({_names(class_names)})")
     want, what = _architecture(s, backbone, class_names)
-    if s.kind in SEGMENTERS and backbone is not None:
+    if s.kind in SEGMENTERS and backbone is not None:   # the run's own backbone: every layer it has
         for key, (shape, _) in (want or {}).items():
             have = s.shapes.get(key)
             if have != shape:
@@ -263,6 +264,16 @@ def check_checkpoint(path, setting: str, kinds=SEGMENTERS, *, class_names=None, 
                                       f"{'diffusion.unet' if key == 'unet_overrides' else 'diffusion.' + key}="
                                       f"{want!r}")
     check_tensors(s.spec, want or {}, path, setting, what)        # every tensor's dtype and shape
+    return s
+
+
+def check_architecture(path, setting: str, trust: bool | None = None) -> CheckpointSummary:
+    """Every tensor of a segmenter or diffusion checkpoint against the model its own hyper-parameters describe
+    (dtype and shape, :mod:`dasslab.checks.tensors`); finiteness and kind are :func:`check_checkpoint`'s."""
+    s = summarize_checkpoint(path, setting, trust)
+    if s.kind is not None:
+        want, what = _architecture(s, None, None)
+        check_tensors(s.spec, want or {}, path, setting, what)
     return s
 
 

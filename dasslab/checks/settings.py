@@ -36,6 +36,26 @@ PREDICT_OUTPUTS = ("labels", "color", "overlay")   # dasslab.export.predictions.
 SEED_MAX = 2 ** 32 - 1
 
 
+# --------------------------------------------------------------------------- the command line
+def check_overrides_resolve(cfg: DictConfig, overrides) -> None:
+    """Every ``key=…${…}…`` given on the command line resolves: else one line naming the override as typed
+    (``dataset.root=${oops}``), before anything reads the config. Errors of our own resolvers pass as they are."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for override in overrides or ():
+        key, sep, value = str(override).lstrip("+~").partition("=")
+        if not sep or "${" not in value:
+            continue
+        try:
+            node = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as e:
+            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ConfigError(f"{key}={value}: cannot be resolved ({reason}); expected a value, or ${{…}} naming an "
+                              f"existing setting (e.g. ${{paths.data_dir}}/…)") from None
+
+
 # --------------------------------------------------------------------------- one value
 def _get(cfg, key: str):
     """The value at ``key`` as plain Python (lists, dicts), or ``_MISSING`` when the config has no such key."""

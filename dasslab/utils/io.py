@@ -52,6 +52,23 @@ def write_fault(path: str | Path, exc: OSError, kept: str = "") -> OutputError:
                        f"then rerun")
 
 
+def check_output_file(path: str | Path, setting: str) -> Path:
+    """Before any work: ``path`` can become a file -- not a folder itself, and no file stands where one of its
+    folders must be; :class:`OutputError` naming ``setting`` if not."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{setting}={path}: a folder; expected a file path (e.g. {path / 'model.safetensors'})")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OutputError(f"{setting}={path}: {parent} is a file, not a folder; expected a path inside a "
+                                  f"folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"{setting}={path}: {parent} is not writable; expected a folder you can write to")
+            break
+    return path
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, kept: str = "") -> Path:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place; a failed write is
     :func:`write_fault` (``kept``: what the message says was kept)."""
