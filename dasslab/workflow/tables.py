@@ -19,9 +19,10 @@ mIoU* over 13. Runs whose configs differ only in ``seed`` (and in paths, loggers
 The rows' statistics are :func:`dasslab.workflow.results.summarize`'s, as in the pipeline's results.md:
 where a table holds the pipeline rows source_only, oracle, ceiling, ptl_none or baseline, each
 row also gets gap closed, share of ceiling, paired gains per seed and "beats ptl_none/baseline".
-A failed run (a run folder without a readable ``metrics.json``) or a missing one (a sweep
-job whose folder does not exist, a skipped pipeline row) is shown as such in its row, never
-dropped. The paper's numbers (``dasslab/workflow/paper_results.yaml``) are printed beside ours.
+A failed run (a run folder without a readable ``metrics.json``; a half-written or malformed
+``metrics.json`` or pipeline ``results.json``: a JSON list, a truncated file, a ``run_dir`` that is
+no path) or a missing one (a sweep job whose folder does not exist, a skipped pipeline row) is shown
+as such in its row with the reason, never dropped and never a traceback. The paper's numbers (``dasslab/workflow/paper_results.yaml``) are printed beside ours.
 """
 
 from __future__ import annotations
