@@ -36,7 +36,7 @@ import os
 import sys
 from pathlib import Path
 
-from dasslab.errors import DasslabError, OutputError
+from dasslab.errors import DasslabError
 
 log = logging.getLogger("dasslab")
 
@@ -118,15 +118,9 @@ def user_message(exc: BaseException) -> str | None:
 
 def check_output_dir(path: str | os.PathLike, setting: str = "paths.output_dir") -> Path:
     """Create ``path`` if needed and make sure files can be written there; :class:`OutputError` if not."""
-    out = Path(path).expanduser()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{setting}={path}: cannot create the folder ({e.strerror or e}); "
-                          f"expected a writable folder") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"{setting}={path}: folder is not writable; expected a writable folder")
-    return out
+    from dasslab.utils.io import make_output_folder
+
+    return make_output_folder(path, setting)
 
 
 def _overrides() -> list[str]:

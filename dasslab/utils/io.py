@@ -52,6 +52,20 @@ def write_fault(path: str | Path, exc: OSError, kept: str = "") -> OutputError:
                        f"then rerun")
 
 
+def make_output_folder(path: str | Path, setting: str) -> Path:
+    """Before any work: create the output folder ``path`` if needed and make sure files can be written there;
+    :class:`OutputError` naming ``setting`` if not."""
+    out = Path(path).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{setting}={path}: cannot create the folder ({e.strerror or e}); "
+                          f"expected a writable folder") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"{setting}={path}: folder is not writable; expected a writable folder")
+    return out
+
+
 def check_output_file(path: str | Path, setting: str) -> Path:
     """Before any work: ``path`` can become a file -- not a folder itself, and no file stands where one of its
     folders must be; :class:`OutputError` naming ``setting`` if not."""

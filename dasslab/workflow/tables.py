@@ -22,7 +22,8 @@ row also gets gap closed, share of ceiling, paired gains per seed and "beats ptl
 A failed run (a run folder without a readable ``metrics.json``; a half-written or malformed
 ``metrics.json`` or pipeline ``results.json``: a JSON list, a truncated file, a ``run_dir`` that is
 no path) or a missing one (a sweep job whose folder does not exist, a skipped pipeline row) is shown
-as such in its row with the reason, never dropped and never a traceback. The paper's numbers (``dasslab/workflow/paper_results.yaml``) are printed beside ours.
+as such in its row with the reason, never dropped and never a traceback. The paper's numbers
+(``dasslab/workflow/paper_results.yaml``) are printed beside ours.
 """
 
 from __future__ import annotations
@@ -722,12 +723,12 @@ def slug(text: str) -> str:
 def write_tables(runs: Sequence[Run], out_dir: str | Path, paper_file: str | Path = PAPER_FILE,
                  extra_ignore: Sequence[str] = ()) -> dict[str, str]:
     """Write ``<table>_<dataset>.md/.csv`` and ``tables.md`` into ``out_dir``; returns {title: markdown}."""
-    from dasslab.utils.io import atomic_write_text
+    from dasslab.utils.io import atomic_write_text, make_output_folder
 
     if not runs:
         raise ConfigError("runs=…: no run folders found (expected .hydra/config.yaml, metrics.json, "
                           "results.json or multirun.yaml inside)")
-    out = Path(out_dir).expanduser()
+    out = make_output_folder(out_dir, "out")
     tables = group(runs, extra_ignore)
     attach_paper(tables, load_paper(paper_file))
     order = sorted(tables, key=lambda k: (k[0] == "runs", k[0], k[1]))
