@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from dasslab.checks.tensors import cast_to, check_tensors, spec
+from dasslab.checks.tensors import FLOAT_DTYPES, cast_to, check_tensors, spec
 from dasslab.errors import CheckpointError, UnsafeCheckpointError
 from dasslab.utils.paths import real_path
 from dasslab.utils.safe_load import (  # noqa: F401  (re-exported: the project's loaders live here)
@@ -84,8 +84,8 @@ def _nonfinite(state) -> tuple[list[str], int]:
     import torch
 
     bad, n = [], 0
-    for name, t in (state or {}).items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
+    for name, t in (state or {}).items():   # other dtypes (int32, float8 …) are refused by the dtype check
+        if isinstance(t, torch.Tensor) and (t.dtype in FLOAT_DTYPES or t.dtype == torch.float64):
             n += 1
             if not bool(torch.isfinite(t).all()):
                 bad.append(name)
