@@ -68,7 +68,10 @@ for name, module, argv, watch in cases:
     written = sorted(p for p, v in after.items() if before.get(p) != v and not allowed(p, watch))
     results[name] = {"code": code, "stderr": err.getvalue(), "written": written,
                      "seconds": round(time.perf_counter() - start, 2)}
-Path(results_file).write_text(json.dumps(results))
+if results_file == "-":    # under a file-size limit (tests/test_write_faults.py): a pipe has none
+    sys.stdout.write("\nRESULTS" + json.dumps(results))
+else:
+    Path(results_file).write_text(json.dumps(results))
 """
 
 
@@ -657,8 +660,9 @@ def plant_damaged_done(w: dict, conf_dir: str) -> Path:
     return done
 
 
-def run_cases(cs: dict, tmp: Path, env: dict | None = None, timeout: int = 600) -> dict:
-    """Run every case in one child process; ``{name: {code, stderr, written}}``."""
+def run_cases(cs: dict, tmp: Path, env: dict | None = None, timeout: int = 600, prefix: list | None = None) -> dict:
+    """Run every case in one child process; ``{name: {code, stderr, written}}``. ``prefix``: the command the
+    child runs under (e.g. a shell with ``ulimit -f``); its results then come back on stdout."""
     payload = tmp / "cases.json"
     payload.write_text(json.dumps([[n, m, [str(a) for a in argv], [str(d) for d in watch]]
                                    for n, (m, argv, _, watch) in cs.items()]))
@@ -668,8 +672,13 @@ def run_cases(cs: dict, tmp: Path, env: dict | None = None, timeout: int = 600) 
         env.pop(key, None)
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline",
                DASSLAB_ROOT=str(tmp))
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(payload), str(results)], env=env,
+    answer = "-" if prefix else str(results)
+    proc = subprocess.run([*(prefix or []), sys.executable, "-c", DRIVER, str(payload), answer], env=env,
                           capture_output=True, text=True, timeout=timeout)
+    if prefix:
+        if "\nRESULTS" not in proc.stdout:
+            raise RuntimeError(f"the driver failed: {proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.rsplit("\nRESULTS", 1)[1])
     if not results.is_file():
         raise RuntimeError(f"the driver failed: {proc.stderr[-3000:]}")
     return json.loads(results.read_text())

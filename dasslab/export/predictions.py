@@ -299,34 +299,35 @@ def predict_folder(module, input_dir: str | Path, output_dir: str | Path, resolu
     loader = torch.utils.data.DataLoader(ImageFiles(todo, resolution.size), batch_size=batch_size if fixed else 1,
                                          num_workers=num_workers, collate_fn=_as_list)
     device = module.device
-    bar = tqdm(total=len(todo), desc="predict", unit="img", dynamic_ncols=True, disable=not progress)
-    for items in loader:
-        for it in items:
-            if "error" in it:
-                summary.failed[str(todo[it["index"]])] = it["error"]
-                bar.write(f"error: {it['error']}; skipped", file=sys.stderr)
-        ok = [it for it in items if "error" not in it]
-        if ok:
-            inputs = torch.stack([it["input"] for it in ok]).to(device)
-            try:
-                labels = segment(module, inputs, [it["image"].shape[:2] for it in ok], mode, resolution.crop, stride)
-            except ValueError as e:           # e.g. a window larger than this image (size=native)
-                for it in ok:
-                    summary.failed[str(todo[it["index"]])] = f"{todo[it['index']]}: {e}"
-                    bar.write(f"error: {todo[it['index']]}: {e}; skipped", file=sys.stderr)
-                bar.update(len(items))
-                continue
-            for it, label in zip(ok, labels):
-                rel = output_name(todo[it["index"]], input_dir)
-                if "labels" in kinds:
-                    atomic_write_png(output_dir / "labels" / rel, label)
-                if "color" in kinds:
-                    atomic_write_png(output_dir / "color" / rel, colors[label])
-                if "overlay" in kinds:
-                    atomic_write_png(output_dir / "overlay" / rel, overlay(it["image"], label, len(names), alpha))
-                summary.written += 1
-        bar.update(len(items))
-    bar.close()
+    # closed also on a fault, so that its one error line starts a line of its own
+    with tqdm(total=len(todo), desc="predict", unit="img", dynamic_ncols=True, disable=not progress) as bar:
+        for items in loader:
+            for it in items:
+                if "error" in it:
+                    summary.failed[str(todo[it["index"]])] = it["error"]
+                    bar.write(f"error: {it['error']}; skipped", file=sys.stderr)
+            ok = [it for it in items if "error" not in it]
+            if ok:
+                inputs = torch.stack([it["input"] for it in ok]).to(device)
+                try:
+                    labels = segment(module, inputs, [it["image"].shape[:2] for it in ok], mode, resolution.crop,
+                                     stride)
+                except ValueError as e:           # e.g. a window larger than this image (size=native)
+                    for it in ok:
+                        summary.failed[str(todo[it["index"]])] = f"{todo[it['index']]}: {e}"
+                        bar.write(f"error: {todo[it['index']]}: {e}; skipped", file=sys.stderr)
+                    bar.update(len(items))
+                    continue
+                for it, label in zip(ok, labels):
+                    rel = output_name(todo[it["index"]], input_dir)
+                    if "labels" in kinds:
+                        atomic_write_png(output_dir / "labels" / rel, label)
+                    if "color" in kinds:
+                        atomic_write_png(output_dir / "color" / rel, colors[label])
+                    if "overlay" in kinds:
+                        atomic_write_png(output_dir / "overlay" / rel, overlay(it["image"], label, len(names), alpha))
+                    summary.written += 1
+            bar.update(len(items))
     return summary
 
 
