@@ -634,6 +634,8 @@ def issue31_cases(c: dict, w: dict, t, tr, ev, pr) -> None:
                                    ["runs=", "folder not found"], [out])
     c["tables: out inside a file"] = (tables, [f"runs={w['runs']}", f"out={w['afile'] / 'tables'}"],
                                       [f"out={w['afile'] / 'tables'}", "cannot create the folder"], [out])
+    c["tables: runs is a symlink loop"] = (tables, [f"runs={w['root_loop']}", f"out={out / 'tables'}"],
+                                           [f"runs={w['root_loop']}", "symlink loop"], [out])
     c["tables: unknown setting"] = (tables, [f"runs={w['runs']}", f"out={out / 'tables'}", "format=latex"],
                                     ["format=latex", "unknown setting"], [out])
     c["tables: no out"] = (tables, [f"runs={w['runs']}"], ["out: a value is required"], [out])

@@ -335,7 +335,10 @@ def find_runs(inputs: Iterable[str | Path]) -> list[Run]:
             if not p.is_dir():
                 if glob.has_magic(item):
                     continue
-                raise ConfigError(f"runs={item}: folder not found; expected run folders or sweep folders")
+                from dasslab.utils.paths import link_problem
+
+                raise ConfigError(f"runs={item}: {link_problem(p) or 'folder not found'}; expected run folders or "
+                                  f"sweep folders")
             dirs.append(p)
     runs: list[Run] = []
     seen: set[Path] = set()
