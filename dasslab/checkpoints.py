@@ -246,9 +246,9 @@ def check_checkpoint(path, setting: str, kinds=SEGMENTERS, *, class_names=None, 
         names = s.class_names or []
         raise CheckpointError(f"{setting}={path}: {len(names)} classes ({_names(names)}); expected {classes_of}'s "
                               f"{len(list(class_names))} classes ({_names(class_names)})")
-    want, what = _architecture(s, backbone, class_names)
+    arch, arch_name = _architecture(s, backbone, class_names)
     if s.kind in SEGMENTERS and backbone is not None:   # the run's own backbone: every layer it has
-        for key, (shape, _) in (want or {}).items():
+        for key, (shape, _) in (arch or {}).items():
             have = s.shapes.get(key)
             if have != shape:
                 what = "no such weight" if have is None else f"shape {list(have)}"
@@ -263,7 +263,7 @@ def check_checkpoint(path, setting: str, kinds=SEGMENTERS, *, class_names=None, 
                 raise CheckpointError(f"{setting}={path}: a diffusion model with {key}={have!r}; expected the run's "
                                       f"{'diffusion.unet' if key == 'unet_overrides' else 'diffusion.' + key}="
                                       f"{want!r}")
-    check_tensors(s.spec, want or {}, path, setting, what)        # every tensor's dtype and shape
+    check_tensors(s.spec, arch or {}, path, setting, arch_name)   # every tensor's dtype and shape
     return s
 
 

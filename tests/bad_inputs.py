@@ -530,6 +530,8 @@ def issue31_cases(c: dict, w: dict, t, tr, ev, pr) -> None:
     t("init_ckpt bool", [f"segmenter.init_ckpt={w['seg_bool']}"],
       [f"segmenter.init_ckpt={w['seg_bool']}", "holds bool numbers"])
     t("resume int32", [f"resume={w['seg_i32']}"], [f"resume={w['seg_i32']}", "holds int32 numbers"])
+    t("resume DDPM int32", [f"resume={w['diff_i32']}"], [f"resume={w['diff_i32']}", "holds int32 numbers"],
+      stage="diffusion")
     t("adapt init int64", [f"segmenter.init_ckpt={w['seg_i64']}", f"diffusion_ckpt={w['diff']}"],
       [f"segmenter.init_ckpt={w['seg_i64']}", "holds int64 numbers"], stage="adapt")
     t("adapt diffusion int32", [f"segmenter.init_ckpt={w['seg3']}", f"diffusion_ckpt={w['diff_i32']}"],
