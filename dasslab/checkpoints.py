@@ -198,8 +198,8 @@ def _architecture(s: CheckpointSummary, backbone: dict | None, class_names) -> t
     if not arch.get("name"):
         return None, ""
     n = len(class_names) if class_names is not None else len(s.class_names or []) or 1
-    whose = "the run's backbone" if backbone is not None else "its hyper-parameters"
-    return _segmenter_spec(arch, n), f"the {arch.get('name')} segmenter {whose} describe"
+    whose = "the run's backbone describes" if backbone is not None else "its hyper-parameters describe"
+    return _segmenter_spec(arch, n), f"the {arch.get('name')} segmenter {whose}"
 
 
 def denoiser_factor(preset: str, unet_overrides: dict | None = None) -> int:

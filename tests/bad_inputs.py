@@ -714,8 +714,8 @@ def table(cs: dict, results: dict, tmp: Path) -> str:
             key = a.split("=", 1)[0]
             default = a == defaults.get(module) and key not in seen
             seen.add(key)
-            if key in ("paths.output_dir", "output"):
-                outputs.append(a)
+            if key in ("paths.output_dir", "output") and a.split("=", 1)[1].startswith("T/out/"):
+                outputs.append(a)                   # the case's own output folder: not part of the input
             elif not (a in BOILERPLATE or default or key == "paths.cache_dir"):
                 shown_args.append(a)
         shown_args = shown_args or outputs          # the fault is in the output folder: name it
