@@ -12,9 +12,12 @@ or safetensors; ``trust_checkpoint=true`` to opt in for a file you trust).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+from dasslab.checks.tensors import FLOAT_DTYPES, cast_to, check_tensors, spec
 from dasslab.errors import CheckpointError, UnsafeCheckpointError
+from dasslab.utils.paths import real_path
 from dasslab.utils.safe_load import (  # noqa: F401  (re-exported: the project's loaders live here)
     META_KEY,
     SAFETENSORS_SUFFIX,
@@ -36,6 +39,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointSummary",
     "UnsafeCheckpointError",
+    "check_architecture",
     "check_checkpoint",
     "check_finite",
     "checkpoint_kind",
@@ -80,8 +84,8 @@ def _nonfinite(state) -> tuple[list[str], int]:
     import torch
 
     bad, n = [], 0
-    for name, t in (state or {}).items():
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
+    for name, t in (state or {}).items():   # other dtypes (int32, float8 …) are refused by the dtype check
+        if isinstance(t, torch.Tensor) and (t.dtype in FLOAT_DTYPES or t.dtype == torch.float64):
             n += 1
             if not bool(torch.isfinite(t).all()):
                 bad.append(name)
@@ -90,9 +94,9 @@ def _nonfinite(state) -> tuple[list[str], int]:
 
 def _identity(path) -> tuple | None:
     try:
-        p = Path(path).expanduser().resolve()
-        st = p.stat()
-        return str(p), st.st_size, st.st_mtime_ns
+        p = real_path(path)
+        st = os.stat(p)
+        return p, st.st_size, st.st_mtime_ns
     except OSError:
         return None
 
@@ -115,10 +119,12 @@ def check_finite(state: dict, path, setting: str) -> None:
 
 
 class CheckpointSummary:
-    """What :func:`summarize_checkpoint` learnt of a file: its kind, hyper-parameters and weight shapes."""
+    """What :func:`summarize_checkpoint` learnt of a file: its kind, hyper-parameters and weights' shapes and dtypes
+    (``spec``: name -> (shape, dtype))."""
 
-    def __init__(self, kind, hp: dict, shapes: dict, nonfinite: list[str], tensors: int, has_state: bool):
-        self.kind, self.hp, self.shapes = kind, hp, shapes
+    def __init__(self, kind, hp: dict, spec: dict, nonfinite: list[str], tensors: int, has_state: bool):
+        self.kind, self.hp, self.spec = kind, hp, spec
+        self.shapes = {k: shape for k, (shape, _) in spec.items()}
         self.nonfinite, self.tensors, self.has_state = nonfinite, tensors, has_state
 
     @property
@@ -143,10 +149,7 @@ def summarize_checkpoint(path, setting: str, trust: bool | None = None) -> Check
     state = ckpt.get("state_dict")
     state = state if isinstance(state, dict) else {}
     bad, n = _nonfinite(state)
-    import torch
-
-    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
-    summary = CheckpointSummary(checkpoint_kind(ckpt), dict(ckpt.get("hyper_parameters") or {}), shapes, bad, n,
+    summary = CheckpointSummary(checkpoint_kind(ckpt), dict(ckpt.get("hyper_parameters") or {}), spec(state), bad, n,
                                 "state_dict" in ckpt)
     if ident is not None:
         _SUMMARIES[ident] = summary
@@ -155,8 +158,9 @@ def summarize_checkpoint(path, setting: str, trust: bool | None = None) -> Check
     return summary
 
 
-def _segmenter_shapes(backbone: dict, num_classes: int) -> dict | None:
-    """``model.<name>`` -> shape of the segmenter ``backbone`` describes (built on the meta device: no memory)."""
+def _segmenter_spec(backbone: dict, num_classes: int) -> dict | None:
+    """``model.<name>`` -> (shape, dtype) of the segmenter ``backbone`` describes (built on the meta device: no
+    memory)."""
     import torch
 
     from dasslab.segmentation import build_segmenter
@@ -167,7 +171,35 @@ def _segmenter_shapes(backbone: dict, num_classes: int) -> dict | None:
                                     freeze_bn=backbone.get("freeze_bn"), **dict(backbone.get("options") or {}))
     except Exception:  # noqa: BLE001 - a model that cannot be built on meta: its name was compared already
         return None
-    return {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    return {f"model.{k}": v for k, v in spec(model.state_dict()).items()}
+
+
+def _denoiser_spec(hp: dict) -> dict | None:
+    """``denoiser.<name>`` -> (shape, dtype) of the denoiser a diffusion checkpoint's hyper-parameters describe."""
+    import torch
+
+    from dasslab.diffusion.unet import Denoiser
+
+    try:
+        with torch.device("meta"):
+            model = Denoiser.build(tuple(hp["image_size"]), int(hp.get("in_channels", 3)), str(hp["preset"]),
+                                   **dict(hp.get("unet_overrides") or {}))
+    except Exception:  # noqa: BLE001 - hyper-parameters that build nothing: the loader names the problem
+        return None
+    return {f"denoiser.{k}": v for k, v in spec(model.state_dict()).items()}
+
+
+def _architecture(s: CheckpointSummary, backbone: dict | None, class_names) -> tuple[dict | None, str]:
+    """What the file's tensors must fit -- the run's backbone when given, else the model the file's own
+    hyper-parameters describe -- and how to name it."""
+    if s.kind == "diffusion":
+        return _denoiser_spec(s.hp), f"the {s.hp.get('preset')} denoiser its hyper-parameters describe"
+    arch = backbone if backbone is not None else s.backbone
+    if not arch.get("name"):
+        return None, ""
+    n = len(class_names) if class_names is not None else len(s.class_names or []) or 1
+    whose = "the run's backbone describes" if backbone is not None else "its hyper-parameters describe"
+    return _segmenter_spec(arch, n), f"the {arch.get('name')} segmenter {whose}"
 
 
 def denoiser_factor(preset: str, unet_overrides: dict | None = None) -> int:
@@ -214,10 +246,9 @@ def check_checkpoint(path, setting: str, kinds=SEGMENTERS, *, class_names=None, 
         names = s.class_names or []
         raise CheckpointError(f"{setting}={path}: {len(names)} classes ({_names(names)}); expected {classes_of}'s "
                               f"{len(list(class_names))} classes ({_names(class_names)})")
-    if s.kind in SEGMENTERS and backbone is not None:
-        want = _segmenter_shapes(backbone, len(class_names) if class_names is not None
-                                 else len(s.class_names or []) or 1)
-        for key, shape in (want or {}).items():
+    arch, arch_name = _architecture(s, backbone, class_names)
+    if s.kind in SEGMENTERS and backbone is not None:   # the run's own backbone: every layer it has
+        for key, (shape, _) in (arch or {}).items():
             have = s.shapes.get(key)
             if have != shape:
                 what = "no such weight" if have is None else f"shape {list(have)}"
@@ -232,11 +263,28 @@ def check_checkpoint(path, setting: str, kinds=SEGMENTERS, *, class_names=None, 
                 raise CheckpointError(f"{setting}={path}: a diffusion model with {key}={have!r}; expected the run's "
                                       f"{'diffusion.unet' if key == 'unet_overrides' else 'diffusion.' + key}="
                                       f"{want!r}")
+    check_tensors(s.spec, arch or {}, path, setting, arch_name)   # every tensor's dtype and shape
+    return s
+
+
+def check_architecture(path, setting: str, trust: bool | None = None) -> CheckpointSummary:
+    """Every tensor of a segmenter or diffusion checkpoint against the model its own hyper-parameters describe
+    (dtype and shape, :mod:`dasslab.checks.tensors`); finiteness and kind are :func:`check_checkpoint`'s."""
+    s = summarize_checkpoint(path, setting, trust)
+    if s.kind is not None:
+        want, what = _architecture(s, None, None)
+        check_tensors(s.spec, want or {}, path, setting, what)
     return s
 
 
 def _load_state(module, state: dict, path, setting: str, strict: bool) -> None:
-    """``module.load_state_dict`` with a one-line error (e.g. a checkpoint of an older model version)."""
+    """``module.load_state_dict`` after every tensor's dtype and shape is checked against ``module``
+    (:mod:`dasslab.checks.tensors`; float64 is cast), with a one-line error (e.g. a checkpoint of an older model
+    version)."""
+    want = spec(module.state_dict())
+    cast = check_tensors(spec(state), want, path, setting, f"the {type(module).__name__} its hyper-parameters "
+                                                           f"describe")
+    state = cast_to(state, want, cast, path, setting)
     try:
         module.load_state_dict(state, strict=strict)
     except RuntimeError as e:

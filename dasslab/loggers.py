@@ -41,10 +41,15 @@ class AppendingExperimentWriter(ExperimentWriter):
         pass
 
     def save(self) -> None:
-        if self.metrics and not getattr(self, "_merged", False):
-            self._merged = True
-            self._merge_existing(min(_step(m) for m in self.metrics))
-        super().save()
+        try:
+            if self.metrics and not getattr(self, "_merged", False):
+                self._merged = True
+                self._merge_existing(min(_step(m) for m in self.metrics))
+            super().save()
+        except OSError as e:              # a full disk: one line naming the file (dasslab.utils.io.write_fault)
+            from dasslab.utils.io import write_fault
+
+            raise write_fault(self.metrics_file_path, e, "the rows written before are kept") from None
 
     def _merge_existing(self, first_step: float) -> None:
         """Keep the rows of ``metrics.csv`` logged before ``first_step`` (with their columns)."""

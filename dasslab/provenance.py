@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dasslab.errors import DasslabError
+from dasslab.utils.paths import real_path
 
 __all__ = ["RecordError", "add_data_inputs", "data_fingerprints", "dataset_fingerprint", "describe_change",
            "differences", "entry_fingerprint", "file_identity", "read_record", "same_file", "samples_fingerprint"]
@@ -56,7 +57,7 @@ def file_identity(path: str | os.PathLike | None, digest: bool = True) -> dict |
     """``{path, size, mtime_ns[, sha256]}`` of an input file (None for no path; a missing file: ``missing``)."""
     if not path:
         return None
-    p = Path(path).expanduser().resolve()
+    p = Path(real_path(path))
     try:
         st = p.stat()
     except OSError:

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bad_inputs_table.py > table.md
 
 Runs every case of tests/bad_inputs.py as the test does (one child process, the real entry points) in a
-temporary folder, shown as ``T``; about a minute on one core.
+temporary folder, shown as ``T``; about two minutes on one core (167 cases, seven commands).
 """
 
 from __future__ import annotations

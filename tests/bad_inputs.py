@@ -56,7 +56,8 @@ for name, module, argv, watch in cases:
     code = 0
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
-            main()
+            ret = main()
+            code = ret if isinstance(ret, int) else 0   # dasslab-export-weights, -reproduce return their status
         except SystemExit as e:
             code = e.code
         except BaseException as e:  # a bug: reported as such
@@ -67,7 +68,10 @@ for name, module, argv, watch in cases:
     written = sorted(p for p, v in after.items() if before.get(p) != v and not allowed(p, watch))
     results[name] = {"code": code, "stderr": err.getvalue(), "written": written,
                      "seconds": round(time.perf_counter() - start, 2)}
-Path(results_file).write_text(json.dumps(results))
+if results_file == "-":    # under a file-size limit (tests/test_write_faults.py): a pipe has none
+    sys.stdout.write("\nRESULTS" + json.dumps(results))
+else:
+    Path(results_file).write_text(json.dumps(results))
 """
 
 
@@ -191,6 +195,7 @@ def make_world(tmp: Path) -> dict:
     for i in range(3):
         Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
             w["images"] / f"im{i}.png")
+    more_world(w)
     damaged = w["out"] / "predict_damaged_record"
     damaged.mkdir(parents=True)
     (damaged / "predict.json").write_text('{"settings": {"checkpoint": ')
@@ -198,6 +203,110 @@ def make_world(tmp: Path) -> dict:
     manifest.mkdir(parents=True)
     (manifest / "manifest.json").write_text("{not json")
     return w
+
+
+def _save_as(path: Path, image: Image.Image, fmt: str) -> None:
+    """``image`` encoded as ``fmt`` under ``path``'s name, whatever its extension says."""
+    image.save(path, format=fmt)
+
+
+def _with_dtype(src: Path, dest: Path, dtype, shape_of: str | None = None) -> Path:
+    """A copy of checkpoint ``src`` whose floating-point weights are ``dtype`` (``shape_of``: that one weight gets
+    another shape instead); a ``.safetensors`` ``dest`` is exported from it."""
+    import torch
+    from safetensors.torch import save_file
+
+    ck = torch.load(src, weights_only=True)
+    state = {}
+    for k, v in ck["state_dict"].items():
+        if shape_of is not None:
+            state[k] = v.flatten() if k == shape_of else v
+        else:
+            state[k] = v.to(dtype) if v.is_floating_point() else v
+    if dest.suffix != ".safetensors":
+        torch.save({**ck, "state_dict": state}, dest)
+        return dest
+    # written as dasslab-export-weights writes (which refuses such weights): the header names the model
+    hp = ck["hyper_parameters"]
+    if "preset" in hp:
+        info = {"format": 1, "kind": "diffusion", "hyper_parameters": hp}
+    else:
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        info = {"format": 1, "kind": "segmenter", "class_names": list(hp["class_names"]),
+                "backbone": hp["backbone"], "hyper_parameters": hp}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(dest), metadata={"dasslab": json.dumps(info)})
+    return dest
+
+
+def more_world(w: dict) -> None:
+    """Files for the cases of issue 31: contents that are not what their names say, links that lead nowhere,
+    weights of other dtypes or shapes, pixel bombs."""
+    import torch
+
+    tmp, good = w["tmp"], w["good"]
+    labels, images = Path("source") / "labels", Path("source") / "images"
+    w["jpeg_bytes_label"] = variant(good, tmp / "jpeg_bytes_label", lambda r: _save_as(
+        r / labels / "1.png", Image.open(r / labels / "1.png").copy(), "JPEG"))
+    w["webp_val_label"] = variant(good, tmp / "webp_val_label", lambda r: _save_as(
+        r / "target_val" / "labels" / "2.png", Image.open(r / "target_val" / "labels" / "2.png").copy(), "WEBP"))
+    w["gif_bytes_label"] = variant(good, tmp / "gif_bytes_label", lambda r: _save_as(
+        r / labels / "3.png", Image.open(r / labels / "3.png").copy(), "GIF"))
+    w["rgb_label"] = variant(good, tmp / "rgb_label", lambda r: Image.open(r / labels / "0.png").convert("RGB").save(
+        r / labels / "0.png"))
+    w["la_label"] = variant(good, tmp / "la_label", lambda r: Image.open(r / labels / "0.png").convert("LA").save(
+        r / labels / "0.png"))
+    w["text_image"] = variant(good, tmp / "text_image", lambda r: (r / images / "3.png").write_text("not an image"))
+    w["orphan_label"] = variant(good, tmp / "orphan_label", lambda r: shutil.copy(r / labels / "0.png",
+                                                                                 r / labels / "9.png"))
+    w["orphan_val_label"] = variant(good, tmp / "orphan_val_label", lambda r: shutil.copy(
+        r / "target_val" / "labels" / "0.png", r / "target_val" / "labels" / "7.png"))
+    w["no_label"] = variant(good, tmp / "no_label", lambda r: (r / labels / "2.png").unlink())
+    w["image_loop"] = variant(good, tmp / "image_loop", lambda r: (r / images / "5.png").symlink_to("5.png"))
+    w["dangling_image"] = variant(good, tmp / "dangling_image", lambda r: (r / "target" / "images" / "6.png")
+                                  .symlink_to("gone.png"))
+    w["classes_loop"] = variant(good, tmp / "classes_loop", lambda r: ((r / "classes.txt").unlink(),
+                                                                      (r / "classes.txt").symlink_to("classes.txt")))
+    (tmp / "root_loop").symlink_to("root_loop")
+    w["root_loop"] = tmp / "root_loop"
+    # weights of other dtypes, a weight of another shape, links in place of checkpoints
+    ck = tmp / "ckpt"
+    w["seg_i32"] = _with_dtype(w["seg3"], ck / "seg_i32.ckpt", torch.int32)
+    w["seg_i32_st"] = _with_dtype(w["seg3"], ck / "seg_i32.safetensors", torch.int32)
+    w["seg_i64"] = _with_dtype(w["seg3"], ck / "seg_i64.ckpt", torch.int64)
+    w["seg_c64"] = _with_dtype(w["seg3"], ck / "seg_c64.ckpt", torch.complex64)
+    w["seg_f8_st"] = _with_dtype(w["seg3"], ck / "seg_f8.safetensors", torch.float8_e4m3fn)
+    w["seg_bool"] = _with_dtype(w["seg3"], ck / "seg_bool.ckpt", torch.bool)
+    first = next(k for k in torch.load(w["seg3"], weights_only=True)["state_dict"] if k.endswith("weight"))
+    w["seg_flat_st"] = _with_dtype(w["seg3"], ck / "seg_flat.safetensors", None, shape_of=first)
+    w["diff_i32"] = _with_dtype(w["diff"], ck / "diff_i32.ckpt", torch.int32)
+    w["diff_i16_st"] = _with_dtype(w["diff"], ck / "diff_i16.safetensors", torch.int16)
+    u8 = {k[len("model."):]: (v * 0).to(torch.uint8) for k, v in torch.load(w["seg3"], weights_only=True)[
+        "state_dict"].items() if k.startswith("model.") and v.is_floating_point()}
+    torch.save(u8, ck / "u8_backbone.pth")
+    w["u8_weights"] = ck / "u8_backbone.pth"
+    (ck / "loop.ckpt").symlink_to("loop.ckpt")
+    w["ckpt_loop"] = ck / "loop.ckpt"
+    (ck / "dangling.ckpt").symlink_to("gone.ckpt")
+    w["ckpt_dangling"] = ck / "dangling.ckpt"
+    (tmp / "afile").write_text("a file where a folder is expected")
+    w["afile"] = tmp / "afile"
+    # images to segment with a link that leads nowhere; one image of 144 million pixels (a 17 KB PNG)
+    for name, link in (("images_loop", "x.png"), ("images_dangling", "gone.png")):
+        shutil.copytree(w["images"], tmp / name)
+        (tmp / name / "x.png").symlink_to(link)
+        w[name] = tmp / name
+    shutil.copytree(w["images"], tmp / "images_bomb")
+    Image.new("1", (12000, 12000)).save(tmp / "images_bomb" / "bomb.png")
+    w["images_bomb"] = tmp / "images_bomb"
+    w["images_link"] = tmp / "images_link"
+    w["images_link"].symlink_to(w["images"])
+    # dasslab-tables input: one finished run
+    run = tmp / "runs" / "r0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("task_name: source\nstage: {name: source}\ndataset: {name: folder}\n")
+    (run / "metrics.json").write_text(json.dumps({"miou": 10.0, "classes": list(CLASSES),
+                                                  "per_class_iou": dict.fromkeys(CLASSES, 10.0)}))
+    w["runs"] = tmp / "runs"
 
 
 # --------------------------------------------------------------------------- the cases
@@ -376,7 +485,162 @@ def cases(w: dict) -> dict:
                                         [out / "predict_run_config"])
     pr("predict: damaged predict.json", [], ["predict.json", "unreadable prediction record"],
        output=out / "predict_damaged_record")
+    issue31_cases(c, w, t, tr, ev, pr)
     return c
+
+
+def issue31_cases(c: dict, w: dict, t, tr, ev, pr) -> None:
+    """Contents that are not what their names say, orphans, links that lead nowhere, pixel bombs, weights of
+    other dtypes and shapes, command-line interpolations, export, reproduce and tables arguments."""
+    out = w["out"]
+    train, evaluate = "dasslab.commands.train", "dasslab.commands.eval"
+    src_labels, src_images = Path("source") / "labels", Path("source") / "images"
+    # ---- data files: contents, not names; orphans; links; the pixel cap (train)
+    t("label holds JPEG bytes", [], [str(w["jpeg_bytes_label"] / src_labels / "1.png"), "holds JPEG data, not PNG"],
+      root=w["jpeg_bytes_label"])
+    t("label holds GIF bytes", [], [str(w["gif_bytes_label"] / src_labels / "3.png"), "holds GIF data, not PNG"],
+      root=w["gif_bytes_label"])
+    t("label is RGB", [], [str(w["rgb_label"] / src_labels / "0.png"), "mode RGB (colours)"], root=w["rgb_label"])
+    t("label is grey + alpha", [], [str(w["la_label"] / src_labels / "0.png"), "mode LA"], root=w["la_label"])
+    t("image holds text", [], [str(w["text_image"] / src_images / "3.png"), "cannot decode image"],
+      root=w["text_image"])
+    t("label without image", [], [str(w["orphan_label"] / src_labels / "9.png"), "label has no image",
+                                  "1 of 5 labels lack images"], root=w["orphan_label"])
+    t("image without label", [], [str(w["no_label"] / src_images / "2.png"), "image has no label",
+                                  "1 of 4 images lack labels"], root=w["no_label"])
+    t("image is a symlink loop", [], [str(w["image_loop"] / src_images / "5.png"), "symlink loop"],
+      root=w["image_loop"])
+    t("image is a dangling link", [], [str(w["dangling_image"] / "target" / "images" / "6.png"), "dangling symlink"],
+      stage="diffusion", root=w["dangling_image"])
+    t("classes.txt is a symlink loop", [], [str(w["classes_loop"] / "classes.txt"), "symlink loop"],
+      root=w["classes_loop"])
+    t("dataset.root is a symlink loop", [], [f"dataset.root={w['root_loop']}", "symlink loop"], root=w["root_loop"])
+    t("pixel cap", ["data.max_pixels=200"], ["16x16 = 256 pixels", "data.max_pixels=200"])
+    t("pixel cap 0", ["data.max_pixels=0"], ["data.max_pixels=0", "integer >= 1"])
+    t("pixel cap text", ["data.max_pixels=lots"], ["data.max_pixels='lots'", "integer >= 1"])
+    # ---- weights: dtype and shape against the architecture (train)
+    t("init_ckpt int32", [f"segmenter.init_ckpt={w['seg_i32']}"],
+      [f"segmenter.init_ckpt={w['seg_i32']}", "holds int32 numbers", "float16, bfloat16 or float32"])
+    t("init_ckpt int32 safetensors", [f"segmenter.init_ckpt={w['seg_i32_st']}"],
+      [f"segmenter.init_ckpt={w['seg_i32_st']}", "holds int32 numbers"])
+    t("init_ckpt complex64", [f"segmenter.init_ckpt={w['seg_c64']}"],
+      [f"segmenter.init_ckpt={w['seg_c64']}", "holds complex64 numbers"])
+    t("init_ckpt float8 safetensors", [f"segmenter.init_ckpt={w['seg_f8_st']}"],
+      [f"segmenter.init_ckpt={w['seg_f8_st']}", "holds float8_e4m3fn numbers"])
+    t("init_ckpt bool", [f"segmenter.init_ckpt={w['seg_bool']}"],
+      [f"segmenter.init_ckpt={w['seg_bool']}", "holds bool numbers"])
+    t("resume int32", [f"resume={w['seg_i32']}"], [f"resume={w['seg_i32']}", "holds int32 numbers"])
+    t("resume DDPM int32", [f"resume={w['diff_i32']}"], [f"resume={w['diff_i32']}", "holds int32 numbers"],
+      stage="diffusion")
+    t("adapt init int64", [f"segmenter.init_ckpt={w['seg_i64']}", f"diffusion_ckpt={w['diff']}"],
+      [f"segmenter.init_ckpt={w['seg_i64']}", "holds int64 numbers"], stage="adapt")
+    t("adapt diffusion int32", [f"segmenter.init_ckpt={w['seg3']}", f"diffusion_ckpt={w['diff_i32']}"],
+      [f"diffusion_ckpt={w['diff_i32']}", "holds int32 numbers", "denoiser"], stage="adapt")
+    t("backbone.weights uint8", [f"backbone.weights={w['u8_weights']}"],
+      [f"backbone.weights={w['u8_weights']}", "holds uint8 numbers"])
+    t("init_ckpt symlink loop", [f"segmenter.init_ckpt={w['ckpt_loop']}"],
+      [f"segmenter.init_ckpt={w['ckpt_loop']}", "symlink loop"])
+    t("resume dangling link", [f"resume={w['ckpt_dangling']}"], [f"resume={w['ckpt_dangling']}", "dangling symlink"])
+    t("backbone.weights symlink loop", [f"backbone.weights={w['ckpt_loop']}"],
+      [f"backbone.weights={w['ckpt_loop']}", "symlink loop"])
+    # ---- command line (train)
+    t("dataset.root=${oops}", ["dataset.root=${oops}"], ["dataset.root=${oops}", "Interpolation key 'oops' not found"])
+    t("init_ckpt=${paths.nope}", ["segmenter.init_ckpt=${paths.nope}"],
+      ["segmenter.init_ckpt=${paths.nope}", "cannot be resolved"])
+    c["output folder inside a file"] = (train, ["stage=source", "debug=smoke", "logger=none", *folder(w["good"]),
+                                                f"paths.output_dir={w['afile'] / 'run'}"],
+                                        [str(w["afile"] / "run"), "cannot create the run folder"], [out])
+    # ---- translate
+    tr("translate: DDPM int32", [f"diffusion_ckpt={w['diff_i32']}"], [f"diffusion_ckpt={w['diff_i32']}", "int32"])
+    tr("translate: DDPM int16 safetensors", [f"diffusion_ckpt={w['diff_i16_st']}"],
+       [f"diffusion_ckpt={w['diff_i16_st']}", "holds int16 numbers"])
+    tr("translate: guide int64", ["guidance=sgg", f"guide_ckpt={w['seg_i64']}"],
+       [f"guide_ckpt={w['seg_i64']}", "holds int64 numbers"])
+    tr("translate: label holds JPEG bytes", [], [str(w["jpeg_bytes_label"] / src_labels / "1.png"), "JPEG data"],
+       root=w["jpeg_bytes_label"])
+    tr("translate: label without image", [], [str(w["orphan_label"] / src_labels / "9.png"), "label has no image"],
+       root=w["orphan_label"])
+    tr("translate: diffusion_ckpt=${oops}", ["diffusion_ckpt=${oops}"],
+       ["diffusion_ckpt=${oops}", "cannot be resolved"])
+    tr("translate: DDPM symlink loop", [f"diffusion_ckpt={w['ckpt_loop']}"],
+       [f"diffusion_ckpt={w['ckpt_loop']}", "symlink loop"])
+    tr("translate: pixel cap", ["data.max_pixels=100"], ["16x16 = 256 pixels", "data.max_pixels=100"])
+    # ---- eval
+    ev("eval: int32 checkpoint", [], [f"ckpt={w['seg_i32']}", "holds int32 numbers"], ckpt=w["seg_i32"])
+    ev("eval: int32 safetensors", [], [f"ckpt={w['seg_i32_st']}", "holds int32 numbers"], ckpt=w["seg_i32_st"])
+    ev("eval: weight of another shape", [], [f"ckpt={w['seg_flat_st']}", "has shape"], ckpt=w["seg_flat_st"])
+    ev("eval: label holds WebP bytes", [], [str(w["webp_val_label"] / "target_val" / "labels" / "2.png"),
+                                            "holds WEBP data, not PNG"], root=w["webp_val_label"])
+    ev("eval: label without image", [], [str(w["orphan_val_label"] / "target_val" / "labels" / "7.png"),
+                                         "label has no image"], root=w["orphan_val_label"])
+    ev("eval: checkpoint symlink loop", [], [f"ckpt={w['ckpt_loop']}", "symlink loop"], ckpt=w["ckpt_loop"])
+    ev("eval: checkpoint dangling link", [], [f"ckpt={w['ckpt_dangling']}", "dangling symlink"],
+       ckpt=w["ckpt_dangling"])
+    ev("eval: ckpt=${oops}", [], ["ckpt=${oops}", "cannot be resolved"], ckpt="${oops}")
+    ev("eval: pixel cap", ["data.max_pixels=64"], ["16x16 = 256 pixels", "data.max_pixels=64"])
+    c["eval: output folder inside a file"] = (evaluate, ["dataset=folder", f"dataset.root={w['good']}",
+                                                         "dataset.image_size=[16,16]", f"ckpt={w['seg3']}",
+                                                         f"paths.output_dir={w['afile'] / 'eval'}"],
+                                              [str(w["afile"] / "eval"), "cannot create the run folder"], [out])
+    # ---- predict
+    pr("predict: int32 safetensors", [], [f"ckpt={w['seg_i32_st']}", "holds int32 numbers"], ckpt=w["seg_i32_st"])
+    pr("predict: int32 checkpoint", [], [f"ckpt={w['seg_i32']}", "holds int32 numbers"], ckpt=w["seg_i32"])
+    pr("predict: complex64 checkpoint", [], [f"ckpt={w['seg_c64']}", "complex64"], ckpt=w["seg_c64"])
+    pr("predict: weight of another shape", [], [f"ckpt={w['seg_flat_st']}", "has shape"], ckpt=w["seg_flat_st"])
+    pr("predict: DDPM int32", [], [f"ckpt={w['diff_i32']}", "a diffusion checkpoint"], ckpt=w["diff_i32"])
+    pr("predict: output = input", [], [f"output={w['images']}", "the same folder as input"], output=w["images"])
+    pr("predict: output = input, through a link", [], [f"output={w['images_link']}", "the same folder as input"],
+       output=w["images_link"])
+    pr("predict: image is a symlink loop", [f"input={w['images_loop']}"],
+       [str(w["images_loop"] / "x.png"), "symlink loop"])
+    pr("predict: image is a dangling link", [f"input={w['images_dangling']}"],
+       [str(w["images_dangling"] / "x.png"), "dangling symlink"])
+    pr("predict: input=${oops}", ["input=${oops}"], ["input=${oops}", "cannot be resolved"])
+    pr("predict: pixel cap", ["max_pixels=100"], ["24x20 = 480 pixels", "max_pixels=100"])
+    pr("predict: pixel cap 0", ["max_pixels=0"], ["max_pixels=0", "integer >= 1"])
+    pr("predict: decompression bomb", [f"input={w['images_bomb']}"],
+       [str(w["images_bomb"] / "bomb.png"), "12000x12000 = 144000000 pixels", "max_pixels=100000000"])
+    pr("predict: checkpoint symlink loop", [], [f"ckpt={w['ckpt_loop']}", "symlink loop"], ckpt=w["ckpt_loop"])
+    pr("predict: output inside a file", [], [str(w["afile"] / "pred"), "cannot create the run folder"],
+       output=w["afile"] / "pred")
+    # ---- dasslab-export-weights
+    export = "dasslab.commands.export_weights"
+
+    def ex(name, argv, must, watch):
+        c[name] = (export, argv, must, [watch])
+
+    ex("export: out inside a file", [f"ckpt={w['seg3']}", f"out={w['afile'] / 'm.safetensors'}"],
+       [f"out={w['afile'] / 'm.safetensors'}", "is a file, not a folder"], out / "export")
+    ex("export: out is a folder", [f"ckpt={w['seg3']}", f"out={out}"], [f"out={out}", ".safetensors"], out)
+    ex("export: out is .pt", [f"ckpt={w['seg3']}", f"out={out / 'export' / 'm.pt'}"], ["m.pt", ".safetensors"],
+       out / "export")
+    ex("export: int32 weights", [f"ckpt={w['seg_i32']}", f"out={out / 'export' / 'i32.safetensors'}"],
+       [f"ckpt={w['seg_i32']}", "holds int32 numbers"], out / "export")
+    ex("export: missing checkpoint", [f"ckpt={w['tmp'] / 'none.ckpt'}", f"out={out / 'export' / 'n.safetensors'}"],
+       ["ckpt=", "file not found"], out / "export")
+    ex("export: checkpoint symlink loop", [f"ckpt={w['ckpt_loop']}", f"out={out / 'export' / 'l.safetensors'}"],
+       [f"ckpt={w['ckpt_loop']}", "symlink loop"], out / "export")
+    ex("export: plain state dict", [f"ckpt={w['plain_state']}", f"out={out / 'export' / 'p.safetensors'}"],
+       [f"ckpt={w['plain_state']}", "not a dasslab segmenter or diffusion checkpoint"], out / "export")
+    ex("export: unknown argument", [f"ckpt={w['seg3']}", "format=onnx"], ["format=onnx", "unknown argument"],
+       out / "export")
+    ex("export: no ckpt", [f"out={out / 'export' / 'x.safetensors'}"], ["ckpt is required"], out / "export")
+    # ---- dasslab-reproduce (its --seeds is checked before any experiment is composed)
+    reproduce = "dasslab.commands.reproduce"
+    for seeds in ("-3", "0"):
+        c[f"reproduce: --seeds {seeds}"] = (reproduce, ["--seeds", seeds, "--dry-run", "table3"],
+                                            [f"--seeds={seeds}", "integer >= 1"], [out])
+    # ---- dasslab-tables
+    tables = "dasslab.commands.tables"
+    c["tables: runs not found"] = (tables, [f"runs={w['tmp'] / 'nowhere'}", f"out={out / 'tables'}"],
+                                   ["runs=", "folder not found"], [out])
+    c["tables: out inside a file"] = (tables, [f"runs={w['runs']}", f"out={w['afile'] / 'tables'}"],
+                                      [f"out={w['afile'] / 'tables'}", "cannot create the folder"], [out])
+    c["tables: runs is a symlink loop"] = (tables, [f"runs={w['root_loop']}", f"out={out / 'tables'}"],
+                                           [f"runs={w['root_loop']}", "symlink loop"], [out])
+    c["tables: unknown setting"] = (tables, [f"runs={w['runs']}", f"out={out / 'tables'}", "format=latex"],
+                                    ["format=latex", "unknown setting"], [out])
+    c["tables: no out"] = (tables, [f"runs={w['runs']}"], ["out: a value is required"], [out])
 
 
 def pipeline_done_argv(w: dict) -> list[str]:
@@ -400,8 +664,9 @@ def plant_damaged_done(w: dict, conf_dir: str) -> Path:
     return done
 
 
-def run_cases(cs: dict, tmp: Path, env: dict | None = None, timeout: int = 600) -> dict:
-    """Run every case in one child process; ``{name: {code, stderr, written}}``."""
+def run_cases(cs: dict, tmp: Path, env: dict | None = None, timeout: int = 600, prefix: list | None = None) -> dict:
+    """Run every case in one child process; ``{name: {code, stderr, written}}``. ``prefix``: the command the
+    child runs under (e.g. a shell with ``ulimit -f``); its results then come back on stdout."""
     payload = tmp / "cases.json"
     payload.write_text(json.dumps([[n, m, [str(a) for a in argv], [str(d) for d in watch]]
                                    for n, (m, argv, _, watch) in cs.items()]))
@@ -411,8 +676,13 @@ def run_cases(cs: dict, tmp: Path, env: dict | None = None, timeout: int = 600) 
         env.pop(key, None)
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="offline",
                DASSLAB_ROOT=str(tmp))
-    proc = subprocess.run([sys.executable, "-c", DRIVER, str(payload), str(results)], env=env,
+    answer = "-" if prefix else str(results)
+    proc = subprocess.run([*(prefix or []), sys.executable, "-c", DRIVER, str(payload), answer], env=env,
                           capture_output=True, text=True, timeout=timeout)
+    if prefix:
+        if "\nRESULTS" not in proc.stdout:
+            raise RuntimeError(f"the driver failed: {proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.rsplit("\nRESULTS", 1)[1])
     if not results.is_file():
         raise RuntimeError(f"the driver failed: {proc.stderr[-3000:]}")
     return json.loads(results.read_text())
@@ -432,9 +702,8 @@ def table(cs: dict, results: dict, tmp: Path) -> str:
     has the settings of ``BOILERPLATE`` (16x16 ``folder`` data in T/good, debug=smoke), which are not shown,
     nor the first ``diffusion_ckpt=T/ckpt/diff.ckpt`` of translate, ``ckpt=T/ckpt/seg3.ckpt`` (eval, predict,
     when not replaced) and the output folders."""
-    cmd = {"dasslab.commands.train": "dasslab-train", "dasslab.commands.translate": "dasslab-translate",
-           "dasslab.commands.eval": "dasslab-eval",
-           "dasslab.commands.predict": "dasslab-predict"}
+    cmd = {f"dasslab.commands.{c}": f"dasslab-{c.replace('_', '-')}"
+           for c in ("train", "translate", "eval", "predict", "export_weights", "reproduce", "tables")}
     rows = ["| input | command | line printed |", "|---|---|---|"]
     for name, (module, argv, _, _) in cs.items():
         shown_args, outputs, seen = [], [], set()
@@ -445,8 +714,8 @@ def table(cs: dict, results: dict, tmp: Path) -> str:
             key = a.split("=", 1)[0]
             default = a == defaults.get(module) and key not in seen
             seen.add(key)
-            if key in ("paths.output_dir", "output"):
-                outputs.append(a)
+            if key in ("paths.output_dir", "output") and a.split("=", 1)[1].startswith("T/out/"):
+                outputs.append(a)                   # the case's own output folder: not part of the input
             elif not (a in BOILERPLATE or default or key == "paths.cache_dir"):
                 shown_args.append(a)
         shown_args = shown_args or outputs          # the fault is in the output folder: name it

@@ -1,4 +1,5 @@
 """Label-free calibration (dasslab/calibration): the choices, the plan a run uses, the job, and what it reads."""
+# ruff: noqa: F811  (the fixture `trained` comes from test_ptl and is redefined as a parameter)
 
 import json
 import shutil
@@ -7,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_ptl import SMOKE, trained  # noqa: F401  (the fixture: a source model and a DDPM, 3 steps each)
 
 from dasslab.calibration import AUTO, TranslationPlan, TranslationSettings
 from dasslab.calibration.choose import bisect, choose_shift, choose_t_max, shift_feasible
 from dasslab.calibration.plan import calibration_depths, wants_calibration
 from dasslab.errors import ConfigError
-
-from test_ptl import SMOKE, trained  # noqa: F401  (the fixture: a source model and a DDPM, 3 steps each)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

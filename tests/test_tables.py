@@ -302,3 +302,43 @@ def test_the_cache_is_a_table_of_its_jobs(experiment_sweep, tmp_path):
     rows = {r["setting"]: r for r in read_csv(tmp_path / "t" / "runs_digits.csv")}
     assert set(rows) == {"source_only", "full, ptl.N=10", "full, ptl.N=20"}      # the DDPM has no mIoU: no row
     assert float(rows["full, ptl.N=10"]["mIoU"]) == 40.0
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"full": {"miou": 31.0, "run_d', "unreadable {path} (Unterminated string"),            # half-written
+    ('[{"full": {"miou": 31.0}}]', "{path} holds a JSON list, not a record of rows"),
+    ('{"full": {"miou": 31.0, "run_dir": 5}}', "{path}: row full's run_dir is 5, not a folder path"),
+    ('{"full": {"per_seed": {"0": {"miou": 31.0, "run_dir": ["a"]}}}}', "row full's run_dir is ['a'], not a folder"),
+])
+def test_a_damaged_results_json_is_a_failed_row_with_the_reason(tmp_path, capsys, text, reason):
+    """Issue 31: a half-written results.json was a JSONDecodeError traceback, a JSON list an AttributeError,
+    ``"run_dir": 5`` a TypeError. Each is a failed row naming the file and what is wrong; the command exits 0."""
+    pipe = make_run(tmp_path / "pipe", {"task_name": "digits_study", "stage": {"name": "pipeline"},
+                                        "dataset": {"name": "digits"}}, None)
+    (pipe / "results.json").write_text(text)
+    main([f"runs={pipe}", f"out={tmp_path / 't'}"])
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err and "1 runs (1 failed or missing)" in printed.out
+    [row] = read_csv(tmp_path / "t" / "digits_study_digits.csv")
+    assert row["status"] == "1 failed" and row["mIoU"] == ""
+    assert reason.format(path=pipe / "results.json") in (tmp_path / "t" / "digits_study_digits.md").read_text()
+
+
+@pytest.mark.parametrize("text, reason", [
+    ('{"miou": 31.0, "per_class', "unreadable metrics.json (Unterminated string"),
+    ('[{"miou": 31.0}]', "unreadable metrics.json (holds a JSON list, not a record)"),
+    ('{"miou": "high"}', "unreadable metrics.json ('miou' is 'high', not a number)"),
+    ('{"miou": 31.0, "per_class_iou": [1, 2]}', "'per_class_iou' is not a record of numbers"),
+    ('{"miou": 31.0, "subsets": {"miou16": 3}}', "'subsets' is not a record of {miou: …} records"),
+])
+def test_a_damaged_metrics_json_is_a_failed_row_with_the_reason(tmp_path, text, reason):
+    """A half-written metrics.json was already a failed row; a JSON list, text for a number, a list for the
+    per-class IoU are too (they used to pass as "ok" and fail later, in the table's arithmetic)."""
+    run = make_run(tmp_path / "run", cfg("table1_full", "digits", 0, tmp_path / "run"), None)
+    (run / "metrics.json").write_text(text)
+    good = make_run(tmp_path / "good", cfg("table1_full", "digits", 1, tmp_path / "good"),
+                    metrics(DIGITS, [50.0] * 11))
+    runs = find_runs([run, good])
+    assert [r.status for r in runs] == ["failed", "ok"] and reason in runs[0].reason
+    assert "| 1/2 (1 failed) |" in write_tables(runs, tmp_path / "t")["Table 1 — digits"]
+    assert reason in write_tables(runs[:1], tmp_path / "t1")["Table 1 — digits"]

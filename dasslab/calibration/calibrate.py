@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -76,29 +77,12 @@ def calibrate(probe: Probe, settings: TranslationSettings, cal: DictConfig | dic
         v, shift, feasible, grid, tried = v0, None, None, [], []
         if settings.guided:
             if settings.shift == AUTO:
-                smooth = 0.0 if settings.variance == AUTO else settings.variance   # the smoothest chain allowed
-
-                def hf_smooth(row, s=None):
-                    """The hf ratio at the smoothest variance, measured only where it decides: hf rises with
-                    the variance, so a ratio within the tolerance at v0 is within it at the smoothest one."""
-                    if v0 == smooth or row["hf_ratio"] <= 1 + tol:
-                        return row["hf_ratio"]
-                    return probe(depth, smooth, s)["hf_ratio"]
-
-                ref = {**row0, "hf_smooth": hf_smooth(row0)}
-                grid = []
-                for s in sorted(float(s) for s in cal["shifts"]):   # stronger pushes only while feasible
-                    row = probe(depth, v0, s)
-                    grid.append({"shift": s, **row, "hf_smooth": hf_smooth(row, s)})
-                    if not shift_feasible(grid[-1], ref, tol, float(cal["domain_drop"])):
-                        break
-                shift, feasible = choose_shift(grid, ref, tol, float(cal["domain_drop"]),
-                                               float(cal["agreement_fraction"]))
+                grid, shift, feasible = _shift_search(probe, depth, v0, row0, settings, cal)
             else:
                 shift = float(settings.shift)
             if settings.variance == AUTO:
                 seen = [(v0, probe(depth, v0, shift)["hf_ratio"])] if not isinstance(v0, str) else []
-                v, tried = bisect(lambda v, s=shift: probe(depth, v, s)["hf_ratio"], steps, tol, seen)
+                v, tried = bisect(partial(_hf_ratio, probe, depth, shift=shift), steps, tol, seen)
         final = probe(depth, v, shift)
         entry.update(variance=v, shift=shift, shift_feasible=feasible, shifts=grid, guided_variance_search=tried,
                      hf_ratio=final["hf_ratio"], domain=final["domain"], agreement=final["agreement"],
@@ -112,6 +96,33 @@ def calibrate(probe: Probe, settings: TranslationSettings, cal: DictConfig | dic
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["translations"] = len(probe.measured)
     return result
+
+
+def _hf_ratio(probe: Probe, depth: int, variance, shift: float | None = None) -> float:
+    return probe(depth, variance, shift)["hf_ratio"]
+
+
+def _shift_search(probe: Probe, depth: int, v0, row0: dict, settings: TranslationSettings, cal) -> tuple:
+    """The shifts of ``calibrate.shifts`` measured at the unguided chain's variance ``v0``, weakest first, while
+    feasible (:func:`~dasslab.calibration.choose.shift_feasible`); returns ``(grid, shift, feasible)``."""
+    tol, drop = float(cal["hf_tolerance"]), float(cal["domain_drop"])
+    smooth = 0.0 if settings.variance == AUTO else settings.variance     # the smoothest chain allowed
+
+    def hf_smooth(row: dict, shift: float | None = None) -> float:
+        """The hf ratio at the smoothest variance, measured only where it decides: hf rises with the
+        variance, so a ratio within the tolerance at v0 is within it at the smoothest one."""
+        if v0 == smooth or row["hf_ratio"] <= 1 + tol:
+            return row["hf_ratio"]
+        return _hf_ratio(probe, depth, smooth, shift)
+
+    ref = {**row0, "hf_smooth": hf_smooth(row0)}
+    grid = []
+    for s in sorted(float(s) for s in cal["shifts"]):        # stronger pushes only while feasible
+        row = probe(depth, v0, s)
+        grid.append({"shift": s, **row, "hf_smooth": hf_smooth(row, s)})
+        if not shift_feasible(grid[-1], ref, tol, drop):
+            break
+    return (grid, *choose_shift(grid, ref, tol, drop, float(cal["agreement_fraction"])))
 
 
 def _stack(ds, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -256,6 +267,7 @@ def calibration_summary(result: dict) -> str:
     def fmt(v):
         return v if isinstance(v, str) else f"{v:.2f}"
 
-    depths = "; ".join(f"{r['depth']}: v {fmt(r['variance'])}" + ("" if r.get("shift") is None else f" s {r['shift']:g}")
-                       + f" hf x{r['hf_ratio']:.2f}" for r in result["depths"])
+    depths = "; ".join(f"{r['depth']}: v {fmt(r['variance'])}"
+                       + ("" if r.get("shift") is None else f" s {r['shift']:g}") + f" hf x{r['hf_ratio']:.2f}"
+                       for r in result["depths"])
     return f"t_max {result['t_max'].get('value')} ({'chosen' if result['t_max'].get('chosen') else 'given'}); {depths}"

@@ -42,8 +42,9 @@ def bisect(measure: Callable[[float], float], steps: int, tolerance: float,
 
     Halves [0, 1] ``steps`` times from v = 0.5 (stopping early once within ``tolerance``; when every halving
     went one way, the end of the range is measured too); ``seen``: pairs measured before, returned at once when
-    one is within ``tolerance`` and otherwise candidates too. Returns the best v and every (v, ratio) pair. A ratio that stays below 1 (above 1) drives v towards 1 (0): the
-    closest reachable value is returned, and the caller reads ``within`` to tell whether it is close enough."""
+    one is within ``tolerance`` and otherwise candidates too. A ratio that stays below 1 (above 1) drives v
+    towards 1 (0): the closest reachable value is returned, and the caller reads ``within`` to tell whether it
+    is close enough. Returns the best v and every (v, ratio) pair."""
     tried = [(float(v), float(r)) for v, r in seen]
     ok = [vr for vr in tried if within(vr[1], tolerance)]
     if ok:                            # a setting measured before already gets there

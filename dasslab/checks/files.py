@@ -175,7 +175,7 @@ def check_run_files(cfg: DictConfig, skip=()) -> None:
         raise ConfigError(f"guidance={validate_guidance(cfg.guidance).mode} needs guide_ckpt=PATH (a segmenter "
                           f"checkpoint, e.g. the source model's …/checkpoints/last.ckpt)")
     _check_resume(cfg, expected_classes)
-    _check_backbone_weights(cfg)
+    _check_backbone_weights(cfg, expected_classes)
 
 
 def _check_resume(cfg: DictConfig, expected_classes) -> None:
@@ -200,13 +200,27 @@ def _check_resume(cfg: DictConfig, expected_classes) -> None:
         check_checkpoint(path, "resume", (kind,), class_names=names, classes_of=of, backbone=_plain(cfg.backbone))
 
 
-def _check_backbone_weights(cfg: DictConfig) -> None:
+def _check_backbone_weights(cfg: DictConfig, expected_classes) -> None:
+    """``backbone.weights``: finite, and every tensor that goes into the segmenter of the right dtype (matched
+    against the segmenter built on the meta device: no memory, nothing loaded)."""
     weights = OmegaConf.select(cfg, "backbone.weights", default=None)
     if not weights or _ignored(cfg, "backbone") or _module_kind(cfg) != "segmenter":
         return
-    from dasslab.segmentation.weights import read_state_dict
+    import torch
 
-    check_finite(read_state_dict(weights), weights, "backbone.weights")
+    from dasslab.segmentation import build_segmenter
+    from dasslab.segmentation.weights import match_weights, read_state_dict
+
+    state = read_state_dict(weights)
+    check_finite(state, weights, "backbone.weights")
+    b = _plain(cfg.backbone)
+    try:
+        with torch.device("meta"):
+            model = build_segmenter(str(b["name"]), len(expected_classes()[0]), pretrained=False, weights=None,
+                                    freeze_bn=b.get("freeze_bn"), **dict(b.get("options") or {}))
+    except (TypeError, ValueError):      # options the builder refuses: named when the run builds it
+        return
+    match_weights(model, state, str(weights))
 
 
 # --------------------------------------------------------------------------- data read without training
@@ -214,8 +228,10 @@ def prescan_split(cfg: DictConfig, ds, key: str) -> None:
     """Pre-scan one built split (``data.prescan``, default full) before a command reads it."""
     import logging
 
+    from dasslab.data.formats import set_max_pixels
     from dasslab.data.prescan import scan_datasets
 
+    set_max_pixels((cfg.get("data") or {}).get("max_pixels"))      # also for the loaders that read it next
     mode = (cfg.get("data") or {}).get("prescan") or "full"
     report = scan_datasets({key: ds}, mode, cfg.dataset.get("num_classes"))
     if report.splits:

@@ -36,6 +36,26 @@ PREDICT_OUTPUTS = ("labels", "color", "overlay")   # dasslab.export.predictions.
 SEED_MAX = 2 ** 32 - 1
 
 
+# --------------------------------------------------------------------------- the command line
+def check_overrides_resolve(cfg: DictConfig, overrides) -> None:
+    """Every ``key=…${…}…`` given on the command line resolves: else one line naming the override as typed
+    (``dataset.root=${oops}``), before anything reads the config. Errors of our own resolvers pass as they are."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for override in overrides or ():
+        key, sep, value = str(override).lstrip("+~").partition("=")
+        if not sep or "${" not in value:
+            continue
+        try:
+            node = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as e:
+            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise ConfigError(f"{key}={value}: cannot be resolved ({reason}); expected a value, or ${{…}} naming an "
+                              f"existing setting (e.g. ${{paths.data_dir}}/…)") from None
+
+
 # --------------------------------------------------------------------------- one value
 def _get(cfg, key: str):
     """The value at ``key`` as plain Python (lists, dicts), or ``_MISSING`` when the config has no such key."""
@@ -104,7 +124,15 @@ def check_pair(value, key: str, null: bool = False, what: str = "[height, width]
 
 
 def check_path(value, key: str, null: bool = True) -> None:
-    if value is _MISSING or (value is None and null) or (isinstance(value, str) and value.strip()):
+    """A path setting: a non-empty string (or null where allowed) that is not a symlink loop or dangling link."""
+    if isinstance(value, str) and value.strip():
+        from dasslab.utils.paths import link_problem
+
+        problem = link_problem(value)
+        if problem:
+            raise ConfigError(f"{key}={value}: {problem}; expected a path to a file or folder")
+        return
+    if value is _MISSING or (value is None and null):
         return
     if value is None:
         raise ConfigError(f"{key}: a value is required (set {key}=… on the command line)")
@@ -220,6 +248,7 @@ def _check_data(cfg) -> None:
     check_number(_get(cfg, "data.limit_train"), "data.limit_train", integer=True, lo=1, null=True)
     check_number(_get(cfg, "data.limit_val"), "data.limit_val", integer=True, lo=1, null=True)
     check_choice(_get(cfg, "data.prescan"), "data.prescan", PRESCAN, null=True)
+    check_number(_get(cfg, "data.max_pixels"), "data.max_pixels", integer=True, lo=1, null=True)
 
 
 def _check_inference(cfg, prefix: str, image) -> None:
@@ -492,6 +521,7 @@ def validate_predict(cfg: DictConfig) -> None:
     check_number(_get(cfg, "overlay_alpha"), "overlay_alpha", lo=0, hi=1)
     check_number(_get(cfg, "batch_size"), "batch_size", integer=True, lo=1)
     check_number(_get(cfg, "num_workers"), "num_workers", integer=True, lo=0)
+    check_number(_get(cfg, "max_pixels"), "max_pixels", integer=True, lo=1, null=True)
     check_device(_get(cfg, "device"))
     for key in ("progress", "trust_checkpoint", "overwrite"):
         check_bool(_get(cfg, key), key)

@@ -36,7 +36,7 @@ import os
 import sys
 from pathlib import Path
 
-from dasslab.errors import DasslabError, OutputError
+from dasslab.errors import DasslabError
 
 log = logging.getLogger("dasslab")
 
@@ -95,7 +95,7 @@ def one_line(text: str) -> str:
 
 def user_message(exc: BaseException) -> str | None:
     """The one-line message for an error the user caused, or None for anything else (a bug)."""
-    from omegaconf.errors import MissingMandatoryValue
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
     for e in _chain(exc):
         if isinstance(e, DasslabError):
@@ -103,6 +103,9 @@ def user_message(exc: BaseException) -> str | None:
         if isinstance(e, MissingMandatoryValue):
             key = getattr(e, "full_key", None)
             return f"{key}: a value is required (set {key}=… on the command line)" if key else one_line(str(e))
+        if isinstance(e, InterpolationResolutionError):     # e.g. ${oops} in a config file
+            key, first = getattr(e, "full_key", None), str(e).strip().splitlines()[0]
+            return f"{key}: its interpolation cannot be resolved ({first})" if key else one_line(first)
     try:  # Hydra's own short errors (bad override, unknown config group option)
         from hydra.errors import CompactHydraException, MissingConfigException
 
@@ -118,15 +121,23 @@ def user_message(exc: BaseException) -> str | None:
 
 def check_output_dir(path: str | os.PathLike, setting: str = "paths.output_dir") -> Path:
     """Create ``path`` if needed and make sure files can be written there; :class:`OutputError` if not."""
-    out = Path(path).expanduser()
+    from dasslab.utils.io import make_output_folder
+
+    return make_output_folder(path, setting)
+
+
+def _overrides() -> list[str]:
+    """The command line's overrides as typed (``${…}`` in them left unresolved); [] outside a Hydra job."""
+    from omegaconf import OmegaConf
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{setting}={path}: cannot create the folder ({e.strerror or e}); "
-                          f"expected a writable folder") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"{setting}={path}: folder is not writable; expected a writable folder")
-    return out
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return []
+        return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
+    except Exception:  # noqa: BLE001 - no Hydra job (Python API)
+        return []
 
 
 def _given(overrides, key: str) -> bool:
@@ -157,7 +168,7 @@ def job_output_dir(cfg) -> Path:
     if hc is None or OmegaConf.is_missing(hc.runtime, "output_dir"):
         return Path(cfg.paths.output_dir)
     job_dir = Path(hc.runtime.output_dir)
-    given = list(hc.overrides.task)
+    given = _overrides()
     with open_dict(cfg):
         if _given(given, "paths.output_dir") and not _given(given, "paths.cache_dir"):
             cfg.paths.cache_dir = str(Path(cfg.paths.output_dir).parent / "cache")
@@ -192,7 +203,11 @@ def log_once() -> None:
 
 
 def prepare_job(cfg) -> Path:
-    """Per-job set-up before the task: own output folder (checked), logging once, where things go."""
+    """Per-job set-up before the task: the command line's interpolations resolve, own output folder (checked),
+    logging once, where things go."""
+    from dasslab.checks.settings import check_overrides_resolve
+
+    check_overrides_resolve(cfg, _overrides())
     out = job_output_dir(cfg)
     if cfg.get("paths") is not None:
         check_output_dir(cfg.paths.output_dir)

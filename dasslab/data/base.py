@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dasslab.utils.paths import link_problem
+
 from .io import DataError, read_image
 from .labels import IGNORE_INDEX
 
@@ -58,17 +60,28 @@ def check_root(root, setting: str, layout: str) -> Path:
     """
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DataError(f"{setting}={root}: folder not found; expected the {layout}")
+        problem = link_problem(path)
+        raise DataError(f"{setting}={root}: {problem or 'folder not found'}; expected the {layout}")
     return path
 
 
-def pair_by_stem(images: dict, labels: dict, label_hint: str) -> list[tuple]:
-    """Pair image and label paths by stem; an image without a label raises :class:`DataError`."""
+def pair_by_stem(images: dict, labels: dict, label_hint: str, image_hint: str = "an image with the same stem",
+                 all_images=None) -> list[tuple]:
+    """Pair image and label paths by stem. An image without a label, and a label without an image, raise
+    :class:`DataError` naming the first and the count: neither is dropped silently. ``all_images``: the stems of
+    every image of the folder when ``images`` is one split of them (a label of the other split has its image)."""
     missing = [p for s, p in images.items() if s not in labels]
     if missing:
         raise DataError(
             f"{missing[0]}: image has no label (expected {label_hint}); "
             f"{len(missing)} of {len(images)} images lack labels"
+        )
+    stems = images if all_images is None else all_images
+    orphans = [p for s, p in labels.items() if s not in stems]
+    if orphans:
+        raise DataError(
+            f"{orphans[0]}: label has no image (expected {image_hint}); {len(orphans)} of {len(labels)} labels "
+            f"lack images; remove them or add their images"
         )
     return [(images[s], labels[s]) for s in images]
 

@@ -46,8 +46,11 @@ class DASSDataModule(L.LightningDataModule):
                  train_domains: Sequence[str] = ("source",), extra: Mapping[str, Dataset] | None = None,
                  val_split: str | None = "target_val", val_batch_size: int | None = None,
                  seed: int = 0, limit_train: int | None = None, limit_val: int | None = None,
-                 prescan: str = "full", report_split: str | None = None) -> None:
+                 prescan: str = "full", report_split: str | None = None, max_pixels: int | None = None) -> None:
         super().__init__()
+        from dasslab.data.formats import set_max_pixels
+
+        set_max_pixels(max_pixels)       # the pixel cap of this process and its loader workers (data.max_pixels)
         self.cfg = dataset
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
@@ -144,4 +147,4 @@ def build(dataset: DictConfig, data: DictConfig, eval: DictConfig, seed: int, tr
                           val_split=eval.split if val else None, val_batch_size=eval.batch_size,
                           seed=seed, limit_train=data.get("limit_train"),
                           limit_val=data.get("limit_val"), prescan=data.get("prescan") or "full",
-                          report_split=eval.get("report_split") if val else None)
+                          report_split=eval.get("report_split") if val else None, max_pixels=data.get("max_pixels"))

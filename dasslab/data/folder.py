@@ -32,6 +32,8 @@ import codecs
 from collections import Counter
 from pathlib import Path
 
+from dasslab.utils.paths import link_problem
+
 from .base import SegmentationDataset, check_root, pair_by_stem
 from .io import IMAGE_EXTENSIONS, DataError, list_files, read_index_label
 from .labels import IGNORE_INDEX
@@ -64,7 +66,8 @@ def read_classes(path) -> list[str]:
     UTF-8 (a byte-order mark is dropped) or UTF-16 with a byte-order mark; Windows line ends are fine."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: classes file not found; expected one class name per line (line i = class i)")
+        problem = link_problem(path) or "classes file not found"
+        raise DataError(f"{path}: {problem}; expected one class name per line (line i = class i)")
     text = _decode_text(path)
     if "\x00" in text:
         raise DataError(f"{path}: holds NUL characters (UTF-16 without a byte-order mark?); expected one class "
@@ -121,7 +124,7 @@ class FolderDomain(SegmentationDataset):
                 if other.parent == lab_dir and other.stem in images and other.stem not in label_files:
                     raise DataError(f"{other}: a label saved as {other.suffix}; labels are read only as PNG "
                                     f"(lossless: JPEG changes class indices); expected {lab_dir}/{other.stem}.png")
-            samples = pair_by_stem(images, label_files, f"{lab_dir}/<stem>.png")
+            samples = pair_by_stem(images, label_files, f"{lab_dir}/<stem>.png", f"{img_dir}/<stem>.png|jpg|…")
         else:
             samples = [(p, None) for p in images.values()]
         self.domain = domain

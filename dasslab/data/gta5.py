@@ -41,9 +41,11 @@ class GTA5(SegmentationDataset):
                 raise DataError(f"{setting}={root}: no {sub}/ folder; expected the {LAYOUT}")
         images = list_files(root / "images", (".png", ".jpg"))
         labels = list_files(root / "labels", (".png",))
+        every = set(images)
         keep = hash_split(list(images), split, val_percent)
         images = {s: images[s] for s in keep}
-        samples = pair_by_stem(images, labels, f"{root / 'labels'}/<stem>.png")
+        samples = pair_by_stem(images, labels, f"{root / 'labels'}/<stem>.png",
+                               f"{root / 'images'}/<stem>.png|jpg", all_images=every)
         super().__init__(
             samples,
             functools.partial(read_index_label, lut=lookup_table(CITYSCAPES_ID_TO_TRAINID)),

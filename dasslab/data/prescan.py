@@ -13,6 +13,10 @@ checks, per split:
 * decodability of every image and label (``data.prescan=full``: every pixel decoded, so a
   truncated PNG/JPEG is caught; ``headers``: images only opened and CRC-verified, labels
   still decoded since their values are checked);
+* contents, not names (:mod:`dasslab.data.formats`): every header is read before its file is decoded and a
+  file over the pixel cap (``data.max_pixels``) is refused; a label must hold PNG bytes (JPEG or WebP bytes
+  under a ``.png`` name are refused, naming what they hold); images whose content is another format than
+  their extension names are counted and the first is named in the summary (they are read all the same);
 * label values within ``[0, num_classes)`` or 255;
 * sizes: how many labels differ in size from their image (they are nearest-resized when
   loaded: the count docs/reference.md promises) and how many distinct image sizes there are.
@@ -29,6 +33,7 @@ configured dataset entry and writes ``prescan.json`` into the run directory.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,7 +43,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -62,12 +66,20 @@ class SplitScan:
     labels_read: int
     label_resized: int
     image_sizes: dict[str, int] = field(default_factory=dict)  # "HxW" -> count (the 5 most common)
+    other_format: int = 0          # images whose content is another format than their extension names
+    other_format_first: str = ""   # the first of them: "<path> holds JPEG data, not the PNG …"
 
     def line(self) -> str:
         sizes = ", ".join(f"{s} x{n}" for s, n in self.image_sizes.items())
         return (f"dataset.{self.key}: {self.samples} images, {self.labels} labels"
                 f"{f', {self.label_resized} labels resized to their image' if self.label_resized else ''}"
-                f" ({sizes})")
+                f" ({sizes}){self.format_note()}")
+
+    def format_note(self) -> str:
+        if not self.other_format:
+            return ""
+        return (f"; {self.other_format} images of dataset.{self.key} hold another format than their extension "
+                f"names (read by content all the same; first: {self.other_format_first})")
 
 
 @dataclass
@@ -91,8 +103,9 @@ class PrescanReport:
         read = sum(s.images_read + s.labels_read for s in self.splits)
         keys = ", ".join(f"{s.key} {s.samples}" for s in self.splits)
         resized = f"; {self.label_resized} labels differ in size from their image" if self.label_resized else ""
+        formats = "".join(s.format_note() for s in self.splits)
         return (f"pre-scan ({self.mode}): {len(self.splits)} splits OK ({keys}); {read} files read in "
-                f"{self.seconds:.1f} s{resized}")
+                f"{self.seconds:.1f} s{resized}{formats}")
 
     def to_dict(self) -> dict:
         return {"mode": self.mode, "seconds": self.seconds, "images": self.images,
@@ -131,57 +144,51 @@ def _limit(cfg: DictConfig, key: str, train: bool) -> int | None:
     return data.get("limit_train" if train else "limit_val")
 
 
-def _jpeg_complete(path: str) -> bool:
-    """A JPEG ends with the EOI marker (OpenCV decodes a truncated JPEG with only a warning)."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(f.tell() - 64, 0))
-        return b"\xff\xd9" in f.read()
+def _image_size(path: str, mode: str) -> tuple[tuple[int, int], str | None]:
+    """Open (``full``: decode every pixel; ``headers``: verify the file's structure) -> ((h, w), format note).
 
-
-def _image_size(path: str, mode: str) -> tuple[int, int]:
-    """Open (``full``: decode every pixel; ``headers``: verify the file's structure) -> (h, w).
-
-    ``full`` decodes with OpenCV, the decoder the loaders use (and much faster than PIL per
-    file); PIL only supplies the reason when OpenCV cannot decode a file.
+    The header is read first: an image over the pixel cap is refused before it is decoded, and one whose
+    content is another format than its extension names gets a note (it is read all the same). ``full``
+    decodes as the loaders do (:func:`dasslab.data.io.decode_image`).
     """
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: image file not found")
+    from dasslab.data.formats import check_pixels, format_note, header
+    from dasslab.data.io import decode_image, read_bytes
+
+    data = read_bytes(path, "image")
     if mode == "full":
-        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if img is not None:
-            if path.lower().endswith((".jpg", ".jpeg")) and not _jpeg_complete(path):
-                raise DataError(f"{path}: truncated JPEG (no end-of-image marker); expected a complete JPEG file")
-            return img.shape[0], img.shape[1]
+        img, head = decode_image(data, path)
+        if head is not None and head.format == "JPEG" and b"\xff\xd9" not in data[-64:]:
+            # OpenCV decodes a truncated JPEG with only a warning
+            raise DataError(f"{path}: truncated JPEG (no end-of-image marker); expected a complete JPEG file")
+        return img.shape[:2], format_note(path, head)
+    head = header(data)
+    check_pixels(path, head)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             size = im.size
-            if mode == "full":
-                im.load()
-            else:
-                im.verify()
+            im.verify()
     except Exception as e:  # noqa: BLE001 - whatever PIL raises for a broken file
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e}); expected a PNG/JPEG file") from None
-    if mode == "full":  # PIL could, OpenCV (the loaders) cannot
-        raise DataError(f"{path}: OpenCV cannot decode this image; expected a PNG/JPEG file")
-    return size[1], size[0]
+    return (size[1], size[0]), format_note(path, head)
 
 
 def _check_sample(ds, image: str, label: str | None, mode: str, known: dict):
     """(image size, label size or None) of one sample; :class:`DataError` naming the file if bad.
 
-    ``known`` maps images already checked (by another split) to their size: not read again.
+    ``known`` maps images already checked (by another split) to their size and format note: not read again.
     """
-    shape = known.get(image) or _image_size(image, mode)
+    shape, note = known.get(image) or _image_size(image, mode)
     if label is None:
-        return shape, None
+        return (shape, note), None
     arr = ds.read_label(label)  # decodes, checks single channel and values (per dataset: its classes)
-    return shape, arr.shape[:2]
+    return (shape, note), arr.shape[:2]
 
 
 def _signature(key: str, ds, mode: str) -> str:
     """Identifies a split's files as they are now (paths, sizes, mtimes): the memo's key."""
-    h = hashlib.sha1(f"{key}|{mode}|{getattr(ds, 'num_classes', None)}".encode())
+    from dasslab.data.formats import max_pixels
+
+    h = hashlib.sha1(f"{key}|{mode}|{getattr(ds, 'num_classes', None)}|{max_pixels()}".encode())
     for image, label in getattr(ds, "samples", _base(ds).samples):
         for p in (image, label):
             if p is None:
@@ -229,11 +236,13 @@ def scan_split(ds, key: str, mode: str = "full", workers: int | None = None,
         more = f" ({len(errors)} of {len(samples)} samples of dataset.{key} are bad)" if len(errors) > 1 else ""
         raise DataError(f"{errors[0]}{more}")
     known.update((i, r[0]) for (i, _), (r, _) in zip(samples, results))
-    sizes = Counter(f"{s[0][0]}x{s[0][1]}" for s, _ in results)
-    resized = sum(1 for (img, lab), _ in results if lab is not None and tuple(lab) != tuple(img))
+    sizes = Counter(f"{s[0][0][0]}x{s[0][0][1]}" for s, _ in results)
+    resized = sum(1 for ((img, _), lab), _ in results if lab is not None and tuple(lab) != tuple(img))
+    notes = [f"{i} {r[0][1]}" for (i, _), (r, _) in zip(samples, results) if r[0][1]]
     labels = sum(1 for _, lab in samples if lab is not None)
     return SplitScan(key=key, samples=len(samples), labels=labels, images_read=fresh, labels_read=labels,
-                     label_resized=resized, image_sizes=dict(sizes.most_common(5)))
+                     label_resized=resized, image_sizes=dict(sizes.most_common(5)), other_format=len(notes),
+                     other_format_first=notes[0] if notes else "")
 
 
 def check_ignored(ds, key: str) -> None:
@@ -282,7 +291,9 @@ def prescan(cfg: DictConfig, keys: list[str] | None = None, mode: str | None = N
     ``mode`` defaults to ``data.prescan`` (``full``); ``off`` returns an empty report at once.
     """
     from dasslab.data.build import build_dataset
+    from dasslab.data.formats import set_max_pixels
 
+    set_max_pixels((cfg.get("data") or {}).get("max_pixels"))
     mode = mode or (cfg.get("data") or {}).get("prescan", "full") or "off"
     if mode == "off":
         return PrescanReport([], mode, 0.0)

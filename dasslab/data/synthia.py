@@ -44,9 +44,11 @@ class Synthia(SegmentationDataset):
                 raise DataError(f"{setting}={root}: no {sub}/ folder; expected the {LAYOUT}")
         images = list_files(root / "RGB", (".png",))
         labels = list_files(root / "GT" / "LABELS", (".png",))
+        every = set(images)
         keep = hash_split(list(images), split, val_percent)
         images = {s: images[s] for s in keep}
-        samples = pair_by_stem(images, labels, f"{root / 'GT' / 'LABELS'}/<stem>.png")
+        samples = pair_by_stem(images, labels, f"{root / 'GT' / 'LABELS'}/<stem>.png",
+                               f"{root / 'RGB'}/<stem>.png", all_images=every)
         super().__init__(
             samples,
             functools.partial(read_first_channel_label, lut=lookup_table(SYNTHIA_ID_TO_TRAINID, 65536)),

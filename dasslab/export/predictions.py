@@ -45,6 +45,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from omegaconf import DictConfig, OmegaConf
 
 from dasslab.errors import ConfigError, DataError
+from dasslab.utils.paths import real_path
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +55,57 @@ KINDS = ("labels", "color", "overlay")
 
 # --------------------------------------------------------------------------- what to segment
 def list_images(input_dir: str | Path, exclude: str | Path | None = None) -> list[Path]:
-    """Image files under ``input_dir`` (or the file itself), sorted; ``exclude`` (the output folder) skipped."""
+    """Image files under ``input_dir`` (or the file itself), sorted; what this command writes in the output folder
+    ``exclude`` (its ``labels/``, ``color/``, ``overlay/``) is skipped. A link that leads nowhere (a loop, a
+    dangling link) is one line naming it, not skipped."""
+    from dasslab.utils.paths import link_problem
+
     root = Path(input_dir).expanduser()
     if root.is_file():
         return [root]
     if not root.is_dir():
-        raise ConfigError(f"input={input_dir}: folder not found; expected a folder of images")
-    skip = Path(exclude).expanduser().resolve() if exclude else None
+        raise ConfigError(f"input={input_dir}: {link_problem(root) or 'folder not found'}; expected a folder of "
+                          f"images")
+    skip = [Path(real_path(Path(exclude) / k)) for k in KINDS] if exclude else []
     files = []
     for p in sorted(root.rglob("*")):
+        if p.is_symlink() and link_problem(p):
+            raise ConfigError(f"{p}: {link_problem(p)}; expected an image file under input={input_dir} (remove the "
+                              f"link or point it at the image)")
         if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
             continue
-        if skip is not None and p.resolve().is_relative_to(skip):
+        if any(Path(real_path(p)).is_relative_to(s) for s in skip):
             continue
         files.append(p)
     if not files:
         raise ConfigError(f"input={input_dir}: no images found; expected files ending in {' '.join(IMAGE_SUFFIXES)}")
     return files
+
+
+def check_input_files(files: Sequence[Path], max_pixels) -> None:
+    """Before any work: every image's header against the pixel cap (``max_pixels``: one line naming the file);
+    images whose content is another format than their extension names are said in one log line."""
+    from dasslab.data.formats import check_pixels, format_note, header, set_max_pixels
+
+    set_max_pixels(max_pixels, "max_pixels")
+    notes = []
+    for f in files:
+        head = header(f)
+        check_pixels(f, head)
+        note = format_note(f, head)
+        if note:
+            notes.append(f"{f} {note}")
+    if notes:
+        log.info("%d input images hold another format than their extension names (read by content all the same; "
+                 "first: %s)", len(notes), notes[0])
+
+
+def check_not_input(input_dir, output_dir) -> None:
+    """The output folder may not be the input folder (the predictions would be written among the images)."""
+    if Path(real_path(output_dir)) == Path(real_path(input_dir)):
+        raise ConfigError(f"output={output_dir}: the same folder as input={input_dir}; expected another folder (e.g. "
+                          f"{Path(str(input_dir).rstrip('/')).name}_predicted beside it), so that predictions are "
+                          f"not written among the images")
 
 
 def output_name(path: Path, input_dir: Path) -> Path:
@@ -390,7 +425,8 @@ def run(cfg: DictConfig) -> Summary:
     from dasslab.utils.io import atomic_write_text
 
     validate_predict(cfg)
-    list_images(cfg.input, exclude=cfg.output)      # the input folder holds images
+    check_not_input(cfg.input, cfg.output)
+    check_input_files(list_images(cfg.input, exclude=cfg.output), cfg.get("max_pixels"))   # images, each not a bomb
     size = cfg.get("size")
     size = OmegaConf.to_container(size) if OmegaConf.is_config(size) else size
     crop = OmegaConf.to_container(cfg.crop) if OmegaConf.is_config(cfg.get("crop")) else cfg.get("crop")

@@ -174,31 +174,31 @@ def export_translations(cfg: DictConfig) -> list[Path]:
         atomic_write_text(droot / "manifest.json", json.dumps(manifest, indent=2))
         shift: dict[int, list] = {}
         done = written = skipped = 0
-        bar = progress(total=len(indices), desc=f"translate n={depth}")
-        for ci, start in enumerate(range(0, len(indices), bs)):
-            chunk = indices[start:start + bs]
-            stems = [Path(ds.samples[i][0]).stem for i in chunk]
-            if all((img_dir / f"{s}.png").is_file() and (lab_dir / f"{s}.png").is_file() for s in stems):
-                done += len(chunk)
+        # closed also on a fault, so that its one error line starts a line of its own
+        with progress(total=len(indices), desc=f"translate n={depth}") as bar:
+            for ci, start in enumerate(range(0, len(indices), bs)):
+                chunk = indices[start:start + bs]
+                stems = [Path(ds.samples[i][0]).stem for i in chunk]
+                if all((img_dir / f"{s}.png").is_file() and (lab_dir / f"{s}.png").is_file() for s in stems):
+                    done += len(chunk)
+                    bar.update(len(chunk))
+                    continue
+                items = [ds[i] for i in chunk]
+                x = torch.stack([it["image"] for it in items])
+                y = torch.stack([it["label"] for it in items])
+                (_, tr), = translate_images(sampler, x, y, depth, t.num_steps, guide, guidance, arrangement,
+                                            batch_size=len(chunk), seed=cfg.seed, device=device, first_chunk=ci,
+                                            variance=t.variance)
+                skipped += tr.skipped
+                for s in tr.stats:
+                    acc = shift.setdefault(s["step"], [0.0, 0])
+                    acc[0] += s.get("shift_over_sigma", 0.0)
+                    acc[1] += 1
+                for it, img in zip(items, to_uint8(tr.images)):
+                    atomic_write_png(lab_dir / f"{it['name']}.png", it["label"].numpy().astype(np.uint8))
+                    atomic_write_png(img_dir / f"{it['name']}.png", img)
+                written += len(chunk)
                 bar.update(len(chunk))
-                continue
-            items = [ds[i] for i in chunk]
-            x = torch.stack([it["image"] for it in items])
-            y = torch.stack([it["label"] for it in items])
-            (_, tr), = translate_images(sampler, x, y, depth, t.num_steps, guide, guidance, arrangement,
-                                        batch_size=len(chunk), seed=cfg.seed, device=device, first_chunk=ci,
-                                        variance=t.variance)
-            skipped += tr.skipped
-            for s in tr.stats:
-                acc = shift.setdefault(s["step"], [0.0, 0])
-                acc[0] += s.get("shift_over_sigma", 0.0)
-                acc[1] += 1
-            for it, img in zip(items, to_uint8(tr.images)):
-                atomic_write_png(lab_dir / f"{it['name']}.png", it["label"].numpy().astype(np.uint8))
-                atomic_write_png(img_dir / f"{it['name']}.png", img)
-            written += len(chunk)
-            bar.update(len(chunk))
-        bar.close()
         steps = sorted(shift)
         manifest.update({"complete": True, "written_now": written, "skipped_done": done,
                          "shift_over_sigma_per_step": [shift[k][0] / max(shift[k][1], 1) for k in steps],

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from dasslab.checkpoints import META_KEY, SAFETENSORS_SUFFIX, read_checkpoint
+from dasslab.checkpoints import META_KEY, SAFETENSORS_SUFFIX, check_architecture, read_checkpoint
 from dasslab.errors import CheckpointError
+from dasslab.utils.io import atomic_write_bytes, check_output_file
 
 __all__ = ["FORMAT", "export_weights"]
 
@@ -44,12 +45,14 @@ def _kind(hp: dict) -> str | None:
 
 def export_weights(ckpt: str | Path, out: str | Path | None = None, trust: bool | None = None) -> Path:
     """Write the weights of checkpoint ``ckpt`` to ``out`` (default: next to it, ``.safetensors``)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ckpt = Path(ckpt)
     out = Path(out) if out else ckpt.with_suffix(SAFETENSORS_SUFFIX)
     if out.suffix != SAFETENSORS_SUFFIX:
         raise CheckpointError(f"out={out}: expected a file name ending in {SAFETENSORS_SUFFIX}")
+    check_output_file(out, "out")                  # before the checkpoint is read
+    check_architecture(ckpt, "ckpt", trust=trust)  # every tensor's dtype and shape: a bad file is not passed on
     data = read_checkpoint(ckpt, "ckpt", trust=trust)
     hp = dict(data.get("hyper_parameters") or {})
     kind = _kind(hp)
@@ -72,8 +75,4 @@ def export_weights(ckpt: str | Path, out: str | Path | None = None, trust: bool 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
     if kind == "segmenter":
         tensors = {k[len("model."):]: v for k, v in tensors.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata={META_KEY: header})
-    tmp.replace(out)
-    return out
+    return atomic_write_bytes(out, save(tensors, metadata={META_KEY: header}))

@@ -431,7 +431,8 @@ def train_keys_for(ptl: Mapping[str, Any], loss: str) -> list[str]:
 
 def translation_plan(ptl: dict, translate, guidance, arrangement, diffusion, dataset, calibrate, guide_ckpt: str,
                      diffusion_ckpt: str | None, seed: int, out_dir) -> dict | None:
-    """The translation settings of an adaptation that translates, resolved (:class:`dasslab.calibration.TranslationPlan`):
+    """The translation settings of an adaptation that translates, resolved
+    (:class:`~dasslab.calibration.TranslationPlan`):
     the ``auto`` ones from ``translate.calibration`` (a calibrate job's file, the pipeline's way), or from a
     calibration run here into ``<out_dir>/calibration/`` when none is given. Returns the plan's record (None
     when nothing is ``auto``)."""

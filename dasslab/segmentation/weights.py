@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from dasslab.errors import CheckpointError, UnsafeCheckpointError, WeightsError
+from dasslab.utils.paths import link_problem
 
 __all__ = [
     "IMAGENET_SOURCES",
@@ -65,6 +66,7 @@ __all__ = [
     "load_imagenet_state",
     "load_state_into",
     "load_weights",
+    "match_weights",
     "offline_reason",
     "read_state_dict",
 ]
@@ -254,6 +256,9 @@ def read_state_dict(path: str | os.PathLike, setting: str = "backbone.weights",
     from dasslab.utils.safe_load import safe_torch_load
 
     p = Path(path).expanduser()
+    problem = link_problem(p)
+    if problem:
+        raise WeightsError(f"{setting}={path}: {problem}; expected a weights file (a state dict or a checkpoint)")
     if not p.is_file():
         raise WeightsError(
             f"weights file {str(p)!r} does not exist: set {setting} to an existing file "
@@ -316,13 +321,15 @@ class LoadReport:
         )
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
-    """Load a (full-model or encoder-only) state dict into a Segmenter, non-strictly.
+def match_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str,
+                  setting: str = "backbone.weights") -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Which tensors of a (full-model or encoder-only) state dict go where in a Segmenter, nothing loaded:
+    ``(model key -> tensor, report)``. Names are matched (wrapper prefixes stripped, the encoder's library
+    names remapped), then each matched tensor's dtype is checked against the model's
+    (:func:`dasslab.checks.tensors.check_tensors`: a non-float file is one line naming ``setting``; float64 is
+    cast). ``model`` may live on the meta device (a check before any work)."""
+    from dasslab.checks.tensors import cast_to, check_tensors, spec
 
-    ``model`` must have ``backbone`` (and may have ``remap_state_dict`` on it to
-    translate library names, e.g. VGG's fc layers). Raises :class:`WeightsError`
-    when nothing matches.
-    """
     target = model.state_dict()
     report = LoadReport(source=source, file_tensors=len(state))
     stripped: dict[str, torch.Tensor] = {}
@@ -352,6 +359,20 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
             f"expected a state dict of this Segmenter or of its encoder. Set backbone.weights to a matching "
             f"file, or backbone.weights=null."
         )
+    want = spec(target)
+    cast = check_tensors(spec(matched), want, source, setting,
+                         f"the {getattr(model, 'name', type(model).__name__)} segmenter")
+    return cast_to(matched, want, cast, source, setting), report
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Load a (full-model or encoder-only) state dict into a Segmenter, non-strictly (:func:`match_weights`).
+
+    ``model`` must have ``backbone`` (and may have ``remap_state_dict`` on it to
+    translate library names, e.g. VGG's fc layers). Raises :class:`WeightsError`
+    when nothing matches.
+    """
+    matched, report = match_weights(model, state, source)
     model.load_state_dict(matched, strict=False)
     log.info(report.summary())
     return report

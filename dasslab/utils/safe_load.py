@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from dasslab.errors import CheckpointError, UnsafeCheckpointError
+from dasslab.utils.paths import link_problem
 
 __all__ = [
     "CheckpointError",
@@ -101,7 +102,7 @@ def safe_torch_load(path: str | Path, setting: str, map_location="cpu", trust: b
     """
     p = Path(path).expanduser() if path else None
     if p is None or not p.is_file():
-        raise CheckpointError(f"{setting}={path}: file not found")
+        raise CheckpointError(not_found(setting, path))
     try:
         # mmap: tensors stay on disk (a cheap check of a large resume checkpoint); zip-format files only
         return torch.load(str(p), map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(p))
@@ -118,6 +119,12 @@ def safe_torch_load(path: str | Path, setting: str, map_location="cpu", trust: b
         return torch.load(str(p), map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{setting}={path}: cannot read the file even trusted ({_one_line(e)})") from None
+
+
+def not_found(setting: str, path) -> str:
+    """The line for a checkpoint path that is not a file: a symlink loop or a dangling link says so."""
+    problem = link_problem(Path(path).expanduser()) if path else None
+    return f"{setting}={path}: {f'{problem}; expected a checkpoint file' if problem else 'file not found'}"
 
 
 def _one_line(e: Exception) -> str:
@@ -153,7 +160,7 @@ def read_checkpoint(path: str | Path, setting: str, map_location="cpu", trust: b
     (``mmap``: a ``.ckpt``'s tensors stay on disk until touched)."""
     p = Path(path).expanduser() if path else None
     if p is None or not p.is_file():
-        raise CheckpointError(f"{setting}={path}: file not found")
+        raise CheckpointError(not_found(setting, path))
     if p.suffix == SAFETENSORS_SUFFIX:
         return _read_safetensors(p, setting, map_location)
     ckpt = safe_torch_load(p, setting, map_location, trust=trust, mmap=mmap)

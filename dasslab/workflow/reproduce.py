@@ -68,7 +68,15 @@ def compose_experiment(experiment: str, overrides: list[str], hydra: bool = Fals
 
 
 def seed_overrides(seeds: int | None) -> list[str]:
-    return [f"pipeline.seeds=[{','.join(str(s) for s in range(seeds))}]"] if seeds else []
+    """``pipeline.seeds=[0,…,S-1]`` for ``--seeds S`` (None: the configs' seed); S <= 0 is one line, not the default."""
+    if seeds is None:
+        return []
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        from dasslab.errors import ConfigError
+
+        raise ConfigError(f"--seeds={seeds!r}: expected an integer >= 1 (the adaptation runs are repeated with seeds "
+                          f"0..S-1), or no --seeds for the configs' seed")
+    return [f"pipeline.seeds=[{','.join(str(s) for s in range(seeds))}]"]
 
 
 def experiment_overrides(table: str, experiment: str, overrides: list[str]) -> list[str]:
@@ -86,7 +94,7 @@ def plan_table(table: str, seeds: int | None, overrides: list[str]) -> list[Item
 
     if table not in TABLES:
         raise ConfigError(f"reproduce: unknown table {table!r}; expected one of {', '.join(TABLES)}")
-    extra = list(overrides) + seed_overrides(seeds)
+    extra = list(overrides) + seed_overrides(seeds)       # checked before any experiment is composed
     items: dict[str, Item] = {}
     for experiment in TABLES[table]:
         cfg = compose_experiment(experiment, extra)

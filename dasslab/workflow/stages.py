@@ -105,9 +105,12 @@ def make_trainer(cfg: DictConfig, out: Path, max_steps: int, callbacks: list | N
         kw.update(val_check_interval=min(int(val_every), max_steps), check_val_every_n_epoch=None)
     else:
         kw.update(limit_val_batches=0)
+    from dasslab.lit.checkpoint_io import AtomicCheckpointIO
+
     return L.Trainer(**kw, max_steps=int(max_steps), default_root_dir=str(out), logger=loggers or False,
                      callbacks=cbs, enable_checkpointing=any(isinstance(c, L.callbacks.ModelCheckpoint)
-                                                             for c in cbs))
+                                                             for c in cbs),
+                     plugins=[AtomicCheckpointIO()])   # a write fault keeps the last checkpoint whole: one line
 
 
 def _resume_path(cfg: DictConfig, out: Path) -> str | None:

@@ -230,10 +230,14 @@ def suite_markdown(result: dict, rows: list[str]) -> str:
     for pair in pairs:
         for name, c in (result["calibration"].get(pair) or {}).items():
             lines.append(f"- **{pair}** ({name}): t_max {c['t_max']} ({'chosen' if c['t_max_chosen'] else 'given'}); "
-                         + "; ".join(f"t={r['depth']}: v {_f(r['variance'], '{:.2f}') if not isinstance(r['variance'], str) else r['variance']}"
+                         + "; ".join(f"t={r['depth']}: v {_variance(r['variance'])}"
                                      + ("" if r.get("shift") is None else f", shift {r['shift']:g}")
                                      + f", hf x{r['hf_ratio']:.2f}" for r in c["depths"]))
     return "\n".join(lines) + "\n"
+
+
+def _variance(v) -> str:
+    return v if isinstance(v, str) else f"{v:.2f}"
 
 
 def _picture(result: dict, rows: list[str], path: Path) -> None:

@@ -19,9 +19,11 @@ mIoU* over 13. Runs whose configs differ only in ``seed`` (and in paths, loggers
 The rows' statistics are :func:`dasslab.workflow.results.summarize`'s, as in the pipeline's results.md:
 where a table holds the pipeline rows source_only, oracle, ceiling, ptl_none or baseline, each
 row also gets gap closed, share of ceiling, paired gains per seed and "beats ptl_none/baseline".
-A failed run (a run folder without a readable ``metrics.json``) or a missing one (a sweep
-job whose folder does not exist, a skipped pipeline row) is shown as such in its row, never
-dropped. The paper's numbers (``dasslab/workflow/paper_results.yaml``) are printed beside ours.
+A failed run (a run folder without a readable ``metrics.json``; a half-written or malformed
+``metrics.json`` or pipeline ``results.json``: a JSON list, a truncated file, a ``run_dir`` that is
+no path) or a missing one (a sweep job whose folder does not exist, a skipped pipeline row) is shown
+as such in its row with the reason, never dropped and never a traceback. The paper's numbers
+(``dasslab/workflow/paper_results.yaml``) are printed beside ours.
 """
 
 from __future__ import annotations
@@ -163,11 +165,37 @@ def load_run(run_dir: Path, row: str | None = None) -> Run:
     else:
         try:
             run.metrics = json.loads(mpath.read_text())
-            if "miou" not in run.metrics:
-                raise ValueError("no 'miou'")
-        except (OSError, ValueError) as e:
+            problem = metrics_problem(run.metrics)
+            if problem:
+                raise ValueError(problem)
+        except (OSError, ValueError) as e:      # a half-written or malformed file: a failed row, with the reason
             run.status, run.reason, run.metrics = "failed", f"unreadable metrics.json ({e})", None
     return run
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+
+
+def metrics_problem(m) -> str | None:
+    """What makes a ``metrics.json`` record unusable for a table (None: usable): a JSON list or text instead of
+    a record, no mIoU, values that are not numbers."""
+    if not isinstance(m, dict):
+        return f"holds a JSON {type(m).__name__}, not a record"
+    if "miou" not in m:
+        return "no 'miou'"
+    if not _number(m["miou"]):
+        return f"'miou' is {m['miou']!r}, not a number"
+    per_class = m.get("per_class_iou")
+    if per_class is not None and not (isinstance(per_class, dict) and all(map(_number, per_class.values()))):
+        return "'per_class_iou' is not a record of numbers"
+    if m.get("classes") is not None and not isinstance(m["classes"], list):
+        return "'classes' is not a list"
+    subsets = m.get("subsets")
+    if subsets is not None and not (isinstance(subsets, dict) and all(
+            isinstance(v, dict) and _number(v.get("miou")) for v in subsets.values())):
+        return "'subsets' is not a record of {miou: …} records"
+    return None
 
 
 # --------------------------------------------------------------------------- finding runs
@@ -220,11 +248,22 @@ def runs_in_sweep(sweep_dir: Path) -> list[Run]:
 def runs_in_pipeline(run_dir: Path) -> list[Run]:
     """The rows of a ``stage=pipeline`` run (``results.json``: row -> {miou, run_dir}, {per_seed: {seed: {miou,
     run_dir}}} for a row run per seed, or {skipped}): one run per seed."""
-    results = json.loads((run_dir / "results.json").read_text())
     config = read_config(run_dir)
     root, experiment = config.get("paths.root_dir"), config.get("task_name")
     experiment = str(experiment) if experiment else None
     describe = read_describe(run_dir)              # the experiment's choices and overrides (a sweep job's)
+
+    def failed(row: str, reason: str) -> Run:
+        return Run(run_dir, "failed", reason, row=row, config=config, describe={**describe, "row": row},
+                   experiment=experiment)
+
+    path = run_dir / "results.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as e:           # half-written: one failed row for the pipeline, with the reason
+        return [failed("results.json", f"unreadable {path} ({e})")]
+    if not isinstance(results, dict):
+        return [failed("results.json", f"{path} holds a JSON {type(results).__name__}, not a record of rows")]
     runs = []
     for row, r in results.items():
         if not isinstance(r, dict):
@@ -236,6 +275,10 @@ def runs_in_pipeline(run_dir: Path) -> list[Run]:
                             config=config, describe={**describe, "row": row}, experiment=experiment))
             continue
         for e in entries:
+            if not isinstance(e, dict) or not isinstance(e.get("run_dir"), str):
+                got = e.get("run_dir") if isinstance(e, dict) else e
+                runs.append(failed(row, f"{path}: row {row}'s run_dir is {got!r}, not a folder path"))
+                continue
             where = Path(e["run_dir"])
             for cand in (where, Path(root) / where if root else None, run_dir / where):
                 if cand is not None and cand.is_dir():
@@ -292,7 +335,10 @@ def find_runs(inputs: Iterable[str | Path]) -> list[Run]:
             if not p.is_dir():
                 if glob.has_magic(item):
                     continue
-                raise ConfigError(f"runs={item}: folder not found; expected run folders or sweep folders")
+                from dasslab.utils.paths import link_problem
+
+                raise ConfigError(f"runs={item}: {link_problem(p) or 'folder not found'}; expected run folders or "
+                                  f"sweep folders")
             dirs.append(p)
     runs: list[Run] = []
     seen: set[Path] = set()
@@ -680,12 +726,12 @@ def slug(text: str) -> str:
 def write_tables(runs: Sequence[Run], out_dir: str | Path, paper_file: str | Path = PAPER_FILE,
                  extra_ignore: Sequence[str] = ()) -> dict[str, str]:
     """Write ``<table>_<dataset>.md/.csv`` and ``tables.md`` into ``out_dir``; returns {title: markdown}."""
-    from dasslab.utils.io import atomic_write_text
+    from dasslab.utils.io import atomic_write_text, make_output_folder
 
     if not runs:
         raise ConfigError("runs=…: no run folders found (expected .hydra/config.yaml, metrics.json, "
                           "results.json or multirun.yaml inside)")
-    out = Path(out_dir).expanduser()
+    out = make_output_folder(out_dir, "out")
     tables = group(runs, extra_ignore)
     attach_paper(tables, load_paper(paper_file))
     order = sorted(tables, key=lambda k: (k[0] == "runs", k[0], k[1]))
