@@ -271,6 +271,14 @@ def test_guided_export_uses_the_guide_and_records_the_shift(trained, compose, tm
     assert manifest["settings"]["guidance"]["mode"] == "sgg" and len(manifest["shift_over_sigma_per_step"]) == 3
     assert all(v > 0 for v in manifest["shift_over_sigma_per_step"])
     assert (guided / "guidance_shift.png").is_file()
+    # the settings left at auto were calibrated at the export's depth (no guide for the plain one), and used
+    for folder in (plain, guided):
+        cal = json.loads((folder.parent / "calibration" / "calibration.json").read_text())
+        used = json.loads((folder / "manifest.json").read_text())["translated_with"]
+        assert [r["depth"] for r in cal["depths"]] == [6] and manifest["settings"]["calibration"] is not None
+        row = cal["depths"][0]
+        assert used["variance"] == (row["variance"] if folder == guided else row["variance_unguided"])
+    assert used["shift"] == cal["depths"][0]["shift"] is not None        # guided: a calibrated shift
     a = sorted((plain / "source" / "images").iterdir())
     b = sorted((guided / "source" / "images").iterdir())
     assert any(pa.read_bytes() != pb.read_bytes() for pa, pb in zip(a, b))

@@ -43,8 +43,10 @@ def _say(msg: str) -> None:
     print(f"[calibrate] {msg}", flush=True)
 
 
-def calibrate(probe: Probe, settings: TranslationSettings, cal: DictConfig | dict) -> dict:
-    """The choices for ``settings`` (what is ``auto`` among t_max, variance, shift) from ``probe``'s measurements."""
+def calibrate(probe: Probe, settings: TranslationSettings, cal: DictConfig | dict,
+              depths: list[int] | None = None) -> dict:
+    """The choices for ``settings`` (what is ``auto`` among t_max, variance, shift) from ``probe``'s measurements,
+    at the domain depths of the walk -- or at ``depths`` (an export's), where t_max is not chosen."""
     tol, steps = float(cal["hf_tolerance"]), int(cal["bisection_steps"])
     t0 = time.perf_counter()
 
@@ -56,7 +58,7 @@ def calibrate(probe: Probe, settings: TranslationSettings, cal: DictConfig | dic
 
     result: dict = {"given": settings.given(), "t_max": {}, "depths": []}
     t_max = settings.t_max
-    if t_max == AUTO:
+    if t_max == AUTO and depths is None:
         rows = []
         for depth in cal["probe_depths"]:
             v, _ = unguided(int(depth))
@@ -69,7 +71,9 @@ def calibrate(probe: Probe, settings: TranslationSettings, cal: DictConfig | dic
              f"{max(r['domain'] for r in rows):.3f})")
     else:
         result["t_max"] = {"value": t_max, "chosen": False}
-    for n, depth in calibration_depths(settings.N, t_max, settings.T, int(cal["max_depths"])):
+    walk = (list(enumerate(sorted(int(d) for d in depths), 1)) if depths is not None
+            else calibration_depths(settings.N, t_max, settings.T, int(cal["max_depths"])))
+    for n, depth in walk:
         v0, tried0 = unguided(depth)
         row0 = probe(depth, v0)
         entry = {"n": n, "depth": depth, "variance_unguided": v0, "unguided": row0,
@@ -92,7 +96,8 @@ def calibrate(probe: Probe, settings: TranslationSettings, cal: DictConfig | dic
         stxt = "" if shift is None else f", shift {shift:g}" + ("" if feasible in (None, True) else " (none feasible)")
         _say(f"n={n} depth {depth}: variance {vtxt}{stxt} -> hf x{final['hf_ratio']:.2f}"
              f"{'' if entry['hf_within'] else ' (outside ±' + format(tol, 'g') + ')'}, domain score "
-             f"{final['domain']:.3f}, guide agreement {final['agreement']:.1f} (unguided {row0['agreement']:.1f})")
+             f"{final['domain']:.3f}" + ("" if final["agreement"] is None else f", guide agreement "
+                                          f"{final['agreement']:.1f} (unguided {row0['agreement']:.1f})"))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["translations"] = len(probe.measured)
     return result
@@ -134,10 +139,11 @@ def _stack(ds, limit: int) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def run_calibration(dataset: DictConfig, cal: DictConfig, settings: TranslationSettings, guidance, arrangement,
-                    guide_ckpt: str, diffusion_ckpt: str, seed: int, out_dir: str | Path,
-                    batch_size: int | None = None) -> dict:
+                    guide_ckpt: str | None, diffusion_ckpt: str, seed: int, out_dir: str | Path,
+                    batch_size: int | None = None, depths: list[int] | None = None) -> dict:
     """Measure and choose (:func:`calibrate`) for one pair; write ``calibration.json`` and ``calibration.png``
-    into ``out_dir``. Reads the ``source`` entry (images and labels) and the ``target`` entry (images only)."""
+    into ``out_dir``. Reads the ``source`` entry (images and labels) and the ``target`` entry (images only).
+    ``guide_ckpt`` may be None for an unguided chain (no agreement is measured); ``depths``: an export's."""
     from dasslab.analysis.domain_score import domain_score, train_domain_classifier
     from dasslab.analysis.image_stats import high_frequency_energy
     from dasslab.analysis.judge import foreground_classes
@@ -156,8 +162,8 @@ def run_calibration(dataset: DictConfig, cal: DictConfig, settings: TranslationS
         raise ConfigError("calibrate: dataset.source has no labels; the calibration measures the guide's agreement "
                           "with the source labels")
     images, labels = src_x[: int(cal["images"])], src_y[: int(cal["images"])]
-    guide_module = load_segmenter(guide_ckpt, setting="guide_ckpt")
-    guide = guide_module.model.to(dev).eval().requires_grad_(False)
+    guide_module = load_segmenter(guide_ckpt, setting="guide_ckpt") if guide_ckpt else None
+    guide = guide_module.model.to(dev).eval().requires_grad_(False) if guide_module is not None else None
     diffusion = load_diffusion(diffusion_ckpt, setting="diffusion_ckpt").to(dev)
     schedule = diffusion.schedule.cpu()
     deepest = max([int(d) for d in cal["probe_depths"]] if settings.t_max == AUTO else
@@ -167,8 +173,9 @@ def run_calibration(dataset: DictConfig, cal: DictConfig, settings: TranslationS
     hf_target = high_frequency_energy(tgt_x[: int(cal["reference_images"])])
     g = OmegaConf.to_container(guidance, resolve=True) if isinstance(guidance, DictConfig) else dict(guidance or {})
     a = OmegaConf.to_container(arrangement, resolve=True) if isinstance(arrangement, DictConfig) else arrangement
-    probe = Probe(diffusion.sampler(), guide, images, labels, hf_target, clf, guide.num_classes,
-                  foreground_classes(guide_module.class_names, ["background"]), settings.num_steps, g, a,
+    names = guide_module.class_names if guide_module is not None else []
+    probe = Probe(diffusion.sampler(), guide, images, labels, hf_target, clf, len(names),
+                  foreground_classes(names, ["background"]), settings.num_steps, g, a,
                   int(batch_size or cal["batch_size"]), int(seed), dev)
     reference = {"hf_target": hf_target, "hf_source": high_frequency_energy(images),
                  "domain_source": domain_score(clf, images), "domain_target": domain_score(clf, tgt_x[:len(images)]),
@@ -177,7 +184,7 @@ def run_calibration(dataset: DictConfig, cal: DictConfig, settings: TranslationS
          f"{reference['hf_source']:.4f}); choosing {', '.join(settings.auto_keys()) or 'nothing (all given)'}")
     result = {"dataset": str(dataset.get("name")), "images": len(images), "num_steps": settings.num_steps,
               "N": settings.N, "reference": reference, "settings": OmegaConf.to_container(cal, resolve=True)
-              if isinstance(cal, DictConfig) else dict(cal), **calibrate(probe, settings, cal)}
+              if isinstance(cal, DictConfig) else dict(cal), **calibrate(probe, settings, cal, depths)}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(out / "calibration.json", json.dumps(result, indent=2))
     _picture(result, probe, out / "calibration.png", float(cal["hf_tolerance"]))
@@ -214,8 +221,11 @@ def _picture(result: dict, probe: Probe, path: Path, tol: float) -> None:
         ax.axvline(result["t_max"]["value"], color="k", lw=0.8, label=f"t_max {result['t_max']['value']}")
     ax.set_title("domain score")
     ax = axes[2]
-    ax.plot(d, [r["unguided"]["agreement"] for r in rows], "o--", label="unguided")
-    ax.plot(d, [r["agreement"] for r in rows], "o-", label="chosen")
+    def value(v):
+        return float("nan") if v is None else v
+
+    ax.plot(d, [value(r["unguided"]["agreement"]) for r in rows], "o--", label="unguided")
+    ax.plot(d, [value(r["agreement"]) for r in rows], "o-", label="chosen")
     for r in rows:
         if r.get("shift") is not None:
             ax.annotate(f"{r['shift']:g}", (r["depth"], r["agreement"]), fontsize=7, textcoords="offset points",
@@ -228,6 +238,10 @@ def _picture(result: dict, probe: Probe, path: Path, tol: float) -> None:
     fig.suptitle(f"calibration of {result['dataset']}")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
 
 
 def calibration_markdown(result: dict) -> str:
@@ -245,7 +259,7 @@ def calibration_markdown(result: dict) -> str:
         s = "" if r.get("shift") is None else f"{r['shift']:g}" + ("" if r.get("shift_feasible") in (None, True)
                                                                    else " (none feasible)")
         lines.append(f"| {r['n']} | {r['depth']} | {v} | {s} | {r['hf_ratio']:.2f}{'' if r['hf_within'] else ' !'} | "
-                     f"{r['domain']:.3f} | {r['agreement']:.1f} ({r['unguided']['agreement']:.1f}) |")
+                     f"{r['domain']:.3f} | {_pct(r['agreement'])} ({_pct(r['unguided']['agreement'])}) |")
     return "\n".join(lines) + "\n"
 
 

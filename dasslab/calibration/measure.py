@@ -30,9 +30,10 @@ class Probe:
     """``probe(depth, variance, shift=None)`` -> ``{hf_ratio, hf, domain, agreement, seconds}`` (see the module).
 
     ``guidance``: the guidance group (its ``shift`` replaced by each call's); ``shift=None`` translates
-    unguided. ``foreground``: the classes the agreement averages (all but background-like names)."""
+    unguided. ``foreground``: the classes the agreement averages (all but background-like names); without a
+    guide (an unguided chain's calibration) no agreement is measured."""
 
-    def __init__(self, sampler, guide: nn.Module, images: Tensor, labels: Tensor, target_hf: float,
+    def __init__(self, sampler, guide: nn.Module | None, images: Tensor, labels: Tensor, target_hf: float,
                  classifier: nn.Module, num_classes: int, foreground: Sequence[int], num_steps: int | None,
                  guidance: Mapping[str, Any] | None, arrangement, batch_size: int, seed: int,
                  device: torch.device) -> None:
@@ -72,7 +73,7 @@ class Probe:
     def score(self, images: Tensor) -> dict:
         """The label-free statistics of translated images (and of real ones, for the reference rows)."""
         hf = high_frequency_energy(images)
-        agreement = label_consistency(self.guide, images, self.labels, self.num_classes,
-                                      foreground=self.foreground)["miou_fg"]
+        agreement = None if self.guide is None else label_consistency(
+            self.guide, images, self.labels, self.num_classes, foreground=self.foreground)["miou_fg"]
         return {"hf": hf, "hf_ratio": hf / self.target_hf if self.target_hf else float("nan"),
                 "domain": domain_score(self.classifier, images), "agreement": agreement}

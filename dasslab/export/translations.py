@@ -86,6 +86,36 @@ def _guide(cfg: DictConfig, device: torch.device):
     return load_segmenter(path, setting="guide_ckpt").to(device).model.eval().requires_grad_(False)
 
 
+def _settings(cfg: DictConfig, depths: list[int], guided: bool):
+    """The export's translation settings (:class:`~dasslab.calibration.TranslationSettings`: its depths are given)."""
+    from dasslab.calibration import TranslationSettings
+
+    return TranslationSettings.of({"N": len(depths), "t_max": max(depths)}, cfg.translate,
+                                  cfg.guidance if guided else None, int(cfg.diffusion.num_timesteps))
+
+
+def _auto(cfg: DictConfig, guided: bool) -> bool:
+    t = cfg.translate
+    return bool(_settings(cfg, [int(d) for d in (t.depths if t.get("depths") else [t.depth])], guided).auto_keys())
+
+
+def _plan(cfg: DictConfig, depths: list[int], guided: bool, out: Path):
+    """The variance and guidance shift of each depth: as given, or calibrated (``translate.calibration``, or a
+    calibration at these depths into ``<out_dir>/calibration``) for the settings left at ``auto``."""
+    from dasslab.calibration import TranslationPlan, load_calibration
+    from dasslab.calibration.calibrate import run_calibration
+
+    settings = _settings(cfg, depths, guided)
+    t = cfg.translate
+    calibration = None
+    if settings.auto_keys():
+        calibration = (load_calibration(t.calibration) if t.get("calibration") else
+                       run_calibration(cfg.dataset, cfg.calibrate, settings, cfg.guidance, cfg.arrangement,
+                                       t.get("guide_ckpt") or None, t.diffusion_ckpt, int(cfg.seed),
+                                       out / "calibration", depths=depths))
+    return TranslationPlan.of(settings, calibration)
+
+
 def fingerprint(cfg: DictConfig, depth: int, guided: bool, data: dict | None = None) -> dict:
     """Every setting and input that determines the images of one depth folder (files are reused only if equal):
     the data itself (``data``: :func:`dasslab.provenance.dataset_fingerprint` of the translated images and
@@ -95,6 +125,9 @@ def fingerprint(cfg: DictConfig, depth: int, guided: bool, data: dict | None = N
             "split": t.split, "limit": t.limit,
             "batch_size": int(t.batch_size), "seed": int(cfg.seed), "image_size": list(cfg.dataset.image_size),
             "data": data, "diffusion_ckpt": file_identity(t.diffusion_ckpt),
+            # settings left at auto: chosen by the calibration these settings make (or the file given)
+            "calibration": (file_identity(t.calibration) if t.get("calibration") else
+                            OmegaConf.to_container(cfg.calibrate, resolve=True)) if _auto(cfg, guided) else None,
             "guide_ckpt": file_identity(t.guide_ckpt) if guided else None,
             "guidance": ({"mode": validate_guidance(cfg.guidance).mode,
                           **OmegaConf.to_container(cfg.guidance, resolve=True)} if guided else None),
@@ -159,6 +192,7 @@ def export_translations(cfg: DictConfig) -> list[Path]:
 
     sampler = module.sampler(**sampler_options(OmegaConf.to_container(cfg.diffusion, resolve=True), device))
     bs = int(t.batch_size)
+    plan = _plan(cfg, depths, guided, out)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True) if guide is not None else None
     arrangement = OmegaConf.to_container(cfg.arrangement, resolve=True) if guide is not None else None
     folders = []
@@ -170,7 +204,10 @@ def export_translations(cfg: DictConfig) -> list[Path]:
         img_dir.mkdir(parents=True, exist_ok=True)
         lab_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(droot / "classes.txt", "\n".join(ds.class_names) + "\n")
-        manifest = {"settings": fp, "complete": False, "count": len(indices)}
+        depth_shift = plan.shift(depth) if guided else None
+        chosen = {**guidance, "shift": depth_shift} if guidance is not None and depth_shift is not None else guidance
+        manifest = {"settings": fp, "complete": False, "count": len(indices),
+                    "translated_with": {"variance": plan.variance(depth, guided), "shift": depth_shift}}
         atomic_write_text(droot / "manifest.json", json.dumps(manifest, indent=2))
         shift: dict[int, list] = {}
         done = written = skipped = 0
@@ -186,9 +223,9 @@ def export_translations(cfg: DictConfig) -> list[Path]:
                 items = [ds[i] for i in chunk]
                 x = torch.stack([it["image"] for it in items])
                 y = torch.stack([it["label"] for it in items])
-                (_, tr), = translate_images(sampler, x, y, depth, t.num_steps, guide, guidance, arrangement,
+                (_, tr), = translate_images(sampler, x, y, depth, t.num_steps, guide, chosen, arrangement,
                                             batch_size=len(chunk), seed=cfg.seed, device=device, first_chunk=ci,
-                                            variance=t.variance)
+                                            variance=plan.variance(depth, guided))
                 skipped += tr.skipped
                 for s in tr.stats:
                     acc = shift.setdefault(s["step"], [0.0, 0])
