@@ -88,7 +88,7 @@ def test_unknown_stage_lists_the_stages(compose):
     ("guidance.reduction=max", "guidance.reduction"),
     ("guidance.scale=-3", "guidance.scale"),
     ("translate.depth=1001", "translate depth"),
-    ("ptl.N=2000", "ptl.N"),
+    ("ptl.N=2000", "translate depth n=2000"),    # N > T is fine under striding (t_max auto), not as phi^N's n
     ("augment.p=1.5", "augment.p"),
     ("adapt.loss=other", "adapt.loss"),
     ("segmenter.optimizer=adam", "segmenter.optimizer"),

@@ -138,7 +138,9 @@ def test_on_a_pair_without_target_labels_ceiling_is_skipped_and_watch_stays_null
     assert set(skipped) == {"oracle", "ceiling"} and "target_train_labeled" in skipped["ceiling"]
     assert "judge" not in planned and planned["ptl_none"].cfg.ptl.name == "none"
     for row in ("baseline", "full"):                   # still planned, the judge's key left null
-        assert planned[row].cfg.ptl.watch.judge_ckpt is None and planned[row].needs == ["source_only", "diffusion"]
+        assert planned[row].cfg.ptl.watch.judge_ckpt is None
+        assert planned[row].needs[:2] == ["source_only", "diffusion"]      # + its calibration (no label needed)
+        assert planned[planned[row].needs[2]].stage == "calibrate"
     run(cfg)
     printed = capsys.readouterr().out
     assert "ceiling: skipped (needs dataset.target_train_labeled" in printed
