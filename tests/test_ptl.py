@@ -516,3 +516,27 @@ def test_each_domain_translates_with_its_calibrated_variance_and_shift(adapt_cfg
     _, unguided = build(adapt_cfg("translate.calibrate=auto", "translate.variance=auto", "ptl.t_max=auto",
                                   "guidance=none", f"translate.calibration={path}"))
     assert unguided.depth_settings(30) == (0.7, None)
+
+
+def test_the_test_split_is_read_only_after_training_and_reported_beside_val(adapt_cfg, tmp_path, monkeypatch):
+    """Nothing chosen during a run sees target_test (the mIoU-over-n curve is on val): its images are loaded
+    only by the final evaluation, after the last step, into metrics.json's ``report``."""
+    from dasslab.commands.train import run
+    from dasslab.data.datamodule import DASSDataModule
+
+    reads = []
+    real = DASSDataModule.report_dataloader
+
+    def spy(self):        # the one way to the test images: when is it taken?
+        reads.append((self.trainer.global_step, self.trainer.state.finished))
+        return real(self)
+
+    monkeypatch.setattr(DASSDataModule, "report_dataloader", spy)
+    cfg = adapt_cfg("stage=adapt", "ptl.max_steps=6", "ptl.val_every_domains=1")
+    run(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert reads == [(6, True)]                  # once, after the 6th (last) step: the fit is over
+    assert metrics["split"] == "target_val" and metrics["report"]["split"] == "target_test"
+    assert 0 <= metrics["report"]["miou"] <= 100 and metrics["report"]["miou"] != metrics["miou"]
+    test = json.loads((Path(cfg.paths.output_dir) / "metrics_target_test.json").read_text())
+    assert test["miou"] == metrics["report"]["miou"] and test["split"] == "target_test"
