@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .generated import GeneratedDomain, check_counts, make_generated, photos, read_meta, write_subsets
+from .generated import GeneratedDomain, make_pair, photos, read_meta, write_subsets
 from .io import DataError
 
 __all__ = ["CLASS_NAMES", "Digits", "make_digits", "read_meta"]
@@ -36,14 +36,6 @@ GENERATOR_VERSION = 2      # 2: the target_test subset
 CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(str(d) for d in range(10))
 BACKGROUND = 0
 DIGIT_SCALE = (0.35, 0.6)
-
-
-def _params(size: int, n_train: int, n_val: int, n_test: int, seed: int, digit_scale=DIGIT_SCALE) -> dict:
-    p = {"generator": "dasslab.data.digits", "version": GENERATOR_VERSION,
-         "size": int(size), "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test), "seed": int(seed)}
-    if tuple(float(v) for v in digit_scale) != DIGIT_SCALE:  # recorded only when not the default
-        p["digit_scale"] = [float(v) for v in digit_scale]
-    return p
 
 
 def _compose(rng: np.random.Generator, scans: np.ndarray, targets: np.ndarray, size: int,
@@ -115,33 +107,20 @@ def make_digits(root, size: int = 32, n_train: int = 3000, n_val: int = 600, see
                 digit_scale=DIGIT_SCALE, n_test: int | None = None) -> Path:
     """Generate the digits benchmark into ``root`` unless a cache with these parameters is there.
 
-    ``n_test``: target_test scenes (default ``n_val``). Returns ``Path(root)``; see the module docstring.
+    ``n_test``: target_test scenes (default ``n_val``); ``digit_scale``: (lo, hi) range of a digit's side as a
+    fraction of the scene side (recorded only when not the default). Returns ``Path(root)``.
     """
-    n_test = n_val if n_test is None else n_test
-    check_counts(size, n_train, n_val, n_test)
     if not 0 < float(digit_scale[0]) <= float(digit_scale[1]) <= 1:
         raise DataError(f"dataset.generate.digit_scale={list(digit_scale)}: expected 0 < lo <= hi <= 1 "
                         "(digit side as a fraction of the scene side)")
-    return make_generated(root, _params(size, n_train, n_val, n_test, seed, digit_scale), _generate)
+    extra = {} if tuple(float(v) for v in digit_scale) == DIGIT_SCALE else {"digit_scale": [float(v) for v in
+                                                                                            digit_scale]}
+    return make_pair(root, "dasslab.data.digits", GENERATOR_VERSION, _generate, size, n_train, n_val,
+                     n_val if n_test is None else n_test, seed, **extra)
 
 
 class Digits(GeneratedDomain):
-    """One split of the digits benchmark, generated into ``root`` on first use.
-
-    Args:
-        root: cache folder.
-        domain: ``"source"`` or ``"target"``.
-        split: ``"train"``, ``"val"`` or (target) ``"test"``.
-        transform: albumentations transform or None.
-        size, n_train, n_val, n_test, seed: generation parameters (a differing cache is regenerated).
-        digit_scale: (lo, hi) range of a digit's side as a fraction of the scene side.
-        labels: load labels; default everywhere except target train (set True for the target oracle).
-    """
+    """One split of the digits benchmark, generated into ``root`` on first use (:class:`GeneratedDomain`; its
+    settings: size, n_train, n_val, n_test, seed, digit_scale)."""
 
     make = staticmethod(make_digits)
-
-    def __init__(self, root, domain: str = "source", split: str = "train", transform=None,
-                 size: int = 32, n_train: int = 3000, n_val: int = 600, seed: int = 0, *,
-                 labels: bool | None = None, digit_scale=DIGIT_SCALE, n_test: int | None = None):
-        super().__init__(root, domain, split, transform, labels=labels, size=size, n_train=n_train, n_val=n_val,
-                         seed=seed, digit_scale=digit_scale, n_test=n_test)

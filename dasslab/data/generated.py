@@ -72,6 +72,22 @@ def write_subsets(out: Path, params: dict, class_names, scene: Callable) -> None
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
 
+def layout_pair(class_names, layout: Callable, render_source: Callable, render_target: Callable) -> Callable:
+    """The generator of a pair whose scenes are a label layout rendered two ways: ``layout(rng, size)`` -> label,
+    ``render_*(rng, label, pictures)`` -> uint8 RGB image (``pictures``: :func:`photos`)."""
+    def generate(out: Path, params: dict) -> None:
+        pictures, size = photos(), int(params["size"])
+
+        def scene(rng, folder, _i):
+            label = layout(rng, size)
+            render = render_source if folder.startswith("source") else render_target
+            return render(rng, label, pictures), label
+
+        write_subsets(out, params, class_names, scene)
+
+    return generate
+
+
 def read_meta(root) -> dict | None:
     """Return the cache's ``meta.json`` (parameters and per-folder class pixel fractions), or None."""
     try:
@@ -92,6 +108,16 @@ def check_counts(size: int, n_train: int, n_val: int, n_test: int, min_size: int
     for key, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if n < 1:
             raise DataError(f"dataset.generate.{key}={n}: expected at least 1 scene")
+
+
+def make_pair(root, generator: str, version: int, generate: Callable[[Path, dict], None], size: int, n_train: int,
+              n_val: int, n_test: int, seed: int, **extra) -> Path:
+    """Check the generation settings, then :func:`make_generated` with them as the cache's parameters
+    (``extra``: a generator's own settings, recorded too)."""
+    check_counts(size, n_train, n_val, n_test)
+    params = {"generator": generator, "version": int(version), "size": int(size), "n_train": int(n_train),
+              "n_val": int(n_val), "n_test": int(n_test), "seed": int(seed), **extra}
+    return make_generated(root, params, generate)
 
 
 def make_generated(root, params: dict, generate: Callable[[Path, dict], None]) -> Path:
@@ -146,11 +172,13 @@ def photo_patch(rng: np.random.Generator, pictures, height: int, width: int, zoo
 
 
 class GeneratedDomain(FolderDomain):
-    """One split of a generated pair (``make(root, **generation settings)`` writes it on first use).
+    """One split of a generated pair (``make(root, **settings)`` writes it on first use; a differing cache is
+    regenerated).
 
     ``domain``: ``"source"`` or ``"target"``; ``split``: ``"train"``, ``"val"`` or (target only) ``"test"``.
     ``labels``: load labels; default everywhere except target train (set True for the oracle, the ceiling,
-    the judge). Subclasses set ``make`` (a function of ``root`` and the generation settings).
+    the judge). ``settings``: the generation settings (size, n_train, n_val, n_test, seed, …). Subclasses set
+    ``make`` (a function of ``root`` and the generation settings).
     """
 
     GENERATED = True   # its files are a function of the generation settings (dasslab.provenance)

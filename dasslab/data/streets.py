@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .generated import GeneratedDomain, check_counts, make_generated, photo_patch, photos, write_subsets
+from .generated import GeneratedDomain, layout_pair, make_pair, photo_patch
 
 __all__ = ["CLASS_NAMES", "Streets", "make_streets"]
 
@@ -116,34 +116,16 @@ def render_target(rng: np.random.Generator, label: np.ndarray, pictures) -> np.n
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def _generate(out: Path, params: dict) -> None:
-    pictures = photos()
-    size = params["size"]
-
-    def scene(rng, folder, _i):
-        label = layout(rng, size)
-        img = render_source(rng, label) if folder.startswith("source") else render_target(rng, label, pictures)
-        return img, label
-
-    write_subsets(out, params, CLASS_NAMES, scene)
+_generate = layout_pair(CLASS_NAMES, layout, lambda rng, label, _pictures: render_source(rng, label), render_target)
 
 
 def make_streets(root, size: int = 32, n_train: int = 3000, n_val: int = 600, n_test: int = 600,
                  seed: int = 0) -> Path:
     """Generate the streets pair into ``root`` unless a cache with these parameters is there."""
-    check_counts(size, n_train, n_val, n_test)
-    params = {"generator": "dasslab.data.streets", "version": GENERATOR_VERSION, "size": int(size),
-              "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test), "seed": int(seed)}
-    return make_generated(root, params, _generate)
+    return make_pair(root, "dasslab.data.streets", GENERATOR_VERSION, _generate, size, n_train, n_val, n_test, seed)
 
 
 class Streets(GeneratedDomain):
     """One split of the streets pair (see the module docstring), generated into ``root`` on first use."""
 
     make = staticmethod(make_streets)
-
-    def __init__(self, root, domain: str = "source", split: str = "train", transform=None, size: int = 32,
-                 n_train: int = 3000, n_val: int = 600, n_test: int = 600, seed: int = 0, *,
-                 labels: bool | None = None):
-        super().__init__(root, domain, split, transform, labels=labels, size=size, n_train=n_train, n_val=n_val,
-                         n_test=n_test, seed=seed)
