@@ -69,8 +69,9 @@ def shift_feasible(row: Mapping[str, float], unguided: Mapping[str, float], hf_t
                    domain_drop: float) -> bool:
     """Whether a guided chain (``domain``, ``hf_smooth``) keeps the unguided one's domain score within
     ``domain_drop`` and can be brought to the target's high-frequency energy (see :func:`choose_shift`)."""
-    return (float(row["domain"]) >= float(unguided["domain"]) - float(domain_drop)
-            and float(row["hf_smooth"]) <= max(1.0, float(unguided["hf_smooth"])) + float(hf_tolerance))
+    tol, ref = float(hf_tolerance), float(unguided["hf_smooth"])
+    cap = 1.0 + tol if ref <= 1.0 + tol else ref + tol      # within the target's, or no rougher than unguided
+    return float(row["domain"]) >= float(unguided["domain"]) - float(domain_drop) and float(row["hf_smooth"]) <= cap
 
 
 def choose_shift(rows: Sequence[Mapping[str, float]], unguided: Mapping[str, float], hf_tolerance: float,
@@ -81,8 +82,8 @@ def choose_shift(rows: Sequence[Mapping[str, float]], unguided: Mapping[str, flo
 
     A shift is *feasible* when it lowers the domain score by at most ``domain_drop`` (guidance must not undo the
     translation) and its high-frequency energy can still be brought to the target's: at the smoothest variance
-    its hf ratio is at most ``1 + hf_tolerance`` (or the unguided chain's plus ``hf_tolerance`` where that one
-    is already above). Guidance that leaves more adds texture no variance removes: artefacts, which the guide
+    its hf ratio is at most ``1 + hf_tolerance`` (where even the unguided chain is rougher than that at the
+    smoothest variance: at most the unguided chain's plus ``hf_tolerance``). Guidance that leaves more adds texture no variance removes: artefacts, which the guide
     reads as agreement. Agreement rises with the push and saturates; among the feasible shifts the smallest
     one that gets ``fraction`` of the best feasible gain in agreement over the unguided chain wins (the knee:
     more push buys little agreement and risks what these statistics do not see). Returns ``(shift,
