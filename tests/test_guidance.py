@@ -558,7 +558,8 @@ def test_config_group_files_are_valid_settings():
 def test_the_sgg_option_restates_the_library_defaults_except_what_it_chooses():
     """The guidance settings have their defaults in :class:`GuidanceSettings` (what ``validate_guidance`` fills in
     for a key a mapping leaves out: the quality analysis' settings rely on it); ``conf/guidance/sgg.yaml`` lists
-    every key for the command line and chooses two values of its own (calibrated lambda, chunked LCG copies).
+    every key for the command line and chooses three values of its own (calibrated lambda, its shift chosen per
+    pair by the calibration, chunked LCG copies).
     A default changed in one place and not the other fails here."""
     from omegaconf import OmegaConf
 
@@ -568,4 +569,4 @@ def test_the_sgg_option_restates_the_library_defaults_except_what_it_chooses():
     sgg = OmegaConf.to_container(load_option("guidance", "sgg"))
     library = GuidanceSettings()
     differ = {k for k, v in sgg.items() if getattr(library, k) != v and not (k == "autocast_dtype" and v is None)}
-    assert differ == {"calibrate", "max_batch"}
+    assert differ == {"calibrate", "max_batch", "shift"} and sgg["shift"] == "auto"

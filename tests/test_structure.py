@@ -273,11 +273,12 @@ def test_dry_run_plans_without_running(compose, tmp_path, capsys):
     out = run(compose("debug=smoke", "stage=pipeline", "pipeline.rows=[source_only,baseline]",
                       "pipeline.dry_run=true", f"paths.output_dir={tmp_path / 'plan'}"))
     plan = out["plan"]
-    assert list(plan) == ["source_only", "diffusion", "judge", "baseline"]     # judge: its optional watch
-    assert plan["baseline"]["needs"] == ["source_only", "diffusion", "judge"]
+    calib = next(n for n in plan if n.startswith("calibrate"))                # its settings left at auto
+    assert list(plan) == ["source_only", "diffusion", calib, "judge", "baseline"]     # judge: its optional watch
+    assert plan["baseline"]["needs"] == ["source_only", "diffusion", calib, "judge"]
     assert not any(Path(p["run_dir"]).exists() for p in plan.values())
     text = capsys.readouterr().out
-    assert "waits for: source_only, diffusion, judge" in text
+    assert f"waits for: source_only, diffusion, {calib}, judge" in text
 
 
 def test_rows_needing_target_labels_are_skipped_with_the_reason(compose, tmp_path, capsys):
@@ -310,16 +311,18 @@ def test_seeds_repeat_a_per_seed_upstream_with_the_same_seed_and_share_the_other
 
     shared, _ = plan(compose("debug=smoke", "stage=pipeline", "pipeline.seeds=[0,1]",
                              f"paths.output_dir={tmp_path}"), ["source_only", "full"])
-    assert sorted(shared) == ["diffusion", "full@seed0", "full@seed1", "judge", "source_only"]
+    assert sorted(shared) == ["calibrate", "diffusion", "full@seed0", "full@seed1", "judge", "source_only"]
     cfg = compose("debug=smoke", "stage=pipeline", "pipeline.seeds=[0,1]", "+pipeline.jobs.source_only.per_seed=true",
                   f"paths.output_dir={tmp_path}")
     planned, _ = plan(cfg, ["source_only", "full"])
-    assert sorted(planned) == ["diffusion", "full@seed0", "full@seed1", "judge", "source_only@seed0",
-                               "source_only@seed1"]
+    # the calibration made with a seed's source model is that seed's too
+    assert sorted(planned) == ["calibrate@seed0", "calibrate@seed1", "diffusion", "full@seed0", "full@seed1",
+                               "judge", "source_only@seed0", "source_only@seed1"]
     for s in (0, 1):
         full = planned[f"full@seed{s}"]
         assert full.cfg.segmenter.init_ckpt == str(planned[f"source_only@seed{s}"].checkpoint)
-        assert full.needs == [f"source_only@seed{s}", "diffusion", "judge"]      # one judge for all seeds
+        assert planned[f"calibrate@seed{s}"].cfg.guide_ckpt == full.cfg.segmenter.init_ckpt
+        assert full.needs == [f"source_only@seed{s}", "diffusion", f"calibrate@seed{s}", "judge"]   # one judge
         assert planned[f"source_only@seed{s}"].cfg.seed == s
     assert planned["source_only@seed0"].key != planned["source_only@seed1"].key
 

@@ -83,8 +83,8 @@ def choose_shift(rows: Sequence[Mapping[str, float]], unguided: Mapping[str, flo
     A shift is *feasible* when it lowers the domain score by at most ``domain_drop`` (guidance must not undo the
     translation) and its high-frequency energy can still be brought to the target's: at the smoothest variance
     its hf ratio is at most ``1 + hf_tolerance`` (where even the unguided chain is rougher than that at the
-    smoothest variance: at most the unguided chain's plus ``hf_tolerance``). Guidance that leaves more adds texture no variance removes: artefacts, which the guide
-    reads as agreement. Agreement rises with the push and saturates; among the feasible shifts the smallest
+    smoothest variance: at most the unguided chain's plus ``hf_tolerance``). Guidance that leaves more adds
+    texture no variance removes: artefacts, which the guide reads as agreement. Agreement rises with the push and saturates; among the feasible shifts the smallest
     one that gets ``fraction`` of the best feasible gain in agreement over the unguided chain wins (the knee:
     more push buys little agreement and risks what these statistics do not see). Returns ``(shift,
     feasible)``; with no feasible shift, the smallest one and False."""
@@ -95,4 +95,5 @@ def choose_shift(rows: Sequence[Mapping[str, float]], unguided: Mapping[str, flo
         return min(float(r["shift"]) for r in rows), False
     base = float(unguided["agreement"])
     need = base + float(fraction) * (max(float(r["agreement"]) for r in ok) - base)
-    return min(float(r["shift"]) for r in ok if float(r["agreement"]) >= need - 1e-9), True
+    knee = [float(r["shift"]) for r in ok if float(r["agreement"]) >= need - 1e-9]
+    return min(knee or [float(r["shift"]) for r in ok]), True    # no agreement measured (NaN): the weakest

@@ -82,7 +82,7 @@ def evaluate_segmenter(module, loader, class_names: Sequence[str], out_dir: str 
     record = metrics_record(metric, class_names, split, **(extra or {}))
     write_metrics(out_dir / filename, record)
     write_confusion(out_dir, metric.compute().cpu(), class_names, split, picture=confusion_png,
-                    name="confusion_matrix" + Path(filename).stem.removeprefix("metrics"))
+                    stem="confusion_matrix" + Path(filename).stem.removeprefix("metrics"))
     shown = evaluation.shown
     if shown:
         save_png(out_dir / "overlays.png", grid(shown, titles=["image", "prediction", "label"],
@@ -93,9 +93,9 @@ def evaluate_segmenter(module, loader, class_names: Sequence[str], out_dir: str 
 
 
 def write_confusion(out_dir: Path, matrix: torch.Tensor, class_names: Sequence[str], split: str,
-                    picture: bool = True, name: str = "confusion_matrix") -> None:
-    """``<name>.csv`` (pixel counts, a row per label class, a column per predicted class) and, with
-    ``picture``, ``<name>.png`` (each row as a share of its label's pixels)."""
+                    picture: bool = True, stem: str = "confusion_matrix") -> None:
+    """``<stem>.csv`` (pixel counts, a row per label class, a column per predicted class) and, with
+    ``picture``, ``<stem>.png`` (each row as a share of its label's pixels)."""
     import csv
     import io
 
@@ -105,7 +105,7 @@ def write_confusion(out_dir: Path, matrix: torch.Tensor, class_names: Sequence[s
     writer.writerow(["label \\ prediction", *names])
     for name, row in zip(names, matrix.tolist()):
         writer.writerow([name, *[int(v) for v in row]])
-    atomic_write_text(out_dir / f"{name}.csv", buf.getvalue())
+    atomic_write_text(out_dir / f"{stem}.csv", buf.getvalue())
     if not picture:
         return
     import matplotlib
@@ -127,7 +127,7 @@ def write_confusion(out_dir: Path, matrix: torch.Tensor, class_names: Sequence[s
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    atomic_write_bytes(out_dir / f"{name}.png", png.getvalue())
+    atomic_write_bytes(out_dir / f"{stem}.png", png.getvalue())
 
 
 def print_iou(record: dict) -> None:

@@ -145,10 +145,19 @@ def _label(name: str, seed: int | None) -> str:
     return name if seed is None else f"{name}@seed{seed}"
 
 
+def _seeded(cfg: DictConfig, name: str) -> bool:
+    """Whether job ``name`` runs once per seed: it is ``per_seed``, or it needs a job that does (the calibration
+    of a per-seed source model is that seed's)."""
+    job = cfg.pipeline.jobs[name]
+    return bool(job.get("per_seed")) or any(up in cfg.pipeline.jobs and _seeded(cfg, up)
+                                            for up in (job.get("needs") or {}).values())
+
+
 def _upstream_seed(cfg: DictConfig, upstream: str, seed: int | None) -> int | None:
     """A per-seed job needs the same seed's run of an upstream job that is itself per-seed
-    (e.g. each seed's source-only model); a shared upstream (the DDPM) is run once."""
-    return seed if seed is not None and cfg.pipeline.jobs[upstream].get("per_seed") else None
+    (e.g. each seed's source-only model, and the calibration made with it); a shared upstream (the DDPM) is run
+    once."""
+    return seed if seed is not None and _seeded(cfg, upstream) else None
 
 
 def job_upstreams(cfg: DictConfig, name: str, own: DictConfig | None = None) -> dict[str, str]:
@@ -211,8 +220,8 @@ def plan(cfg: DictConfig, rows) -> tuple[dict[str, Job], dict[str, str]]:
         sub = job_config(cfg, name, {s: planned[up].checkpoint for s, up in needs.items()}, seed, inherited)
         key = stage_key(sub)
         out = Path(cfg.paths.cache_dir) / str(sub.stage.name) / key
-        same = next((lb for lb, j in planned.items() if j.out == out), None)
-        if same is not None:             # another variant of a job that is one job after all
+        same = next((lb for lb, j in planned.items() if j.out == out), None) if inherited else None
+        if same is not None:             # an upstream variant (inherited sections) that is one job after all
             aliases[label] = same
             return same
         sub.paths.output_dir = str(out)
