@@ -85,16 +85,20 @@ def save_curve(path: str | Path, xs: Sequence[float], series: dict[str, Sequence
 
 
 def save_figure(fig, path) -> Path:
-    """Write a matplotlib figure to ``path`` atomically (a temporary file, then a rename) and close it."""
+    """Write a matplotlib figure to ``path`` as PNG atomically and close it (a full disk is one line naming the
+    file: :func:`dasslab.utils.io.atomic_write_bytes`)."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from dasslab.utils.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def as_uint8(image) -> np.ndarray:

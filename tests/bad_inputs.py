@@ -622,9 +622,9 @@ def issue31_cases(c: dict, w: dict, t, tr, ev, pr) -> None:
        [f"ckpt={w['ckpt_loop']}", "symlink loop"], out / "export")
     ex("export: plain state dict", [f"ckpt={w['plain_state']}", f"out={out / 'export' / 'p.safetensors'}"],
        [f"ckpt={w['plain_state']}", "not a dasslab segmenter or diffusion checkpoint"], out / "export")
-    ex("export: unknown argument", [f"ckpt={w['seg3']}", "format=onnx"], ["format=onnx", "unknown argument"],
+    ex("export: unknown argument", [f"ckpt={w['seg3']}", "format=onnx"], ["format=onnx", "unknown setting format"],
        out / "export")
-    ex("export: no ckpt", [f"out={out / 'export' / 'x.safetensors'}"], ["ckpt is required"], out / "export")
+    ex("export: no ckpt", [f"out={out / 'export' / 'x.safetensors'}"], ["ckpt: a value is required"], out / "export")
     # ---- dasslab-reproduce (its --seeds is checked before any experiment is composed)
     reproduce = "dasslab.commands.reproduce"
     for seeds in ("-3", "0"):

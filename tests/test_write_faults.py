@@ -112,6 +112,7 @@ def test_a_full_disk_while_saving_a_prediction_a_translation_or_a_result_is_one_
                                                     "progress=false"], [out / "predict" / "overlay"], [out]),
         "translation": ("dasslab.commands.translate", ["debug=smoke", "logger=none", *data, f"diffusion_ckpt={diff}",
                                                        "translate.depths=[4]", "translate.num_steps=2",
+                                                       "translate.variance=beta",   # given: no calibration first
                                                        f"paths.output_dir={out / 'translate'}"],
                         [out / "translate" / "translated" / "n0004" / "source" / "images"], [out]),
         # data.num_workers=0: under ulimit -f a loader worker's shared-memory file is limited too (no disk is)
