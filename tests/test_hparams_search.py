@@ -35,7 +35,8 @@ def test_a_two_trial_optuna_search_at_smoke_size(tmp_path, digits_data_dir):
                            "hydra.sweeper.n_trials=2", f"paths.output_dir={sweep}"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    trials = [json.loads((sweep / str(k) / "results.json").read_text())["full"]["miou"] for k in (0, 1)]
+    # a search chooses on val (results.json's numbers are the held-apart test split's)
+    trials = [json.loads((sweep / str(k) / "results.json").read_text())["full"]["val_miou"] for k in (0, 1)]
     configs = [yaml.safe_load((sweep / str(k) / ".hydra" / "overrides.yaml").read_text()) for k in (0, 1)]
     assert all(any(o.startswith("guidance.shift=") for o in c) and any(o.startswith("ptl.N=") for o in c)
                for c in configs)                                           # λ and N are what Optuna draws
@@ -43,4 +44,5 @@ def test_a_two_trial_optuna_search_at_smoke_size(tmp_path, digits_data_dir):
     assert best["best_value"] == pytest.approx(max(trials))               # the objective is the full row's mIoU
     assert set(best["best_params"]) == {"guidance.shift", "ptl.N"}
     caches = sorted(p.parent.parent.name for p in (tmp_path / "cache").glob("*/*/DONE.json"))
-    assert caches == ["adapt", "adapt", "diffusion", "source"]           # source and DDPM once, for both trials
+    # source and DDPM once for both trials; each trial its adaptation and the calibration of its own shift
+    assert caches == ["adapt", "adapt", "calibrate", "calibrate", "diffusion", "source"]
