@@ -84,9 +84,10 @@ def choose_shift(rows: Sequence[Mapping[str, float]], unguided: Mapping[str, flo
     translation) and its high-frequency energy can still be brought to the target's: at the smoothest variance
     its hf ratio is at most ``1 + hf_tolerance`` (where even the unguided chain is rougher than that at the
     smoothest variance: at most the unguided chain's plus ``hf_tolerance``). Guidance that leaves more adds
-    texture no variance removes: artefacts, which the guide reads as agreement. Agreement rises with the push and saturates; among the feasible shifts the smallest
-    one that gets ``fraction`` of the best feasible gain in agreement over the unguided chain wins (the knee:
-    more push buys little agreement and risks what these statistics do not see). Returns ``(shift,
+    texture no variance removes: artefacts, which the guide reads as agreement. Agreement rises with the push
+    and saturates; among the feasible shifts the smallest one that gets ``fraction`` of the best feasible gain in
+    agreement over the unguided chain wins (the knee: more push buys little agreement and risks what these
+    statistics do not see; where no agreement was measured, the weakest feasible shift). Returns ``(shift,
     feasible)``; with no feasible shift, the smallest one and False."""
     if not rows:
         raise ValueError("choose_shift: no shift measured")
